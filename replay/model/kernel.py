@@ -1,0 +1,209 @@
+"""The model's single entry point: ``Kernel.apply(event) -> Outcome``.
+
+The replayer, the simulator, the generator, the fuzzer and the minimiser all drive the model
+through this one method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from replay.model.add_remove import add_memory, offline_and_remove_memory, try_remove_memory
+from replay.model.machine import PAGES_PER_SECTION, Machine, MemoryBlock, MemoryGroup
+from replay.model.memory import memory_group_register, memory_group_unregister, online_store, state_store
+from replay.model.memory_hotplug import recompute_dynamic_group_terms, update_dynamic_group_term, update_pgdat_span
+from replay.model.oracles import Oracles
+from replay.model.outcome import Outcome
+from replay.model.params import write_param
+from replay.model.profiles import Profile
+from traces.events import (
+    AddMemory,
+    Attr,
+    BlockState,
+    BootBlocks,
+    BootGroup,
+    BootMachine,
+    BootParams,
+    BootZone,
+    Event,
+    GroupRegister,
+    GroupUnregister,
+    Mark,
+    OfflineAndRemoveMemory,
+    OfflineBlock,
+    OfflineFails,
+    OnlineBlock,
+    OnlineType,
+    Param,
+    ParamWrite,
+    RemoveMemory,
+    ZoneType,
+)
+
+
+class SnapshotError(ValueError):
+    """A boot snapshot that no real machine can be in."""
+
+    def __init__(self, index: int, message: str) -> None:
+        super().__init__(f"event {index}: {message}")
+        self.index = index
+
+
+class Kernel:
+    """One modelled kernel instance."""
+
+    def __init__(self, profile: Profile, oracles: bool = True) -> None:
+        self.m = Machine(profile)
+        self.m.params.auto_online_blocks = profile.default_online_type
+        self.index = -1
+        self.oracles = Oracles(self.m) if oracles else None
+
+    @property
+    def profile(self) -> Profile:
+        return self.m.profile
+
+    def apply(self, ev: Event) -> Outcome:
+        """Apply one event to the model and return what it did."""
+        self.index += 1
+        m = self.m
+        out = m.outcome = Outcome()
+        m.acct.event_index = self.index
+        m.acct.findings = out.findings
+        out.rc = HANDLERS[type(ev)](self, ev)
+        if self.oracles is not None:
+            self.oracles.check(self.index, ev, out)
+        return out
+
+    # --- boot snapshot ----------------------------------------------------------------------------
+
+    def _boot_machine(self, ev: BootMachine) -> int:
+        pages = ev.block_size // 4096
+        if ev.block_size % (PAGES_PER_SECTION * 4096) or pages & (pages - 1) or not pages:
+            raise SnapshotError(self.index, f"block size {ev.block_size:#x} is not a power of two >= 128 MiB")
+        self.m.block_pages = pages
+        self.m.possible_nodes = frozenset(n for n in range(64) if ev.possible_nodes >> n & 1)
+        self.m.cpu_nodes = frozenset(n for n in range(64) if ev.cpu_nodes >> n & 1)
+        return 0
+
+    def _boot_params(self, ev: BootParams) -> int:
+        p = self.m.params
+        if ev.memmap_on_memory > (2 if self.profile.memmap_force_mode else 1):
+            raise SnapshotError(self.index, f"memmap_on_memory={ev.memmap_on_memory} is not valid on {self.profile.name}")
+        p.online_policy = ev.online_policy
+        p.auto_movable_ratio = ev.auto_movable_ratio
+        p.auto_movable_numa_aware = ev.auto_movable_numa_aware
+        p.auto_online_blocks = ev.auto_online_blocks
+        p.memmap_on_memory = ev.memmap_on_memory
+        p.movable_node = ev.movable_node
+        recompute_dynamic_group_terms(self.m)
+        return 0
+
+    def _boot_zone(self, ev: BootZone) -> int:
+        if ev.zone is ZoneType.NONE:
+            raise SnapshotError(self.index, "a boot zone needs a zone type")
+        if ev.present > ev.spanned or ev.present_early > ev.present:
+            raise SnapshotError(
+                self.index, f"zone {ev.zone.label} node {ev.node}: present {ev.present} > spanned {ev.spanned} or early {ev.present_early} > present"
+            )
+        node = self.m.node(ev.node)
+        node.online = True
+        z = node.zones[ev.zone]
+        z.zone_start_pfn = ev.start_pfn if ev.spanned else 0
+        z.spanned_pages = ev.spanned
+        z.boot_start, z.boot_end = z.zone_start_pfn, z.zone_start_pfn + ev.spanned
+        node.node_present_pages += ev.present - z.present_pages
+        z.present_pages = ev.present
+        z.present_early_pages = ev.present_early
+        z.cma_pages = ev.cma
+        update_pgdat_span(node)
+        return 0
+
+    def _boot_group(self, ev: BootGroup) -> int:
+        m = self.m
+        if ev.mgid < 0 or ev.mgid in m.groups:
+            raise SnapshotError(self.index, f"group id {ev.mgid} invalid or defined twice")
+        g = m.groups[ev.mgid] = MemoryGroup(ev.mgid, ev.node, ev.dynamic, ev.pages)
+        if g.is_dynamic:
+            update_dynamic_group_term(m, g)
+        return 0
+
+    def _boot_blocks(self, ev: BootBlocks) -> int:
+        m = self.m
+        node = m.nodes.get(ev.node)
+        if node is None or not node.online:
+            raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count} on node {ev.node}, which has no boot zones")
+        if ev.state not in (BlockState.ONLINE, BlockState.OFFLINE):
+            raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: state {ev.state.name} at boot")
+        online = ev.state is BlockState.ONLINE
+        if not online and (ev.zone is not ZoneType.NONE or ev.present_pages != m.block_pages):
+            raise SnapshotError(self.index, f"offline blocks {ev.first}+{ev.count} must have no zone and no holes")
+        if ev.present_pages > m.block_pages or ev.vmemmap_pages >= m.block_pages:
+            raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: present/vmemmap pages exceed the block")
+        group = None
+        if ev.mgid >= 0:
+            group = m.groups.get(ev.mgid)
+            if group is None or group.nid != ev.node or ev.early:
+                raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: group {ev.mgid} undefined, on another node, or given to early memory")
+        for b in range(ev.first, ev.first + ev.count):
+            if b in m.blocks:
+                raise SnapshotError(self.index, f"memory{b} defined twice")
+            mem = m.blocks[b] = MemoryBlock(b, b * m.block_pages, ev.node, ev.state, ev.early, ev.present_pages)
+            mem.nr_vmemmap_pages = ev.vmemmap_pages
+            if online and ev.zone is not ZoneType.NONE:
+                mem.zone = node.zones[ev.zone]
+            if group is not None:
+                mem.group = group
+                group.blocks.add(b)
+                if online:
+                    kind = "present_movable_pages" if ev.zone is ZoneType.MOVABLE else "present_kernel_pages"
+                    setattr(group, kind, getattr(group, kind) + m.block_pages)
+        if group is not None and group.is_dynamic:
+            update_dynamic_group_term(m, group)
+        start = ev.first * m.block_size
+        m.resources.append((start, start + ev.count * m.block_size))
+        m.resources.sort()
+        return 0
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def _param_write(self, ev: ParamWrite) -> int:
+        rc = write_param(self.m.params, ev.param, ev.value)
+        if ev.param is Param.AUTO_MOVABLE_RATIO and not rc:
+            recompute_dynamic_group_terms(self.m)
+        return rc
+
+    def _online_block(self, ev: OnlineBlock) -> int:
+        if ev.attr is Attr.ONLINE:
+            return online_store(self.m, ev.block, True)
+        return state_store(self.m, ev.block, ev.online_type)
+
+    def _offline_block(self, ev: OfflineBlock) -> int:
+        if ev.attr is Attr.ONLINE:
+            return online_store(self.m, ev.block, False)
+        return state_store(self.m, ev.block, OnlineType.OFFLINE)
+
+    def _offline_fails(self, ev: OfflineFails) -> int:
+        if ev.errno:
+            self.m.offline_failures[ev.block] = ev.errno
+        else:
+            self.m.offline_failures.pop(ev.block, None)
+        return 0
+
+
+HANDLERS: dict[type[Event], Callable[[Kernel, Event], int]] = {
+    BootMachine: Kernel._boot_machine,
+    BootParams: Kernel._boot_params,
+    BootZone: Kernel._boot_zone,
+    BootGroup: Kernel._boot_group,
+    BootBlocks: Kernel._boot_blocks,
+    ParamWrite: Kernel._param_write,
+    GroupRegister: lambda k, ev: memory_group_register(k.m, ev.dynamic, ev.node, ev.pages),
+    GroupUnregister: lambda k, ev: memory_group_unregister(k.m, ev.mgid),
+    AddMemory: lambda k, ev: add_memory(k.m, ev.start, ev.size, ev.nid, ev.flags),
+    RemoveMemory: lambda k, ev: try_remove_memory(k.m, ev.start, ev.size),
+    OfflineAndRemoveMemory: lambda k, ev: offline_and_remove_memory(k.m, ev.start, ev.size),
+    OnlineBlock: Kernel._online_block,
+    OfflineBlock: Kernel._offline_block,
+    OfflineFails: Kernel._offline_fails,
+    Mark: lambda k, ev: 0,
+}  # type: ignore[dict-item]

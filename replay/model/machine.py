@@ -1,0 +1,160 @@
+"""Kernel state: struct zone, pglist_data, memory_block, memory_group and the hotplug parameters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from replay.model.outcome import Outcome
+from replay.model.profiles import Profile
+from replay.model.u64 import Accounting
+from traces.events import BlockState, OnlineType, Policy, ZoneType
+
+PAGE_SIZE = 4096
+PAGES_PER_SECTION = 32768  # 128 MiB sections (SECTION_SIZE_BITS = 27)
+PAGES_PER_SUBSECTION = 512  # 2 MiB
+PAGEBLOCK_PAGES = 512
+STRUCT_PAGE_SIZE = 64
+MAX_NUMNODES = 1024  # CONFIG_NODES_SHIFT=10 on Debian amd64
+NUMA_NO_NODE = -1
+MAX_PHYSMEM_BITS = 46  # x86-64 4-level paging
+KERNEL_ZONES = (ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL)
+ZONES = (ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL, ZoneType.MOVABLE)
+
+
+class Zone:
+    """struct zone: span and present counters of one zone of one node (pages)."""
+
+    __slots__ = (
+        "boot_end",
+        "boot_start",
+        "cma_pages",
+        "idx",
+        "nid",
+        "present_early_pages",
+        "present_pages",
+        "spanned_pages",
+        "zone_start_pfn",
+    )
+
+    def __init__(self, nid: int, idx: ZoneType) -> None:
+        self.nid = nid
+        self.idx = idx
+        self.zone_start_pfn = 0
+        self.spanned_pages = 0
+        self.present_pages = 0
+        self.present_early_pages = 0
+        self.cma_pages = 0
+        self.boot_start = 0  # the span laid out at boot, for pages of multi-zone early blocks
+        self.boot_end = 0
+
+    @property
+    def zone_end_pfn(self) -> int:
+        return self.zone_start_pfn + self.spanned_pages
+
+    def __repr__(self) -> str:
+        return f"zone {self.idx.label} (node {self.nid})"
+
+
+class Node:
+    """struct pglist_data: a node's zones and its span/present counters."""
+
+    __slots__ = ("nid", "node_present_pages", "node_spanned_pages", "node_start_pfn", "online", "zones")
+
+    def __init__(self, nid: int) -> None:
+        self.nid = nid
+        self.zones = tuple(Zone(nid, z) for z in ZONES)
+        self.node_start_pfn = 0
+        self.node_spanned_pages = 0
+        self.node_present_pages = 0
+        self.online = False
+
+    def __repr__(self) -> str:
+        return f"node {self.nid}"
+
+
+class MemoryGroup:
+    """struct memory_group: a static (DIMM) or dynamic (virtio-mem) group of blocks."""
+
+    __slots__ = ("blocks", "is_dynamic", "mgid", "nid", "pages", "present_kernel_pages", "present_movable_pages")
+
+    def __init__(self, mgid: int, nid: int, is_dynamic: bool, pages: int) -> None:
+        self.mgid = mgid
+        self.nid = nid
+        self.is_dynamic = is_dynamic
+        self.pages = pages  # s.max_pages (static) or d.unit_pages (dynamic)
+        self.present_kernel_pages = 0
+        self.present_movable_pages = 0
+        self.blocks: set[int] = set()
+
+    def __repr__(self) -> str:
+        return f"group {self.mgid}"
+
+
+class MemoryBlock:
+    """struct memory_block: one memory block device."""
+
+    __slots__ = ("early", "group", "id", "nid", "nr_vmemmap_pages", "online_type", "present_pages", "start_pfn", "state", "zone")
+
+    def __init__(self, bid: int, start_pfn: int, nid: int, state: BlockState, early: bool, present_pages: int) -> None:
+        self.id = bid
+        self.start_pfn = start_pfn
+        self.nid = nid
+        self.state = state
+        self.zone: Zone | None = None
+        self.early = early
+        self.present_pages = present_pages  # < block pages when firmware holes are inside
+        self.group: MemoryGroup | None = None
+        self.nr_vmemmap_pages = 0
+        self.online_type = OnlineType.OFFLINE
+
+    def __repr__(self) -> str:
+        return f"memory{self.id}"
+
+
+@dataclass(slots=True)
+class Params:
+    """Hotplug parameters (module parameters, auto_online_blocks and boot-only switches)."""
+
+    online_policy: Policy = Policy.CONTIG_ZONES
+    auto_movable_ratio: int = 301  # u32
+    auto_movable_numa_aware: bool = True
+    auto_online_blocks: OnlineType = OnlineType.OFFLINE
+    memmap_on_memory: int = 0  # 0 off, 1 on, 2 force (6.6+)
+    movable_node: bool = False
+
+
+@dataclass(slots=True)
+class Machine:
+    """All model state of one kernel instance."""
+
+    profile: Profile
+    block_pages: int = PAGES_PER_SECTION
+    possible_nodes: frozenset[int] = frozenset({0})
+    cpu_nodes: frozenset[int] = frozenset({0})  # nodes with CPUs never go offline
+    nodes: dict[int, Node] = field(default_factory=dict)
+    blocks: dict[int, MemoryBlock] = field(default_factory=dict)
+    groups: dict[int, MemoryGroup] = field(default_factory=dict)
+    params: Params = field(default_factory=Params)
+    resources: list[tuple[int, int]] = field(default_factory=list)  # sorted disjoint [start, end) of RAM, bytes
+    acct: Accounting = field(default_factory=Accounting)
+    offline_failures: dict[int, int] = field(default_factory=dict)  # block -> errno of its next offline
+    # Sums over dynamic groups of the auto-movable group terms, kept per scope (-1 = all nodes):
+    # scope -> [req, gmov] (u64), and each dynamic group's own current (req, gmov) terms.
+    dyn_sums: dict[int, list[int]] = field(default_factory=dict)
+    dyn_terms: dict[int, tuple[int, int]] = field(default_factory=dict)
+    next_mgid: int = 0
+    outcome: Outcome = field(default_factory=Outcome)  # effects of the event being applied
+
+    @property
+    def block_size(self) -> int:
+        return self.block_pages * PAGE_SIZE
+
+    def node(self, nid: int) -> Node:
+        """NODE_DATA(nid): the node's pgdat, created on first use (preallocated in 6.1)."""
+        n = self.nodes.get(nid)
+        if n is None:
+            n = self.nodes[nid] = Node(nid)
+        return n
+
+    def node_possible(self, nid: int) -> bool:
+        return nid in self.possible_nodes

@@ -1,0 +1,364 @@
+"""mm/memory_hotplug.c: zone decisions, online/offline of pfn ranges, spans and present counters."""
+
+from __future__ import annotations
+
+import errno
+
+from replay.model.machine import (
+    NUMA_NO_NODE,
+    PAGES_PER_SECTION,
+    PAGES_PER_SUBSECTION,
+    Machine,
+    MemoryBlock,
+    MemoryGroup,
+    Node,
+    Zone,
+)
+from replay.model.outcome import AutoMovableStats
+from replay.model.u64 import MASK, S64_MIN
+from traces.events import BlockState, OnlineType, Policy, ZoneType
+
+MOVABLE = ZoneType.MOVABLE
+
+
+# --- spans (§2.6) ---------------------------------------------------------------------------------
+
+
+def zone_intersects(zone: Zone, pfn: int, nr_pages: int) -> bool:
+    """include/linux/mmzone.h:zone_intersects (6.1), u64 arithmetic."""
+    if not zone.spanned_pages:
+        return False
+    return not (pfn >= zone.zone_start_pfn + zone.spanned_pages or (pfn + nr_pages) & MASK <= zone.zone_start_pfn)
+
+
+def resize_zone_range(zone: Zone, start_pfn: int, nr_pages: int) -> None:
+    """mm/memory_hotplug.c:resize_zone_range (6.1)."""
+    old_end = zone.zone_start_pfn + zone.spanned_pages
+    if not zone.spanned_pages or start_pfn < zone.zone_start_pfn:
+        zone.zone_start_pfn = start_pfn
+    zone.spanned_pages = max(start_pfn + nr_pages, old_end) - zone.zone_start_pfn
+
+
+def resize_pgdat_range(node: Node, start_pfn: int, nr_pages: int) -> None:
+    """mm/memory_hotplug.c:resize_pgdat_range (6.1)."""
+    old_end = node.node_start_pfn + node.node_spanned_pages
+    if not node.node_spanned_pages or start_pfn < node.node_start_pfn:
+        node.node_start_pfn = start_pfn
+    node.node_spanned_pages = max(start_pfn + nr_pages, old_end) - node.node_start_pfn
+
+
+def move_pfn_range_to_zone(m: Machine, zone: Zone, start_pfn: int, nr_pages: int) -> None:
+    """mm/memory_hotplug.c:move_pfn_range_to_zone (6.1): grow zone and node spans."""
+    resize_zone_range(zone, start_pfn, nr_pages)
+    resize_pgdat_range(m.nodes[zone.nid], start_pfn, nr_pages)
+
+
+def page_zone_of(block: MemoryBlock, pfn: int, node: Node) -> Zone | None:
+    """page_zone() of an online pfn: the block's zone, or for multi-zone early blocks the boot span."""
+    if block.zone is not None:
+        return block.zone
+    for z in node.zones:
+        if z.boot_start <= pfn < z.boot_end:
+            return z
+    return None
+
+
+def find_smallest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> int:
+    """mm/memory_hotplug.c:find_smallest_section_pfn (6.1), walked block by block; -1 if none."""
+    bp = m.block_pages
+    node = m.nodes[zone.nid]
+    for bid in range(start_pfn // bp, (end_pfn + bp - 1) // bp):
+        b = m.blocks.get(bid)
+        if b is None or b.state is not BlockState.ONLINE or b.nid != zone.nid:
+            continue
+        lo = max(start_pfn, b.start_pfn)
+        if b.zone is None:  # several zones in one early block: step in subsections from ``lo``
+            for pfn in range(lo, min(end_pfn, b.start_pfn + bp), PAGES_PER_SUBSECTION):
+                if page_zone_of(b, pfn, node) is zone:
+                    return pfn
+        elif b.zone is zone:
+            return lo
+    return -1
+
+
+def find_biggest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> int:
+    """mm/memory_hotplug.c:find_biggest_section_pfn (6.1), walked block by block; -1 if none."""
+    bp = m.block_pages
+    node = m.nodes[zone.nid]
+    for bid in range((end_pfn - 1) // bp, start_pfn // bp - 1, -1):
+        b = m.blocks.get(bid)
+        if b is None or b.state is not BlockState.ONLINE or b.nid != zone.nid:
+            continue
+        hi = min(end_pfn, b.start_pfn + bp) - 1
+        if b.zone is None:
+            for pfn in range(hi, max(start_pfn, b.start_pfn) - 1, -PAGES_PER_SUBSECTION):
+                if page_zone_of(b, pfn, node) is zone:
+                    return pfn
+        elif b.zone is zone and hi >= start_pfn:
+            return hi
+    return -1
+
+
+def shrink_zone_span(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> None:
+    """mm/memory_hotplug.c:shrink_zone_span (6.1): only edges shrink, interior holes stay."""
+    zone_end = zone.zone_start_pfn + zone.spanned_pages
+    if zone.zone_start_pfn == start_pfn:
+        pfn = find_smallest_section_pfn(m, zone, end_pfn, zone_end)
+        if pfn >= 0:
+            zone.spanned_pages = zone_end - pfn
+            zone.zone_start_pfn = pfn
+        else:
+            zone.zone_start_pfn = zone.spanned_pages = 0
+    elif zone_end == end_pfn:
+        pfn = find_biggest_section_pfn(m, zone, zone.zone_start_pfn, start_pfn)
+        if pfn >= 0:
+            zone.spanned_pages = pfn - zone.zone_start_pfn + 1
+        else:
+            zone.zone_start_pfn = zone.spanned_pages = 0
+
+
+def update_pgdat_span(node: Node) -> None:
+    """mm/memory_hotplug.c:update_pgdat_span (6.1): node span = hull of non-empty zones."""
+    start, end = 0, 0
+    for z in node.zones:
+        if not z.spanned_pages:
+            continue
+        if not end:
+            start, end = z.zone_start_pfn, z.zone_start_pfn + z.spanned_pages
+        else:
+            start = min(start, z.zone_start_pfn)
+            end = max(end, z.zone_start_pfn + z.spanned_pages)
+    node.node_start_pfn = start
+    node.node_spanned_pages = end - start
+
+
+def remove_pfn_range_from_zone(m: Machine, zone: Zone, start_pfn: int, nr_pages: int) -> None:
+    """mm/memory_hotplug.c:remove_pfn_range_from_zone (6.1)."""
+    shrink_zone_span(m, zone, start_pfn, start_pfn + nr_pages)
+    update_pgdat_span(m.nodes[zone.nid])
+
+
+# --- present counters and the auto-movable group terms -----------------------------------------------
+
+
+def adjust_present_page_count(m: Machine, zone: Zone, early: bool, group: MemoryGroup | None, nr_pages: int) -> None:
+    """mm/memory_hotplug.c:adjust_present_page_count (6.1, unchanged to 7.1.3)."""
+    add = m.acct.add
+    if early:
+        add(zone, "present_early_pages", nr_pages)
+    add(zone, "present_pages", nr_pages)
+    add(m.nodes[zone.nid], "node_present_pages", nr_pages)
+    if group is not None:
+        add(group, "present_movable_pages" if zone.idx is MOVABLE else "present_kernel_pages", nr_pages)
+        if group.is_dynamic:
+            update_dynamic_group_term(m, group)
+
+
+def dynamic_group_term(m: Machine, group: MemoryGroup) -> tuple[int, int]:
+    """mm/memory_hotplug.c:auto_movable_stats_account_group (6.1): this group's (req, gmov) terms."""
+    ratio = m.params.auto_movable_ratio
+    if ratio >= 1 << 31:  # read into an s32 local: negative, then converted back to u64
+        ratio -= 1 << 32
+    if ratio == 0:
+        return 0, 0
+    pages = ((group.present_movable_pages * 100) & MASK) // (ratio & MASK)
+    pages = (pages - group.present_kernel_pages) & MASK
+    req = pages if pages and not pages & S64_MIN else 0
+    return req, group.present_movable_pages
+
+
+def update_dynamic_group_term(m: Machine, group: MemoryGroup, remove: bool = False) -> None:
+    """Keep the sums of all dynamic groups' terms (global and per node) equal to a fresh walk.
+
+    walk_dynamic_memory_groups visits every dynamic group; sums modulo 2^64 let the model subtract
+    the excluded group instead of walking, with the identical result.
+    """
+    old = m.dyn_terms.pop(group.mgid, (0, 0))
+    new = (0, 0) if remove else dynamic_group_term(m, group)
+    if not remove:
+        m.dyn_terms[group.mgid] = new
+    d_req, d_gmov = new[0] - old[0], new[1] - old[1]
+    for scope in (NUMA_NO_NODE, group.nid):
+        sums = m.dyn_sums.setdefault(scope, [0, 0])
+        sums[0] = (sums[0] + d_req) & MASK
+        sums[1] = (sums[1] + d_gmov) & MASK
+
+
+def recompute_dynamic_group_terms(m: Machine) -> None:
+    """After a ratio change every group's term changes."""
+    m.dyn_terms.clear()
+    m.dyn_sums.clear()
+    for g in m.groups.values():
+        if g.is_dynamic:
+            update_dynamic_group_term(m, g)
+
+
+# --- zone decisions (§3) ------------------------------------------------------------------------------
+
+
+def auto_movable_can_online_movable(m: Machine, nid: int, group: MemoryGroup | None, nr_pages: int, trace: list[AutoMovableStats] | None) -> bool:
+    """mm/memory_hotplug.c:auto_movable_can_online_movable (6.1), exact u64 arithmetic."""
+    movable = kernel_early = 0
+    nodes = m.nodes.values() if nid == NUMA_NO_NODE else (m.nodes[nid],)
+    for node in nodes:
+        if not node.online:
+            continue
+        for z in node.zones:
+            if not z.present_pages:
+                continue
+            if z.idx is MOVABLE:
+                movable += z.present_pages
+            else:
+                kernel_early += z.present_early_pages - z.cma_pages
+                movable += z.cma_pages
+    movable &= MASK
+    kernel_early &= MASK
+    req, gmov = m.dyn_sums.get(nid, (0, 0))
+    if group is not None and group.is_dynamic and (nid == NUMA_NO_NODE or group.nid == nid):
+        own_req, own_gmov = m.dyn_terms[group.mgid]
+        req = (req - own_req) & MASK
+        gmov = (gmov - own_gmov) & MASK
+    group_kernel = 0
+    if kernel_early <= req:
+        result, limit = False, 0
+    else:
+        kernel_early -= req
+        movable = (movable - gmov) & MASK
+        if group is not None and group.is_dynamic:
+            group_kernel = group.present_kernel_pages
+            kernel_early = (kernel_early + group_kernel) & MASK
+        movable = (movable + nr_pages) & MASK
+        limit = ((m.params.auto_movable_ratio * kernel_early) & MASK) // 100
+        result = movable <= limit
+    if trace is not None:
+        trace.append(AutoMovableStats(nid, movable, kernel_early, req, gmov, group_kernel, nr_pages, limit, result))
+    return result
+
+
+def default_kernel_zone_for_pfn(m: Machine, nid: int, start_pfn: int, nr_pages: int) -> Zone:
+    """mm/memory_hotplug.c:default_kernel_zone_for_pfn (6.1): first of DMA, DMA32 hit, else Normal."""
+    zones = m.nodes[nid].zones
+    for z in zones[:2]:
+        if zone_intersects(z, start_pfn, nr_pages):
+            return z
+    return zones[ZoneType.NORMAL]
+
+
+def auto_movable_zone_for_pfn(m: Machine, nid: int, group: MemoryGroup | None, pfn: int, nr_pages: int, trace: list[AutoMovableStats] | None) -> Zone:
+    """mm/memory_hotplug.c:auto_movable_zone_for_pfn (6.1), including quirk Q3."""
+    online_pages = 0
+    if m.params.auto_movable_ratio == 0:
+        return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
+    if group is not None and not group.is_dynamic:
+        max_pages = group.pages
+        online_pages = group.present_movable_pages
+        if group.present_kernel_pages:
+            return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
+    elif group is None or group.pages == nr_pages:
+        max_pages = nr_pages
+    else:  # dynamic group whose unit spans several blocks (virtio-mem BBM)
+        max_pages = group.pages
+        pfn -= pfn % max_pages
+        end = pfn + max_pages
+        while pfn < end:
+            zone = section_online_zone(m, pfn)
+            if zone is not None:
+                if zone.idx is not MOVABLE:
+                    return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
+                online_pages += PAGES_PER_SECTION
+            pfn += PAGES_PER_SECTION
+    nr_pages = (max_pages - online_pages) & MASK
+    if not auto_movable_can_online_movable(m, NUMA_NO_NODE, group, nr_pages, trace):
+        return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
+    if m.params.auto_movable_numa_aware and not auto_movable_can_online_movable(m, nid, group, nr_pages, trace):
+        return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
+    return m.nodes[nid].zones[MOVABLE]
+
+
+def section_online_zone(m: Machine, pfn: int) -> Zone | None:
+    """page_zone(pfn_to_online_page(pfn)) for a section start, None if the section is not online."""
+    b = m.blocks.get(pfn // m.block_pages)
+    if b is None or b.state is not BlockState.ONLINE:
+        return None
+    return page_zone_of(b, pfn, m.nodes[b.nid])
+
+
+def default_zone_for_pfn(m: Machine, nid: int, start_pfn: int, nr_pages: int) -> Zone:
+    """mm/memory_hotplug.c:default_zone_for_pfn (6.1), the contig-zones policy."""
+    kernel_zone = default_kernel_zone_for_pfn(m, nid, start_pfn, nr_pages)
+    movable_zone = m.nodes[nid].zones[MOVABLE]
+    in_kernel = zone_intersects(kernel_zone, start_pfn, nr_pages)
+    in_movable = zone_intersects(movable_zone, start_pfn, nr_pages)
+    if in_kernel != in_movable:
+        return kernel_zone if in_kernel else movable_zone
+    return movable_zone if m.params.movable_node else kernel_zone
+
+
+def zone_for_pfn_range(
+    m: Machine, online_type: OnlineType, nid: int, group: MemoryGroup | None, start_pfn: int, nr_pages: int, trace: list[AutoMovableStats] | None = None
+) -> Zone:
+    """mm/memory_hotplug.c:zone_for_pfn_range (6.1)."""
+    if online_type is OnlineType.ONLINE_KERNEL:
+        return default_kernel_zone_for_pfn(m, nid, start_pfn, nr_pages)
+    if online_type is OnlineType.ONLINE_MOVABLE:
+        return m.nodes[nid].zones[MOVABLE]
+    if m.params.online_policy is Policy.AUTO_MOVABLE:
+        return auto_movable_zone_for_pfn(m, nid, group, start_pfn, nr_pages, trace)
+    return default_zone_for_pfn(m, nid, start_pfn, nr_pages)
+
+
+# --- online / offline of pfn ranges (§2.4, §2.5) -------------------------------------------------------
+
+
+def check_pfn_range(start_pfn: int, nr_pages: int) -> bool:
+    """The alignment sanity check shared by online_pages and offline_pages (6.1)."""
+    return bool(nr_pages) and not start_pfn % PAGES_PER_SUBSECTION and not (start_pfn + nr_pages) % PAGES_PER_SECTION
+
+
+def online_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, zone: Zone) -> int:
+    """mm/memory_hotplug.c:online_pages (6.1); 0 or -errno."""
+    if not check_pfn_range(start_pfn, nr_pages):
+        return -errno.EINVAL
+    move_pfn_range_to_zone(m, zone, start_pfn, nr_pages)
+    adjust_present_page_count(m, zone, block.early, block.group, nr_pages)
+    return 0
+
+
+def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, zone: Zone) -> int:
+    """mm/memory_hotplug.c:offline_pages (6.1); 0 or -errno.
+
+    Whether isolation and migration succeed is not knowable to a model: an ``OfflineFails``
+    input fact supplies the real kernel's answer for the next offline of the block.
+    """
+    if not check_pfn_range(start_pfn, nr_pages):
+        return -errno.EINVAL
+    if block.present_pages != m.block_pages:  # walk_system_ram_range: memory holes
+        return -errno.EINVAL
+    failure = m.offline_failures.pop(block.id, 0)
+    if failure:
+        return -failure
+    adjust_present_page_count(m, zone, block.early, block.group, -nr_pages)
+    # The kernel shrinks [start_pfn, end) here and the vmemmap head in mhp_deinit_memmap_on_memory;
+    # both searches skip the now-offline block, so one shrink over the whole block is identical.
+    block_start = block.start_pfn
+    remove_pfn_range_from_zone(m, zone, block_start, start_pfn + nr_pages - block_start)
+    return 0
+
+
+def mhp_supports_memmap_on_memory(m: Machine, size: int) -> bool:
+    """mm/memory_hotplug.c:mhp_supports_memmap_on_memory (6.1 by size; 6.6+ per block)."""
+    if not m.params.memmap_on_memory:
+        return False
+    vmemmap = memmap_pages(m) * 4096
+    if m.profile.memmap_per_block:
+        return vmemmap < m.block_size
+    nr_bytes = size
+    return nr_bytes == m.block_size and not vmemmap % (PAGES_PER_SUBSECTION * 4096) and not (nr_bytes - vmemmap) % (PAGES_PER_SUBSECTION * 4096)
+
+
+def memmap_pages(m: Machine) -> int:
+    """Pages of a block's own memmap: block pages x 64 bytes; "force" rounds up to a pageblock."""
+    pages = -(-m.block_pages * 64 // 4096)
+    if m.params.memmap_on_memory == 2:
+        pages = -(-pages // 512) * 512
+    return pages

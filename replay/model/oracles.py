@@ -1,0 +1,222 @@
+"""Invariant oracles run after every event; each has a stable id and reports plain findings.
+
+| id                | invariant |
+|-------------------|-----------|
+| ACCT-UNDERFLOW    | no u64 counter update wraps below 0 (raised by the accounting helper) |
+| ACCT-OVERFLOW     | no u64 counter update wraps above 2^64-1 (raised by the accounting helper) |
+| ACCT-ZONE-PRESENT | zone present == boot present + pages of blocks onlined into it - pages offlined |
+| ACCT-NODE-PRESENT | node present == sum of its zones' present |
+| ACCT-GROUP        | group kernel/movable counters == pages of its online blocks by zone kind |
+| ACCT-EARLY        | present_early_pages <= present_pages |
+| ZONE-SPAN         | an online block lies inside its zone's span, and the zone inside its node's span |
+| AM-RATIO          | at each auto-movable decision MOVABLE <= ratio% x (early kernel + dynamic groups' kernel) |
+| AM-RATIO-NODE     | the same per node, when auto_movable_numa_aware |
+| AM-STATIC-MIXED   | the policy never leaves a static group (DIMM) partly Movable, partly kernel |
+| STATE-ERRNO       | a state/online store returns 0 iff the block ends in the requested state by this request |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from replay.model.findings import Finding
+from replay.model.machine import Machine, MemoryGroup, Zone
+from replay.model.outcome import BlockChange, Outcome
+from traces.events import (
+    Attr,
+    BlockState,
+    BootBlocks,
+    BootZone,
+    Event,
+    OfflineBlock,
+    OnlineBlock,
+    OnlineType,
+    ZoneType,
+)
+
+ORACLE_IDS = (
+    "ACCT-UNDERFLOW",
+    "ACCT-OVERFLOW",
+    "ACCT-ZONE-PRESENT",
+    "ACCT-NODE-PRESENT",
+    "ACCT-GROUP",
+    "ACCT-EARLY",
+    "ZONE-SPAN",
+    "AM-RATIO",
+    "AM-RATIO-NODE",
+    "AM-STATIC-MIXED",
+    "STATE-ERRNO",
+)
+
+
+class Oracles:
+    """All invariant checks; keeps the shadow counters it needs, derived only from outcomes."""
+
+    def __init__(self, m: Machine) -> None:
+        self.m = m
+        self.zone_present: dict[tuple[int, int], int] = {}
+        self.group_present: dict[int, list[int]] = {}  # mgid -> [kernel, movable]
+        self.explicit_groups: set[int] = set()  # static groups with a user-chosen online type
+
+    def check(self, index: int, ev: Event, out: Outcome) -> None:
+        """Run every oracle for the event just applied; findings go into ``out.findings``."""
+        emit = out.findings.append
+        if isinstance(ev, BootZone):
+            self.zone_present[(ev.node, int(ev.zone))] = ev.present
+        elif isinstance(ev, BootBlocks) and ev.mgid >= 0 and ev.state is BlockState.ONLINE:
+            kind = 1 if ev.zone is ZoneType.MOVABLE else 0
+            self.group_present.setdefault(ev.mgid, [0, 0])[kind] += ev.count * self.m.block_pages
+        zones: set[Zone] = set()
+        groups: set[MemoryGroup] = set()
+        for ch in out.changes:
+            if ch.pages:
+                self._account_change(ch, index, emit, zones, groups)
+        for z in zones:
+            self._check_zone(z, index, emit)
+        for g in groups:
+            self._check_group(g, index, emit)
+        for d in out.decisions:
+            mem = self.m.blocks.get(d.block)
+            if mem is None or mem.group is None or mem.group.is_dynamic:
+                continue
+            if not d.policy_decided:
+                self.explicit_groups.add(mem.group.mgid)
+        for d in out.decisions:
+            if d.policy_decided:
+                self._check_ratio(d.block, d.zone, index, emit)
+        if isinstance(ev, (OnlineBlock, OfflineBlock)):
+            self._check_state_errno(ev, out, index, emit)
+
+    # -- accounting --------------------------------------------------------------------------------
+
+    def _account_change(self, ch: BlockChange, index: int, emit: Callable[[Finding], None], zones: set[Zone], groups: set[MemoryGroup]) -> None:
+        zone = self.m.nodes[ch.nid].zones[ch.zone]
+        zones.add(zone)
+        key = (ch.nid, int(ch.zone))
+        self.zone_present[key] = self.zone_present.get(key, 0) + ch.pages
+        group = self.m.groups.get(ch.mgid)
+        if group is not None:
+            groups.add(group)
+            shadow = self.group_present.setdefault(ch.mgid, [0, 0])
+            shadow[1 if ch.zone is ZoneType.MOVABLE else 0] += ch.pages
+        mem = self.m.blocks.get(ch.block)
+        if ch.pages > 0 and mem is not None:
+            end = mem.start_pfn + self.m.block_pages
+            node = self.m.nodes[ch.nid]
+            if not (zone.zone_start_pfn <= mem.start_pfn and end <= zone.zone_end_pfn) or not (
+                node.node_start_pfn <= zone.zone_start_pfn and zone.zone_end_pfn <= node.node_start_pfn + node.node_spanned_pages
+            ):
+                emit(
+                    Finding(
+                        "ZONE-SPAN",
+                        index,
+                        f"memory{ch.block} [{mem.start_pfn}, {end}) outside {zone} span [{zone.zone_start_pfn}, {zone.zone_end_pfn}) or zone outside node span",
+                        (ch.zone.label,),
+                        {"block": ch.block},
+                    )
+                )
+
+    def _check_group(self, g: MemoryGroup, index: int, emit: Callable[[Finding], None]) -> None:
+        shadow = self.group_present.get(g.mgid, [0, 0])
+        if (g.present_kernel_pages, g.present_movable_pages) != tuple(shadow):
+            emit(
+                Finding(
+                    "ACCT-GROUP",
+                    index,
+                    f"group {g.mgid} counters kernel={g.present_kernel_pages} movable={g.present_movable_pages}, online blocks give kernel={shadow[0]} movable={shadow[1]}",
+                    ("dynamic" if g.is_dynamic else "static",),
+                    {"group": g.mgid},
+                )
+            )
+
+    def _check_zone(self, z: Zone, index: int, emit: Callable[[Finding], None]) -> None:
+        expected = self.zone_present.get((z.nid, int(z.idx)), 0)
+        if z.present_pages != expected:
+            emit(
+                Finding(
+                    "ACCT-ZONE-PRESENT",
+                    index,
+                    f"{z} present {z.present_pages}, online blocks give {expected}",
+                    (z.idx.label,),
+                    {"zone": str(z), "present": z.present_pages, "expected": expected},
+                )
+            )
+        if z.present_early_pages > z.present_pages:
+            emit(Finding("ACCT-EARLY", index, f"{z} present_early {z.present_early_pages} > present {z.present_pages}", (z.idx.label,), {"zone": str(z)}))
+        node = self.m.nodes[z.nid]
+        total = sum(x.present_pages for x in node.zones)
+        if node.node_present_pages != total:
+            emit(Finding("ACCT-NODE-PRESENT", index, f"{node} present {node.node_present_pages} != sum of zones {total}", (), {"node": z.nid}))
+
+    # -- policy --------------------------------------------------------------------------------------
+
+    def _ratio_terms(self, nid: int | None) -> tuple[int, int]:
+        """(movable, kernel) as the documented ratio counts them, over one node or all."""
+        movable = kernel = 0
+        for node in self.m.nodes.values():
+            if not node.online or (nid is not None and node.nid != nid):
+                continue
+            for z in node.zones:
+                if z.idx is ZoneType.MOVABLE:
+                    movable += z.present_pages
+                else:
+                    kernel += z.present_early_pages - z.cma_pages
+                    movable += z.cma_pages
+        for g in self.m.groups.values():
+            if g.is_dynamic and (nid is None or g.nid == nid):
+                kernel += g.present_kernel_pages
+        return movable, kernel
+
+    def _check_ratio(self, block: int, zone: ZoneType, index: int, emit: Callable[[Finding], None]) -> None:
+        m = self.m
+        mem = m.blocks.get(block)
+        if mem is None:
+            return
+        ratio = m.params.auto_movable_ratio
+        what = "movable-decision" if zone is ZoneType.MOVABLE else "state"
+        scopes: list[tuple[str, int | None]] = [("AM-RATIO", None)]
+        if m.params.auto_movable_numa_aware:
+            scopes.append(("AM-RATIO-NODE", mem.nid))
+        for oracle, nid in scopes:
+            movable, kernel = self._ratio_terms(nid)
+            if movable * 100 > ratio * kernel:
+                where = "system" if nid is None else f"node {nid}"
+                emit(
+                    Finding(
+                        oracle,
+                        index,
+                        f"after memory{block} went to {zone.label}: {where} MOVABLE {movable} > {ratio}% of KERNEL {kernel}",
+                        (what,),
+                        {"block": block, "movable": movable, "kernel": kernel, "ratio": ratio},
+                    )
+                )
+        group = mem.group
+        if group is not None and not group.is_dynamic and group.mgid not in self.explicit_groups:
+            if group.present_kernel_pages and group.present_movable_pages:
+                emit(
+                    Finding(
+                        "AM-STATIC-MIXED",
+                        index,
+                        f"policy put memory{block} into {zone.label}; static group {group.mgid} now holds kernel {group.present_kernel_pages} and movable {group.present_movable_pages} pages",
+                        (zone.label,),
+                        {"block": block, "group": group.mgid},
+                    )
+                )
+
+    def _check_state_errno(self, ev: OnlineBlock | OfflineBlock, out: Outcome, index: int, emit: Callable[[Finding], None]) -> None:
+        want_online = isinstance(ev, OnlineBlock) and not (ev.attr is Attr.STATE and ev.online_type is OnlineType.OFFLINE)
+        changed = any(ch.block == ev.block and ch.pages for ch in out.changes)
+        mem = self.m.blocks.get(ev.block)
+        now_ok = mem is not None and (mem.state is BlockState.ONLINE) == want_online
+        # state store: success iff this request changed the state; online store: iff the state holds
+        expect_ok = changed if ev.attr is Attr.STATE else now_ok
+        if (out.rc == 0) != expect_ok or (out.rc != 0 and changed):
+            emit(
+                Finding(
+                    "STATE-ERRNO",
+                    index,
+                    f"{type(ev).__name__} memory{ev.block} returned {out.rc} but state changed={changed}, now {'online' if mem and mem.state is BlockState.ONLINE else 'not online'}",
+                    (type(ev).__name__, ev.attr.name),
+                    {"block": ev.block, "rc": out.rc},
+                )
+            )

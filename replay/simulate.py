@@ -1,0 +1,151 @@
+"""Scenario -> events -> model -> layouts: run a scenario file through the model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from replay.layout import Run, block_runs, zone_table
+from replay.model.drivers import AcpiDimm, VirtioMem
+from replay.model.findings import Finding
+from replay.model.kernel import Kernel
+from replay.model.outcome import Outcome
+from replay.model.params import boot_params_from_cmdline
+from replay.model.profiles import Profile, get_profile
+from traces.events import Attr, Event, Mark, OfflineBlock, OfflineFails, OnlineBlock, Param, ParamWrite, Source
+from traces.scenario import Scenario, ScenarioError, Step
+
+PARAM_IDS = {"online_policy": Param.ONLINE_POLICY, "auto_movable_ratio": Param.AUTO_MOVABLE_RATIO, "auto_movable_numa_aware": Param.AUTO_MOVABLE_NUMA_AWARE}
+
+
+@dataclass(slots=True)
+class StepResult:
+    """The state after one step (step 0 is boot)."""
+
+    index: int
+    label: str
+    rc: int
+    runs: list[Run]
+    zones: list[dict[str, object]]
+    findings: list[Finding]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "step": self.index,
+            "label": self.label,
+            "rc": self.rc,
+            "runs": [r.to_json() for r in self.runs],
+            "zones": self.zones,
+            "findings": [f.to_json() for f in self.findings],
+        }
+
+
+@dataclass(slots=True)
+class Simulation:
+    """Drives one scenario through a Kernel, keeping every event it issued."""
+
+    scenario: Scenario
+    profile: Profile
+    kernel: Kernel = field(init=False)
+    events: list[Event] = field(default_factory=list)
+    group_names: dict[int, str] = field(default_factory=dict)
+    dimms: dict[str, AcpiDimm] = field(default_factory=dict)
+    vmems: dict[str, VirtioMem] = field(default_factory=dict)
+    used: list[tuple[int, int]] = field(default_factory=list)  # device memory ranges in use
+    findings: list[Finding] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.kernel = Kernel(self.profile)
+
+    def emit(self, ev: Event) -> Outcome:
+        """Apply one event, keeping it and its findings."""
+        out = self.kernel.apply(ev)
+        self.events.append(ev)
+        self.findings.extend(out.findings)
+        return out
+
+    def allocate(self, size: int, align: int) -> int:
+        """First fit in QEMU's device memory region."""
+        addr = self.scenario.machine.device_memory_base
+        for start, end in sorted(self.used):
+            addr = -(-addr // align) * align
+            if addr + size <= start:
+                break
+            addr = max(addr, end)
+        addr = -(-addr // align) * align
+        self.used.append((addr, addr + size))
+        return addr
+
+    def boot(self) -> StepResult:
+        """Boot snapshot, command-line parameters and the virtio-mem drivers' probe."""
+        sc = self.scenario
+        for ev in sc.machine.events:
+            self.emit(ev)
+        self.emit(boot_params_from_cmdline(sc.cmdline, self.profile.default_online_type, self.profile.memmap_force_mode))
+        m = self.kernel.m
+        for d in sc.devices:
+            align = max(d.block_size, m.block_size)
+            vm = VirtioMem(d.id, d.node, self.allocate(d.max_size, align), d.max_size, d.block_size, m.block_size, d.unplug_online)
+            self.vmems[d.id] = vm
+            vm.probe(self.emit)
+            self.group_names[vm.mgid] = d.id
+        return self.snapshot(0, "boot", 0, 0)
+
+    def run_step(self, i: int, step: Step) -> StepResult:
+        """Apply scenario step ``i`` (1-based) and return the state after it."""
+        start = len(self.findings)
+        self.emit(Mark(f"step {i}: {step.describe()}"))
+        rc = self._do(step)
+        return self.snapshot(i, step.describe(), rc, start)
+
+    def _do(self, step: Step) -> int:
+        m = self.kernel.m
+        a = step.args
+        if step.action == "dimm":
+            name = a["id"] or f"dimm{len(self.dimms)}"
+            if name in self.dimms:
+                raise ScenarioError(f"{self.scenario.path}:{step.line}: DIMM id {name!r} is already plugged")
+            dimm = AcpiDimm(name, a["node"], self.allocate(a["dimm"], m.block_size), a["dimm"])
+            self.dimms[name] = dimm
+            rc = dimm.plug(m, self.emit)
+            self.group_names[dimm.mgid] = name
+            return rc
+        if step.action == "unplug":
+            dimm = self.dimms.get(a["unplug"])
+            if dimm is None:
+                raise ScenarioError(f"{self.scenario.path}:{step.line}: no plugged DIMM {a['unplug']!r}")
+            rc = dimm.unplug(m, self.emit)
+            if not rc:
+                del self.dimms[dimm.name]
+                self.used.remove((dimm.start, dimm.start + dimm.size))
+            return rc
+        if step.action == "vmem":
+            return self.vmems[a["vmem"]].resize(m, self.emit, a["size"])
+        if step.action in ("online", "offline"):
+            attr = Attr.STATE if a["attr"] == "state" else Attr.ONLINE
+            first, last = a[step.action]
+            rc = 0
+            for b in range(first, last + 1):
+                if step.action == "online":
+                    out = self.emit(OnlineBlock(b, a["type"], attr, Source.USER))
+                else:
+                    if a["fails"]:
+                        self.emit(OfflineFails(b, a["fails"]))
+                    out = self.emit(OfflineBlock(b, attr, Source.USER))
+                rc = rc or out.rc
+            return rc
+        if step.action == "param":
+            return self.emit(ParamWrite(PARAM_IDS[a["param"]], a["value"])).rc
+        return self.emit(ParamWrite(Param.AUTO_ONLINE_BLOCKS, a["auto_online"].label)).rc
+
+    def snapshot(self, index: int, label: str, rc: int, findings_from: int) -> StepResult:
+        m = self.kernel.m
+        return StepResult(index, label, rc, block_runs(m, self.group_names), zone_table(m), self.findings[findings_from:])
+
+
+def simulate(scenario: Scenario, profile: str | None = None) -> Iterator[StepResult]:
+    """Boot the scenario's machine and yield the state after boot and after each step."""
+    sim = Simulation(scenario, get_profile(profile or scenario.profile or "6.1"))
+    yield sim.boot()
+    for i, step in enumerate(scenario.steps, 1):
+        yield sim.run_step(i, step)

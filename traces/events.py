@@ -1,0 +1,366 @@
+"""The event vocabulary: every event type, its fields, their wire types and the resources they name.
+
+This table is the single source of truth. Each event is a frozen dataclass whose fields are
+annotated with a wire type (``U8`` ... ``STR``) and optionally a resource kind; the codec, the text
+form and the fuzzer's mutator are all derived from these annotations.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import typing
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, get_type_hints
+
+# --- wire types --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Wire:
+    """A field's wire type: struct format code and value range."""
+
+    name: str
+    fmt: str  # struct format character ('s' = length-prefixed UTF-8 string)
+    lo: int = 0
+    hi: int = 0
+
+
+U8 = Wire("u8", "B", 0, 2**8 - 1)
+U16 = Wire("u16", "H", 0, 2**16 - 1)
+U32 = Wire("u32", "I", 0, 2**32 - 1)
+U64 = Wire("u64", "Q", 0, 2**64 - 1)
+S16 = Wire("s16", "h", -(2**15), 2**15 - 1)
+S32 = Wire("s32", "i", -(2**31), 2**31 - 1)
+S64 = Wire("s64", "q", -(2**63), 2**63 - 1)
+BOOL = Wire("bool", "?", 0, 1)
+STR = Wire("str", "s", 0, 255)  # at most 255 UTF-8 bytes
+
+
+class Res(enum.Enum):
+    """Resource kinds a field refers to (used for resource closure and mutation)."""
+
+    BLOCK = "block"
+    GROUP = "group"
+    NODE = "node"
+    ADDR = "addr"  # physical address in bytes
+    SIZE = "size"  # size in bytes
+    PAGES = "pages"
+    ERRNO = "errno"
+    RATIO = "ratio"
+
+
+# --- enumerations shared with the model ---------------------------------------------------------
+
+
+class ZoneType(enum.IntEnum):
+    """Zone indices on x86-64 (include/linux/mmzone.h); NONE marks "no single zone"."""
+
+    DMA = 0
+    DMA32 = 1
+    NORMAL = 2
+    MOVABLE = 3
+    NONE = 255
+
+    @property
+    def label(self) -> str:
+        return ZONE_LABELS[self]
+
+
+ZONE_LABELS = {
+    ZoneType.DMA: "DMA",
+    ZoneType.DMA32: "DMA32",
+    ZoneType.NORMAL: "Normal",
+    ZoneType.MOVABLE: "Movable",
+    ZoneType.NONE: "none",
+}
+
+
+class OnlineType(enum.IntEnum):
+    """MMOP_* values (include/linux/memory_hotplug.h)."""
+
+    OFFLINE = 0
+    ONLINE = 1
+    ONLINE_KERNEL = 2
+    ONLINE_MOVABLE = 3
+
+    @property
+    def label(self) -> str:
+        return ONLINE_TYPE_NAMES[self]
+
+
+ONLINE_TYPE_NAMES = {
+    OnlineType.OFFLINE: "offline",
+    OnlineType.ONLINE: "online",
+    OnlineType.ONLINE_KERNEL: "online_kernel",
+    OnlineType.ONLINE_MOVABLE: "online_movable",
+}
+
+
+class BlockState(enum.IntEnum):
+    """User-visible memory block states; ABSENT means no such block device."""
+
+    ABSENT = 0
+    ONLINE = 1
+    GOING_OFFLINE = 2
+    OFFLINE = 4
+
+
+class Attr(enum.IntEnum):
+    """Which sysfs attribute a user-space request wrote."""
+
+    STATE = 0  # memoryN/state: "online", "online_kernel", "online_movable", "offline"
+    ONLINE = 1  # memoryN/online: "1" / "0"
+
+
+class Source(enum.IntEnum):
+    """Who issued a request."""
+
+    USER = 0
+    KERNEL = 1  # in-kernel auto-online
+    DRIVER = 2  # a driver (virtio-mem, ACPI)
+
+
+class Param(enum.IntEnum):
+    """Run-time writable hotplug parameters."""
+
+    ONLINE_POLICY = 0
+    AUTO_MOVABLE_RATIO = 1
+    AUTO_MOVABLE_NUMA_AWARE = 2
+    AUTO_ONLINE_BLOCKS = 3
+
+
+class Policy(enum.IntEnum):
+    """memory_hotplug.online_policy values."""
+
+    CONTIG_ZONES = 0
+    AUTO_MOVABLE = 1
+
+
+class AddFlags(enum.IntFlag):
+    """Flags of an add_memory request (mhp_t plus the driver-managed resource name)."""
+
+    NONE = 0
+    NID_IS_MGID = 1
+    MEMMAP_ON_MEMORY = 2
+    DRIVER_MANAGED = 4
+    MERGE_RESOURCE = 8
+
+
+# --- the event table -----------------------------------------------------------------------------
+
+
+class Event:
+    """Base of all events; ``CODE`` is the record type on the wire, ``KIND`` its role."""
+
+    CODE: ClassVar[int]
+    KIND: ClassVar[str]  # "boot" | "request" | "inject" | "mark"
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of an event type as derived from its annotations."""
+
+    name: str
+    wire: Wire
+    py: type
+    res: Res | None
+
+
+EVENT_TYPES: dict[int, type[Event]] = {}
+_SPECS: dict[type[Event], tuple[FieldSpec, ...]] = {}
+
+
+def event(code: int, kind: str) -> typing.Callable[[type], type]:
+    """Register a dataclass as event type ``code``."""
+
+    def register(cls: type) -> type:
+        if code in EVENT_TYPES:
+            raise ValueError(f"event code {code:#x} used twice")
+        cls.CODE = code
+        cls.KIND = kind
+        EVENT_TYPES[code] = cls
+        return cls
+
+    return register
+
+
+def fields_of(cls: type[Event]) -> tuple[FieldSpec, ...]:
+    """The field specs of an event type, in declaration order."""
+    spec = _SPECS.get(cls)
+    if spec is None:
+        hints = get_type_hints(cls, include_extras=True)
+        out = []
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            py, *meta = typing.get_args(hint)
+            wire = next(m for m in meta if isinstance(m, Wire))
+            res = next((m for m in meta if isinstance(m, Res)), None)
+            out.append(FieldSpec(f.name, wire, py, res))
+        spec = _SPECS[cls] = tuple(out)
+    return spec
+
+
+# Boot snapshot -------------------------------------------------------------------------------------
+
+
+@event(0x01, "boot")
+@dataclass(frozen=True, slots=True)
+class BootMachine(Event):
+    """Machine geometry: memory block size, possible NUMA nodes and nodes with CPUs (bit masks)."""
+
+    block_size: Annotated[int, U64, Res.SIZE]
+    possible_nodes: Annotated[int, U64]
+    cpu_nodes: Annotated[int, U64]
+
+
+@event(0x02, "boot")
+@dataclass(frozen=True, slots=True)
+class BootParams(Event):
+    """Hotplug parameters in force at boot (already parsed)."""
+
+    online_policy: Annotated[Policy, U8]
+    auto_movable_ratio: Annotated[int, U32, Res.RATIO]
+    auto_movable_numa_aware: Annotated[bool, BOOL]
+    auto_online_blocks: Annotated[OnlineType, U8]
+    memmap_on_memory: Annotated[int, U8]  # 0 off, 1 on, 2 force (6.6+)
+    movable_node: Annotated[bool, BOOL]
+
+
+@event(0x03, "boot")
+@dataclass(frozen=True, slots=True)
+class BootZone(Event):
+    """A zone of an online node as laid out at boot."""
+
+    node: Annotated[int, U16, Res.NODE]
+    zone: Annotated[ZoneType, U8]
+    start_pfn: Annotated[int, U64]
+    spanned: Annotated[int, U64, Res.PAGES]
+    present: Annotated[int, U64, Res.PAGES]
+    present_early: Annotated[int, U64, Res.PAGES]
+    cma: Annotated[int, U64, Res.PAGES]
+
+
+@event(0x04, "boot")
+@dataclass(frozen=True, slots=True)
+class BootGroup(Event):
+    """A memory group that exists when the snapshot is taken."""
+
+    mgid: Annotated[int, S32, Res.GROUP]
+    node: Annotated[int, U16, Res.NODE]
+    dynamic: Annotated[bool, BOOL]
+    pages: Annotated[int, U64, Res.PAGES]  # max_pages (static) or unit_pages (dynamic)
+
+
+@event(0x05, "boot")
+@dataclass(frozen=True, slots=True)
+class BootBlocks(Event):
+    """A run of ``count`` memory blocks from ``first`` with identical attributes."""
+
+    first: Annotated[int, U32, Res.BLOCK]
+    count: Annotated[int, U32]
+    node: Annotated[int, U16, Res.NODE]
+    state: Annotated[BlockState, U8]
+    zone: Annotated[ZoneType, U8]  # online: its zone, NONE if several; offline: NONE
+    early: Annotated[bool, BOOL]
+    mgid: Annotated[int, S32, Res.GROUP]  # -1: no group
+    vmemmap_pages: Annotated[int, U32, Res.PAGES]
+    present_pages: Annotated[int, U32, Res.PAGES]  # present pages per block (holes)
+
+
+# Requests (model inputs) ---------------------------------------------------------------------------
+
+
+@event(0x10, "request")
+@dataclass(frozen=True, slots=True)
+class ParamWrite(Event):
+    """A write to a run-time hotplug parameter (raw string, parsed like the kernel)."""
+
+    param: Annotated[Param, U8]
+    value: Annotated[str, STR]
+
+
+@event(0x11, "request")
+@dataclass(frozen=True, slots=True)
+class GroupRegister(Event):
+    """memory_group_register_static/dynamic; result: the new mgid or -errno."""
+
+    dynamic: Annotated[bool, BOOL]
+    node: Annotated[int, S32, Res.NODE]
+    pages: Annotated[int, U64, Res.PAGES]
+
+
+@event(0x12, "request")
+@dataclass(frozen=True, slots=True)
+class GroupUnregister(Event):
+    """memory_group_unregister."""
+
+    mgid: Annotated[int, S32, Res.GROUP]
+
+
+@event(0x13, "request")
+@dataclass(frozen=True, slots=True)
+class AddMemory(Event):
+    """add_memory / add_memory_driver_managed; ``nid`` is a group id with NID_IS_MGID."""
+
+    start: Annotated[int, U64, Res.ADDR]
+    size: Annotated[int, U64, Res.SIZE]
+    nid: Annotated[int, S32, Res.NODE]
+    flags: Annotated[AddFlags, U8]
+
+
+@event(0x14, "request")
+@dataclass(frozen=True, slots=True)
+class RemoveMemory(Event):
+    """remove_memory of a physical range."""
+
+    start: Annotated[int, U64, Res.ADDR]
+    size: Annotated[int, U64, Res.SIZE]
+
+
+@event(0x15, "request")
+@dataclass(frozen=True, slots=True)
+class OfflineAndRemoveMemory(Event):
+    """offline_and_remove_memory of a physical range (virtio-mem)."""
+
+    start: Annotated[int, U64, Res.ADDR]
+    size: Annotated[int, U64, Res.SIZE]
+
+
+@event(0x16, "request")
+@dataclass(frozen=True, slots=True)
+class OnlineBlock(Event):
+    """Online request for one block through ``state`` (with a type) or ``online`` ("1")."""
+
+    block: Annotated[int, U32, Res.BLOCK]
+    online_type: Annotated[OnlineType, U8]
+    attr: Annotated[Attr, U8]
+    source: Annotated[Source, U8]
+
+
+@event(0x17, "request")
+@dataclass(frozen=True, slots=True)
+class OfflineBlock(Event):
+    """Offline request for one block through ``state`` ("offline") or ``online`` ("0")."""
+
+    block: Annotated[int, U32, Res.BLOCK]
+    attr: Annotated[Attr, U8]
+    source: Annotated[Source, U8]
+
+
+@event(0x18, "inject")
+@dataclass(frozen=True, slots=True)
+class OfflineFails(Event):
+    """Input fact: the next offline_pages of ``block`` fails with -errno (unmovable pages...)."""
+
+    block: Annotated[int, U32, Res.BLOCK]
+    errno: Annotated[int, U16, Res.ERRNO]
+
+
+@event(0x30, "mark")
+@dataclass(frozen=True, slots=True)
+class Mark(Event):
+    """A free-form mark, e.g. a scenario step boundary."""
+
+    text: Annotated[str, STR]

@@ -59,11 +59,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
+    except BrokenPipeError:
+        sys.stderr.close()  # the reader went away (| head): not an error
+        return 0
     except (ValueError, OSError) as e:  # ScenarioError, TraceFormatError, SnapshotError ... are ValueErrors
         print(f"mhp {args.command}: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:
-        return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from replay.model.kernel import Kernel
 from replay.model.outcome import Outcome
 from replay.model.params import boot_params_from_cmdline
 from replay.model.profiles import Profile, get_profile
-from traces.events import Attr, Event, Mark, OfflineBlock, OfflineFails, OnlineBlock, Param, ParamWrite, Source
+from traces.events import Attr, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
 from traces.scenario import Scenario, ScenarioError, Step
 
 PARAM_IDS = {"online_policy": Param.ONLINE_POLICY, "auto_movable_ratio": Param.AUTO_MOVABLE_RATIO, "auto_movable_numa_aware": Param.AUTO_MOVABLE_NUMA_AWARE}
@@ -126,13 +126,10 @@ class Simulation:
             first, last = a[step.action]
             rc = 0
             for b in range(first, last + 1):
-                if step.action == "online":
-                    out = self.emit(OnlineBlock(b, a["type"], attr, Source.USER))
-                else:
-                    if a["fails"]:
-                        self.emit(OfflineFails(b, a["fails"]))
-                    out = self.emit(OfflineBlock(b, attr, Source.USER))
-                rc = rc or out.rc
+                if a["fails"]:
+                    self.emit(InjectFailure(b, Op.ONLINE if step.action == "online" else Op.OFFLINE, a["fails"]))
+                ev: Event = OnlineBlock(b, a["type"], attr, Source.USER) if step.action == "online" else OfflineBlock(b, attr, Source.USER)
+                rc = rc or self.emit(ev).rc
             return rc
         if step.action == "param":
             return self.emit(ParamWrite(PARAM_IDS[a["param"]], a["value"])).rc

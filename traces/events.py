@@ -121,6 +121,13 @@ class Source(enum.IntEnum):
     DRIVER = 2  # a driver (virtio-mem, ACPI)
 
 
+class Op(enum.IntEnum):
+    """The block operation an injected failure applies to."""
+
+    ONLINE = 0
+    OFFLINE = 1
+
+
 class Param(enum.IntEnum):
     """Run-time writable hotplug parameters."""
 
@@ -351,10 +358,15 @@ class OfflineBlock(Event):
 
 @event(0x18, "inject")
 @dataclass(frozen=True, slots=True)
-class OfflineFails(Event):
-    """Input fact: the next offline_pages of ``block`` fails with -errno (unmovable pages...)."""
+class InjectFailure(Event):
+    """Input fact: the next online (a notifier NACK) or offline (unmovable pages) of ``block`` fails.
+
+    Such failures depend on what no model can know; a recorded trace carries the real answer.
+    errno 0 cancels a pending injection.
+    """
 
     block: Annotated[int, U32, Res.BLOCK]
+    op: Annotated[Op, U8]
     errno: Annotated[int, U16, Res.ERRNO]
 
 

@@ -20,7 +20,7 @@ vmem = "vm0"                    # resize a virtio-mem device
 size = "12G"
 ```
 Other steps: `unplug = "dimm0"`, `online = 48` (`type`, `attr = "state"|"online"`),
-`offline = 48` (`attr`, `fails = "EBUSY"`), `param = "auto_movable_ratio"` with `value`,
+`offline = 48` (`attr`); both take `fails = "EBUSY"` (the real kernel's failure, injected), `param = "auto_movable_ratio"` with `value`,
 `auto_online = "offline"`. `online`/`offline` also take a range: `online = "48-55"`.
 """
 
@@ -210,7 +210,7 @@ STEP_KEYS = {
     "dimm": {"node", "id"},
     "unplug": set(),
     "vmem": {"size"},
-    "online": {"type", "attr"},
+    "online": {"type", "attr", "fails"},
     "offline": {"attr", "fails"},
     "param": {"value"},
     "auto_online": set(),
@@ -243,11 +243,10 @@ def _step(r: _Reader, s: dict[str, Any], i: int, vmem_ids: set[str]) -> Step:
         args["attr"] = r.get(s, "attr", "str", where, line, "state", ("state", "online"))
         if action == "online":
             args["type"] = ONLINE_TYPES[r.get(s, "type", "str", where, line, "online", ("online", "online_kernel", "online_movable"))]
-        else:
-            name = r.get(s, "fails", "str", where, line, None)
-            if name is not None and not isinstance(getattr(errno, name, None), int):
-                raise r.fail(f"{where}.fails", line, f"expected an errno name like 'EBUSY', got {name!r}")
-            args["fails"] = getattr(errno, name) if name else 0
+        name = r.get(s, "fails", "str", where, line, None)
+        if name is not None and not isinstance(getattr(errno, name, None), int):
+            raise r.fail(f"{where}.fails", line, f"expected an errno name like 'EBUSY', got {name!r}")
+        args["fails"] = getattr(errno, name) if name else 0
     elif action == "param":
         args["param"] = r.get(s, "param", "str", where, line, allow=PARAMS)
         v = s.get("value")

@@ -28,10 +28,10 @@ from traces.events import (
     Event,
     GroupRegister,
     GroupUnregister,
+    InjectFailure,
     Mark,
     OfflineAndRemoveMemory,
     OfflineBlock,
-    OfflineFails,
     OnlineBlock,
     OnlineType,
     Param,
@@ -182,11 +182,11 @@ class Kernel:
             return online_store(self.m, ev.block, False)
         return state_store(self.m, ev.block, OnlineType.OFFLINE)
 
-    def _offline_fails(self, ev: OfflineFails) -> int:
+    def _inject_failure(self, ev: InjectFailure) -> int:
         if ev.errno:
-            self.m.offline_failures[ev.block] = ev.errno
+            self.m.failures[(ev.block, ev.op)] = ev.errno
         else:
-            self.m.offline_failures.pop(ev.block, None)
+            self.m.failures.pop((ev.block, ev.op), None)
         return 0
 
 
@@ -204,6 +204,6 @@ HANDLERS: dict[type[Event], Callable[[Kernel, Event], int]] = {
     OfflineAndRemoveMemory: lambda k, ev: offline_and_remove_memory(k.m, ev.start, ev.size),
     OnlineBlock: Kernel._online_block,
     OfflineBlock: Kernel._offline_block,
-    OfflineFails: Kernel._offline_fails,
+    InjectFailure: Kernel._inject_failure,
     Mark: lambda k, ev: 0,
 }  # type: ignore[dict-item]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from replay.model.outcome import Outcome
 from replay.model.profiles import Profile
 from replay.model.u64 import Accounting
-from traces.events import BlockState, OnlineType, Policy, ZoneType
+from traces.events import BlockState, OnlineType, Op, Policy, ZoneType
 
 PAGE_SIZE = 4096
 PAGES_PER_SECTION = 32768  # 128 MiB sections (SECTION_SIZE_BITS = 27)
@@ -137,7 +137,7 @@ class Machine:
     params: Params = field(default_factory=Params)
     resources: list[tuple[int, int]] = field(default_factory=list)  # sorted disjoint [start, end) of RAM, bytes
     acct: Accounting = field(default_factory=Accounting)
-    offline_failures: dict[int, int] = field(default_factory=dict)  # block -> errno of its next offline
+    failures: dict[tuple[int, Op], int] = field(default_factory=dict)  # (block, op) -> errno of its next attempt
     # Sums over dynamic groups of the auto-movable group terms, kept per scope (-1 = all nodes):
     # scope -> [req, gmov] (u64), and each dynamic group's own current (req, gmov) terms.
     dyn_sums: dict[int, list[int]] = field(default_factory=dict)

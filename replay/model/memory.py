@@ -15,7 +15,7 @@ from replay.model.memory_hotplug import (
     zone_for_pfn_range,
 )
 from replay.model.outcome import AutoMovableStats, BlockChange, Decision
-from traces.events import BlockState, OnlineType, Policy, ZoneType
+from traces.events import BlockState, OnlineType, Op, Policy, ZoneType
 
 ONLINE = BlockState.ONLINE
 OFFLINE = BlockState.OFFLINE
@@ -185,7 +185,8 @@ def remove_memory_block_devices(m: Machine, first: int, nr_blocks: int) -> None:
             continue
         if mem.group is not None:
             mem.group.blocks.discard(b)
-        m.offline_failures.pop(b, None)
+        m.failures.pop((b, Op.ONLINE), None)
+        m.failures.pop((b, Op.OFFLINE), None)
         m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), BlockState.ABSENT, ZoneType.NONE, 0))
 
 

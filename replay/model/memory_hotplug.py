@@ -16,7 +16,7 @@ from replay.model.machine import (
 )
 from replay.model.outcome import AutoMovableStats
 from replay.model.u64 import MASK, S64_MIN
-from traces.events import BlockState, OnlineType, Policy, ZoneType
+from traces.events import BlockState, OnlineType, Op, Policy, ZoneType
 
 MOVABLE = ZoneType.MOVABLE
 
@@ -316,10 +316,14 @@ def check_pfn_range(start_pfn: int, nr_pages: int) -> bool:
 
 
 def online_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, zone: Zone) -> int:
-    """mm/memory_hotplug.c:online_pages (6.1); 0 or -errno."""
+    """mm/memory_hotplug.c:online_pages (6.1); 0 or -errno (an injected notifier failure)."""
     if not check_pfn_range(start_pfn, nr_pages):
         return -errno.EINVAL
     move_pfn_range_to_zone(m, zone, start_pfn, nr_pages)
+    failure = m.failures.pop((block.id, Op.ONLINE), 0)
+    if failure:  # MEM_GOING_ONLINE notifier NACK: undo the span growth
+        remove_pfn_range_from_zone(m, zone, start_pfn, nr_pages)
+        return -failure
     adjust_present_page_count(m, zone, block.early, block.group, nr_pages)
     return 0
 
@@ -327,15 +331,15 @@ def online_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, 
 def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, zone: Zone) -> int:
     """mm/memory_hotplug.c:offline_pages (6.1); 0 or -errno.
 
-    Whether isolation and migration succeed is not knowable to a model: an ``OfflineFails``
+    Whether isolation and migration succeed is not knowable to a model: an ``InjectFailure``
     input fact supplies the real kernel's answer for the next offline of the block.
     """
     if not check_pfn_range(start_pfn, nr_pages):
         return -errno.EINVAL
     if block.present_pages != m.block_pages:  # walk_system_ram_range: memory holes
         return -errno.EINVAL
-    failure = m.offline_failures.pop(block.id, 0)
-    if failure:
+    failure = m.failures.pop((block.id, Op.OFFLINE), 0)
+    if failure:  # isolation or migration failed (unmovable page, signal ...)
         return -failure
     adjust_present_page_count(m, zone, block.early, block.group, -nr_pages)
     # The kernel shrinks [start_pfn, end) here and the vmemmap head in mhp_deinit_memmap_on_memory;

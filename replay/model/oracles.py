@@ -123,7 +123,8 @@ class Oracles:
                 Finding(
                     "ACCT-GROUP",
                     index,
-                    f"group {g.mgid} counters kernel={g.present_kernel_pages} movable={g.present_movable_pages}, online blocks give kernel={shadow[0]} movable={shadow[1]}",
+                    f"group {g.mgid} counters kernel={g.present_kernel_pages} movable={g.present_movable_pages}, "
+                    f"online blocks give kernel={shadow[0]} movable={shadow[1]}",
                     ("dynamic" if g.is_dynamic else "static",),
                     {"group": g.mgid},
                 )
@@ -191,17 +192,19 @@ class Oracles:
                     )
                 )
         group = mem.group
-        if group is not None and not group.is_dynamic and group.mgid not in self.explicit_groups:
-            if group.present_kernel_pages and group.present_movable_pages:
-                emit(
-                    Finding(
-                        "AM-STATIC-MIXED",
-                        index,
-                        f"policy put memory{block} into {zone.label}; static group {group.mgid} now holds kernel {group.present_kernel_pages} and movable {group.present_movable_pages} pages",
-                        (zone.label,),
-                        {"block": block, "group": group.mgid},
-                    )
+        if group is None or group.is_dynamic or group.mgid in self.explicit_groups:
+            return
+        if group.present_kernel_pages and group.present_movable_pages:
+            emit(
+                Finding(
+                    "AM-STATIC-MIXED",
+                    index,
+                    f"policy put memory{block} into {zone.label}; static group {group.mgid} now holds "
+                    f"kernel {group.present_kernel_pages} and movable {group.present_movable_pages} pages",
+                    (zone.label,),
+                    {"block": block, "group": group.mgid},
                 )
+            )
 
     def _check_state_errno(self, ev: OnlineBlock | OfflineBlock, out: Outcome, index: int, emit: Callable[[Finding], None]) -> None:
         want_online = isinstance(ev, OnlineBlock) and not (ev.attr is Attr.STATE and ev.online_type is OnlineType.OFFLINE)
@@ -215,7 +218,8 @@ class Oracles:
                 Finding(
                     "STATE-ERRNO",
                     index,
-                    f"{type(ev).__name__} memory{ev.block} returned {out.rc} but state changed={changed}, now {'online' if mem and mem.state is BlockState.ONLINE else 'not online'}",
+                    f"{type(ev).__name__} memory{ev.block} returned {out.rc} but state changed={changed}, "
+                    f"now {'online' if mem and mem.state is BlockState.ONLINE else 'not online'}",
                     (type(ev).__name__, ev.attr.name),
                     {"block": ev.block, "rc": out.rc},
                 )

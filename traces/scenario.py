@@ -152,7 +152,10 @@ def load_scenario(path: str | Path) -> Scenario:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ScenarioError(f"{path}: TOML syntax: {e}") from None
+        where = re.search(r"\(at line (\d+), column (\d+)\)$", str(e))
+        loc = f"{path}:{where.group(1)}:{where.group(2)}" if where else path
+        msg = str(e)[: where.start()].rstrip() if where else str(e)
+        raise ScenarioError(f"{loc}: TOML syntax: {msg}") from None
     return parse_scenario(doc, path, text)
 
 

@@ -4,13 +4,6 @@ from __future__ import annotations
 
 import errno
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
-from replay.model.machine import Machine, MemoryGroup
-from replay.model.memory_hotplug import auto_movable_can_online_movable, update_dynamic_group_term
-from replay.model.profiles import get_profile
-from replay.model.u64 import MASK
 from tests.helpers import AUTO_MOVABLE, BLOCK, BP, block_zone, boot, ideal_events
 from traces.events import (
     AddFlags,
@@ -71,56 +64,13 @@ def test_q3_kernel_zone_uses_the_moved_pfn_and_the_need() -> None:
     assert [block_zone(k, b) for b in range(17, 24)] == ["DMA32"] * 7
 
 
-def walk_dynamic_groups(m: Machine, nid: int, group: MemoryGroup | None) -> tuple[int, int]:
-    """The kernel's literal walk over dynamic groups (auto_movable_stats_account_group), for comparison."""
-    ratio = m.params.auto_movable_ratio
-    r = ratio - (1 << 32) if ratio >= 1 << 31 else ratio
-    req = gmov = 0
-    for g in sorted(m.groups.values(), key=lambda g: g.mgid):
-        if not g.is_dynamic or g is group or (nid != -1 and g.nid != nid) or r == 0:
-            continue
-        pages = ((g.present_movable_pages * 100) & MASK) // (r & MASK)
-        pages = (pages - g.present_kernel_pages) & MASK
-        if 0 < pages < 1 << 63:
-            req = (req + pages) & MASK
-        gmov = (gmov + g.present_movable_pages) & MASK
-    return req, gmov
-
-
-counters = st.integers(0, 2**64 - 1) | st.integers(0, 10**7)
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    groups=st.lists(st.tuples(st.integers(0, 1), counters, counters), min_size=1, max_size=8),
-    ratio=st.sampled_from([0, 1, 99, 100, 300, 301, 2**31 - 1, 2**31, 2**32 - 1]) | st.integers(0, 2**32 - 1),
-    pick=st.integers(0, 7),
-)
-def test_cached_group_sums_equal_the_kernel_walk(groups: list, ratio: int, pick: int) -> None:
-    """The model's incremental dynamic-group sums give exactly the kernel walk's req and gmov."""
-    m = Machine(get_profile("6.1"), possible_nodes=frozenset({0, 1}))
-    m.params.auto_movable_ratio = ratio
-    for i, (nid, kern, mov) in enumerate(groups):
-        g = m.groups[i] = MemoryGroup(i, nid, True, BP)
-        update_dynamic_group_term(m, g)
-        g.present_kernel_pages, g.present_movable_pages = kern, mov
-        update_dynamic_group_term(m, g)
-    for n in (0, 1):
-        m.node(n).online = True
-    own = m.groups.get(pick)
-    for nid in (-1, 0, 1):
-        trace: list = []
-        auto_movable_can_online_movable(m, nid, own, BP, trace)
-        expected = walk_dynamic_groups(m, nid, own)
-        assert (trace[0].req, trace[0].gmov) == expected
-
-
 def test_ratio_above_s32_max_zeroes_the_group_term() -> None:
     """§1.1: a ratio > 2^31-1 is negative as s32; the division by 2^64-|r| makes the group term 0."""
     k = boot(ideal_events())
     mgid = k.apply(GroupRegister(True, 0, BP)).rc
     for b in range(48, 52):
         k.apply(AddMemory(b * BLOCK, BLOCK, mgid, AddFlags.NID_IS_MGID))
-    assert k.m.dyn_terms[mgid][0] > 0
+    g = k.m.groups[mgid]
+    assert g.term_req > 0
     assert k.apply(ParamWrite(Param.AUTO_MOVABLE_RATIO, str(2**31))).rc == 0
-    assert k.m.dyn_terms[mgid] == (0, 4 * BP)
+    assert (g.term_req, g.term_gmov) == (0, 4 * BP)

@@ -160,7 +160,7 @@ def test_ratio_zero_means_kernel_zone_and_no_group_terms() -> None:
     grow_vmem(k, 48, 49)
     plug_dimm(k, 80)
     assert {block_zone(k, b) for b in [48, 49, *range(80, 112)]} == {"Normal"}
-    assert set(k.m.dyn_terms.values()) == {(0, 0)}
+    assert {(g.term_req, g.term_gmov) for g in k.m.groups.values() if g.is_dynamic} == {(0, 0)}
 
 
 def test_online_an_online_block() -> None:

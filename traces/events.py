@@ -7,11 +7,10 @@ form and the fuzzer's mutator are all derived from these annotations.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import typing
 from dataclasses import dataclass
-from typing import Annotated, ClassVar, get_type_hints
+from typing import Annotated, NamedTuple, get_type_hints
 
 # --- wire types --------------------------------------------------------------------------------
 
@@ -157,14 +156,6 @@ class AddFlags(enum.IntFlag):
 # --- the event table -----------------------------------------------------------------------------
 
 
-class Event:
-    """Base of all events; ``CODE`` is the record type on the wire, ``KIND`` its role."""
-
-    CODE: ClassVar[int]
-    KIND: ClassVar[str]  # "boot" | "request" | "inject" | "mark"
-    __slots__ = ()
-
-
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     """One field of an event type as derived from its annotations."""
@@ -175,36 +166,55 @@ class FieldSpec:
     res: Res | None
 
 
-EVENT_TYPES: dict[int, type[Event]] = {}
-_SPECS: dict[type[Event], tuple[FieldSpec, ...]] = {}
+EVENT_TYPES: dict[int, type] = {}
+_SPECS: dict[type, tuple[FieldSpec, ...]] = {}
+_T = typing.TypeVar("_T", bound=type)
 
 
-def event(code: int, kind: str) -> typing.Callable[[type], type]:
-    """Register a dataclass as event type ``code``."""
+def event(code: int, kind: str) -> typing.Callable[[_T], _T]:
+    """Register a NamedTuple class as event type ``code`` with role ``kind``.
 
-    def register(cls: type) -> type:
+    Events are NamedTuples so that decoders build them from unpacked tuples cheaply; equality
+    also compares the type, so two event types with equal fields never compare equal.
+    """
+
+    def register(cls: _T) -> _T:
         if code in EVENT_TYPES:
             raise ValueError(f"event code {code:#x} used twice")
-        cls.CODE = code
-        cls.KIND = kind
+        cls.CODE = code  # type: ignore[attr-defined]
+        cls.KIND = kind  # type: ignore[attr-defined]
+        cls.__eq__ = _typed_eq  # type: ignore[assignment,method-assign]
+        cls.__ne__ = _typed_ne  # type: ignore[assignment,method-assign]
+        cls.__hash__ = _typed_hash  # type: ignore[assignment,method-assign]
         EVENT_TYPES[code] = cls
         return cls
 
     return register
 
 
-def fields_of(cls: type[Event]) -> tuple[FieldSpec, ...]:
+def _typed_eq(self: tuple, other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+
+
+def _typed_ne(self: tuple, other: object) -> bool:
+    return not _typed_eq(self, other)
+
+
+def _typed_hash(self: tuple) -> int:
+    return hash((type(self).__name__, tuple(self)))
+
+
+def fields_of(cls: type) -> tuple[FieldSpec, ...]:
     """The field specs of an event type, in declaration order."""
     spec = _SPECS.get(cls)
     if spec is None:
         hints = get_type_hints(cls, include_extras=True)
         out = []
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            py, *meta = typing.get_args(hint)
+        for name in cls._fields:  # type: ignore[attr-defined]
+            py, *meta = typing.get_args(hints[name])
             wire = next(m for m in meta if isinstance(m, Wire))
             res = next((m for m in meta if isinstance(m, Res)), None)
-            out.append(FieldSpec(f.name, wire, py, res))
+            out.append(FieldSpec(name, wire, py, res))
         spec = _SPECS[cls] = tuple(out)
     return spec
 
@@ -213,8 +223,7 @@ def fields_of(cls: type[Event]) -> tuple[FieldSpec, ...]:
 
 
 @event(0x01, "boot")
-@dataclass(frozen=True, slots=True)
-class BootMachine(Event):
+class BootMachine(NamedTuple):
     """Machine geometry: memory block size, possible NUMA nodes and nodes with CPUs (bit masks)."""
 
     block_size: Annotated[int, U64, Res.SIZE]
@@ -223,8 +232,7 @@ class BootMachine(Event):
 
 
 @event(0x02, "boot")
-@dataclass(frozen=True, slots=True)
-class BootParams(Event):
+class BootParams(NamedTuple):
     """Hotplug parameters in force at boot (already parsed)."""
 
     online_policy: Annotated[Policy, U8]
@@ -236,8 +244,7 @@ class BootParams(Event):
 
 
 @event(0x03, "boot")
-@dataclass(frozen=True, slots=True)
-class BootZone(Event):
+class BootZone(NamedTuple):
     """A zone of an online node as laid out at boot."""
 
     node: Annotated[int, U16, Res.NODE]
@@ -250,8 +257,7 @@ class BootZone(Event):
 
 
 @event(0x04, "boot")
-@dataclass(frozen=True, slots=True)
-class BootGroup(Event):
+class BootGroup(NamedTuple):
     """A memory group that exists when the snapshot is taken."""
 
     mgid: Annotated[int, S32, Res.GROUP]
@@ -261,8 +267,7 @@ class BootGroup(Event):
 
 
 @event(0x05, "boot")
-@dataclass(frozen=True, slots=True)
-class BootBlocks(Event):
+class BootBlocks(NamedTuple):
     """A run of ``count`` memory blocks from ``first`` with identical attributes."""
 
     first: Annotated[int, U32, Res.BLOCK]
@@ -280,8 +285,7 @@ class BootBlocks(Event):
 
 
 @event(0x10, "request")
-@dataclass(frozen=True, slots=True)
-class ParamWrite(Event):
+class ParamWrite(NamedTuple):
     """A write to a run-time hotplug parameter (raw string, parsed like the kernel)."""
 
     param: Annotated[Param, U8]
@@ -289,8 +293,7 @@ class ParamWrite(Event):
 
 
 @event(0x11, "request")
-@dataclass(frozen=True, slots=True)
-class GroupRegister(Event):
+class GroupRegister(NamedTuple):
     """memory_group_register_static/dynamic; result: the new mgid or -errno."""
 
     dynamic: Annotated[bool, BOOL]
@@ -299,16 +302,14 @@ class GroupRegister(Event):
 
 
 @event(0x12, "request")
-@dataclass(frozen=True, slots=True)
-class GroupUnregister(Event):
+class GroupUnregister(NamedTuple):
     """memory_group_unregister."""
 
     mgid: Annotated[int, S32, Res.GROUP]
 
 
 @event(0x13, "request")
-@dataclass(frozen=True, slots=True)
-class AddMemory(Event):
+class AddMemory(NamedTuple):
     """add_memory / add_memory_driver_managed; ``nid`` is a group id with NID_IS_MGID."""
 
     start: Annotated[int, U64, Res.ADDR]
@@ -318,8 +319,7 @@ class AddMemory(Event):
 
 
 @event(0x14, "request")
-@dataclass(frozen=True, slots=True)
-class RemoveMemory(Event):
+class RemoveMemory(NamedTuple):
     """remove_memory of a physical range."""
 
     start: Annotated[int, U64, Res.ADDR]
@@ -327,8 +327,7 @@ class RemoveMemory(Event):
 
 
 @event(0x15, "request")
-@dataclass(frozen=True, slots=True)
-class OfflineAndRemoveMemory(Event):
+class OfflineAndRemoveMemory(NamedTuple):
     """offline_and_remove_memory of a physical range (virtio-mem)."""
 
     start: Annotated[int, U64, Res.ADDR]
@@ -336,8 +335,7 @@ class OfflineAndRemoveMemory(Event):
 
 
 @event(0x16, "request")
-@dataclass(frozen=True, slots=True)
-class OnlineBlock(Event):
+class OnlineBlock(NamedTuple):
     """Online request for one block through ``state`` (with a type) or ``online`` ("1")."""
 
     block: Annotated[int, U32, Res.BLOCK]
@@ -347,8 +345,7 @@ class OnlineBlock(Event):
 
 
 @event(0x17, "request")
-@dataclass(frozen=True, slots=True)
-class OfflineBlock(Event):
+class OfflineBlock(NamedTuple):
     """Offline request for one block through ``state`` ("offline") or ``online`` ("0")."""
 
     block: Annotated[int, U32, Res.BLOCK]
@@ -357,8 +354,7 @@ class OfflineBlock(Event):
 
 
 @event(0x18, "inject")
-@dataclass(frozen=True, slots=True)
-class InjectFailure(Event):
+class InjectFailure(NamedTuple):
     """Input fact: the next online (a notifier NACK) or offline (unmovable pages) of ``block`` fails.
 
     Such failures depend on what no model can know; a recorded trace carries the real answer.
@@ -371,8 +367,26 @@ class InjectFailure(Event):
 
 
 @event(0x30, "mark")
-@dataclass(frozen=True, slots=True)
-class Mark(Event):
+class Mark(NamedTuple):
     """A free-form mark, e.g. a scenario step boundary."""
 
     text: Annotated[str, STR]
+
+
+Event = (
+    BootMachine
+    | BootParams
+    | BootZone
+    | BootGroup
+    | BootBlocks
+    | ParamWrite
+    | GroupRegister
+    | GroupUnregister
+    | AddMemory
+    | RemoveMemory
+    | OfflineAndRemoveMemory
+    | OnlineBlock
+    | OfflineBlock
+    | InjectFailure
+    | Mark
+)

@@ -6,16 +6,16 @@ import bisect
 import errno
 
 from replay.model.findings import Finding
-from replay.model.machine import MAX_PHYSMEM_BITS, Machine
+from replay.model.machine import MAX_PHYSMEM_BITS, MEM_OFFLINE, MEM_ONLINE, MMOP_OFFLINE, MMOP_ONLINE_KERNEL, MMOP_ONLINE_MOVABLE, ZONE_MOVABLE, Machine
 from replay.model.memory import (
     create_memory_block_devices,
     device_offline,
     device_online,
     remove_memory_block_devices,
 )
-from replay.model.memory_hotplug import memmap_pages, mhp_supports_memmap_on_memory
+from replay.model.memory_hotplug import memmap_pages, mhp_supports_memmap_on_memory, set_node_online, update_zone_stats
 from replay.model.u64 import MASK
-from traces.events import AddFlags, BlockState, OnlineType, ZoneType
+from traces.events import AddFlags, OnlineType
 
 PHYSMEM_END = (1 << MAX_PHYSMEM_BITS) - 1
 
@@ -102,12 +102,12 @@ def add_memory_resource(m: Machine, start: int, size: int, nid: int, flags: AddF
     rc = create_memory_block_devices(m, start_pfn, nr_blocks, vmemmap, group)
     if rc:
         if new_node:
-            m.nodes[nid].online = False
+            set_node_online(m, m.nodes[nid], False)
         return rc
     for b in range(first, first + nr_blocks):  # register_memory_blocks_under_node
         m.blocks[b].nid = nid
     online_type = m.params.auto_online_blocks
-    if online_type is not OnlineType.OFFLINE:
+    if online_type is not MMOP_OFFLINE:
         for b in range(first, first + nr_blocks):  # walk_memory_blocks stops at the first error
             mem = m.blocks[b]
             mem.online_type = online_type
@@ -121,11 +121,12 @@ def try_online_node(m: Machine, nid: int) -> bool:
     node = m.node(nid)
     if node.online:
         return False
-    node.online = True
     for z in node.zones:  # present_early_pages is not reset (KERNEL-SEMANTICS §2.2 step 5)
         z.present_pages = 0
         z.zone_start_pfn = z.spanned_pages = 0
+        update_zone_stats(m, z)
     node.node_present_pages = 0
+    set_node_online(m, node, True)
     return True
 
 
@@ -142,7 +143,7 @@ def try_remove_memory(m: Machine, start: int, size: int) -> int:
     present = [b for b in blocks if b is not None]
     if len(present) != len(blocks):
         return api_misuse(m, "remove: range not fully added (arch_remove_memory of absent memory)")
-    if any(b.state is not BlockState.OFFLINE for b in present):
+    if any(b.state is not MEM_OFFLINE for b in present):
         return -errno.EBUSY
     nid = present[-1].nid
     with_altmap = [b for b in present if b.nr_vmemmap_pages]
@@ -164,7 +165,7 @@ def try_offline_node(m: Machine, nid: int) -> None:
         return
     if any(b.nid == nid for b in m.blocks.values()):
         return
-    node.online = False
+    set_node_online(m, node, False)
 
 
 def offline_and_remove_memory(m: Machine, start: int, size: int) -> int:
@@ -179,19 +180,19 @@ def offline_and_remove_memory(m: Machine, start: int, size: int) -> int:
         mem = m.blocks.get(b)
         if mem is None:
             continue
-        zone = mem.zone if mem.state is BlockState.ONLINE else None
-        online_type = OnlineType.ONLINE_MOVABLE if zone is not None and zone.idx is ZoneType.MOVABLE else OnlineType.ONLINE_KERNEL
+        zone = mem.zone if mem.state is MEM_ONLINE else None
+        online_type = MMOP_ONLINE_MOVABLE if zone is not None and zone.idx is ZONE_MOVABLE else MMOP_ONLINE_KERNEL
         rc = device_offline(m, mem)
         if rc < 0:
             break
-        touched.append((b, OnlineType.OFFLINE if rc == 1 else online_type))
+        touched.append((b, MMOP_OFFLINE if rc == 1 else online_type))
         rc = 0
     if not rc:
         rc = try_remove_memory(m, start, size)
     if rc:
         for b, online_type in touched:  # try_reonline_memory_block
             mem = m.blocks.get(b)
-            if mem is not None and online_type is not OnlineType.OFFLINE:
+            if mem is not None and online_type is not MMOP_OFFLINE:
                 mem.online_type = online_type
                 device_online(m, mem)
     return rc

@@ -9,24 +9,21 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
-from replay.model.machine import Machine
+from replay.model.machine import MEM_ONLINE, MMOP_ONLINE, ZONE_MOVABLE, Machine
 from replay.model.memory_hotplug import mhp_supports_memmap_on_memory
 from replay.model.outcome import Outcome
 from traces.events import (
     AddFlags,
     AddMemory,
     Attr,
-    BlockState,
     Event,
     GroupRegister,
     GroupUnregister,
     OfflineAndRemoveMemory,
     OfflineBlock,
     OnlineBlock,
-    OnlineType,
     RemoveMemory,
     Source,
-    ZoneType,
 )
 
 Emit = Callable[[Event], Outcome]
@@ -63,7 +60,7 @@ class AcpiDimm:
             rc = emit(OfflineBlock(b, Attr.ONLINE, Source.DRIVER)).rc
             if rc < 0:
                 for r in blocks[:i]:  # acpi_bus_online: device_online with the block's stored type
-                    emit(OnlineBlock(r, OnlineType.ONLINE, Attr.ONLINE, Source.DRIVER))
+                    emit(OnlineBlock(r, MMOP_ONLINE, Attr.ONLINE, Source.DRIVER))
                 return rc
         rc = emit(RemoveMemory(self.start, self.size)).rc
         if rc:
@@ -113,8 +110,8 @@ class VirtioMem:
         zones = set()
         for b in range(first, first + max(1, self.unit // m.block_size)):
             mem = m.blocks.get(b)
-            if mem is not None and mem.state is BlockState.ONLINE and mem.zone is not None:
-                zones.add("movable" if mem.zone.idx is ZoneType.MOVABLE else "kernel")
+            if mem is not None and mem.state is MEM_ONLINE and mem.zone is not None:
+                zones.add("movable" if mem.zone.idx is ZONE_MOVABLE else "kernel")
         kind = "kernel" if "kernel" in zones else "movable" if zones else "offline"
         return kind, self.plugged[unit] < self.per_unit
 

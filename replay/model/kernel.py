@@ -9,17 +9,32 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from replay.model.add_remove import add_memory, offline_and_remove_memory, try_remove_memory
-from replay.model.machine import PAGES_PER_SECTION, Machine, MemoryBlock, MemoryGroup
+from replay.model.machine import (
+    ATTR_ONLINE,
+    MEM_OFFLINE,
+    MEM_ONLINE,
+    MMOP_OFFLINE,
+    PAGES_PER_SECTION,
+    ZONE_MOVABLE,
+    ZONE_NONE,
+    Machine,
+    MemoryBlock,
+    MemoryGroup,
+)
 from replay.model.memory import memory_group_register, memory_group_unregister, online_store, state_store
-from replay.model.memory_hotplug import recompute_dynamic_group_terms, update_dynamic_group_term, update_pgdat_span
+from replay.model.memory_hotplug import (
+    recompute_dynamic_group_terms,
+    set_node_online,
+    update_dynamic_group_term,
+    update_pgdat_span,
+    update_zone_stats,
+)
 from replay.model.oracles import Oracles
 from replay.model.outcome import Outcome
 from replay.model.params import write_param
 from replay.model.profiles import Profile
 from traces.events import (
     AddMemory,
-    Attr,
-    BlockState,
     BootBlocks,
     BootGroup,
     BootMachine,
@@ -33,11 +48,9 @@ from traces.events import (
     OfflineAndRemoveMemory,
     OfflineBlock,
     OnlineBlock,
-    OnlineType,
     Param,
     ParamWrite,
     RemoveMemory,
-    ZoneType,
 )
 
 
@@ -99,14 +112,14 @@ class Kernel:
         return 0
 
     def _boot_zone(self, ev: BootZone) -> int:
-        if ev.zone is ZoneType.NONE:
+        if ev.zone is ZONE_NONE:
             raise SnapshotError(self.index, "a boot zone needs a zone type")
         if ev.present > ev.spanned or ev.present_early > ev.present:
             raise SnapshotError(
                 self.index, f"zone {ev.zone.label} node {ev.node}: present {ev.present} > spanned {ev.spanned} or early {ev.present_early} > present"
             )
         node = self.m.node(ev.node)
-        node.online = True
+        set_node_online(self.m, node, True)
         z = node.zones[ev.zone]
         z.zone_start_pfn = ev.start_pfn if ev.spanned else 0
         z.spanned_pages = ev.spanned
@@ -115,6 +128,7 @@ class Kernel:
         z.present_pages = ev.present
         z.present_early_pages = ev.present_early
         z.cma_pages = ev.cma
+        update_zone_stats(self.m, z)
         update_pgdat_span(node)
         return 0
 
@@ -132,10 +146,10 @@ class Kernel:
         node = m.nodes.get(ev.node)
         if node is None or not node.online:
             raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count} on node {ev.node}, which has no boot zones")
-        if ev.state not in (BlockState.ONLINE, BlockState.OFFLINE):
+        if ev.state not in (MEM_ONLINE, MEM_OFFLINE):
             raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: state {ev.state.name} at boot")
-        online = ev.state is BlockState.ONLINE
-        if not online and (ev.zone is not ZoneType.NONE or ev.present_pages != m.block_pages):
+        online = ev.state is MEM_ONLINE
+        if not online and (ev.zone is not ZONE_NONE or ev.present_pages != m.block_pages):
             raise SnapshotError(self.index, f"offline blocks {ev.first}+{ev.count} must have no zone and no holes")
         if ev.present_pages > m.block_pages or ev.vmemmap_pages >= m.block_pages:
             raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: present/vmemmap pages exceed the block")
@@ -149,13 +163,13 @@ class Kernel:
                 raise SnapshotError(self.index, f"memory{b} defined twice")
             mem = m.blocks[b] = MemoryBlock(b, b * m.block_pages, ev.node, ev.state, ev.early, ev.present_pages)
             mem.nr_vmemmap_pages = ev.vmemmap_pages
-            if online and ev.zone is not ZoneType.NONE:
+            if online and ev.zone is not ZONE_NONE:
                 mem.zone = node.zones[ev.zone]
             if group is not None:
                 mem.group = group
                 group.blocks.add(b)
                 if online:
-                    kind = "present_movable_pages" if ev.zone is ZoneType.MOVABLE else "present_kernel_pages"
+                    kind = "present_movable_pages" if ev.zone is ZONE_MOVABLE else "present_kernel_pages"
                     setattr(group, kind, getattr(group, kind) + m.block_pages)
         if group is not None and group.is_dynamic:
             update_dynamic_group_term(m, group)
@@ -173,14 +187,14 @@ class Kernel:
         return rc
 
     def _online_block(self, ev: OnlineBlock) -> int:
-        if ev.attr is Attr.ONLINE:
+        if ev.attr is ATTR_ONLINE:
             return online_store(self.m, ev.block, True)
         return state_store(self.m, ev.block, ev.online_type)
 
     def _offline_block(self, ev: OfflineBlock) -> int:
-        if ev.attr is Attr.ONLINE:
+        if ev.attr is ATTR_ONLINE:
             return online_store(self.m, ev.block, False)
-        return state_store(self.m, ev.block, OnlineType.OFFLINE)
+        return state_store(self.m, ev.block, MMOP_OFFLINE)
 
     def _inject_failure(self, ev: InjectFailure) -> int:
         if ev.errno:

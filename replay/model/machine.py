@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from replay.model.outcome import Outcome
 from replay.model.profiles import Profile
 from replay.model.u64 import Accounting
-from traces.events import BlockState, OnlineType, Op, Policy, ZoneType
+from traces.events import Attr, BlockState, OnlineType, Op, Policy, ZoneType
 
 PAGE_SIZE = 4096
 PAGES_PER_SECTION = 32768  # 128 MiB sections (SECTION_SIZE_BITS = 27)
@@ -17,8 +17,14 @@ STRUCT_PAGE_SIZE = 64
 MAX_NUMNODES = 1024  # CONFIG_NODES_SHIFT=10 on Debian amd64
 NUMA_NO_NODE = -1
 MAX_PHYSMEM_BITS = 46  # x86-64 4-level paging
-KERNEL_ZONES = (ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL)
-ZONES = (ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL, ZoneType.MOVABLE)
+# The kernel's names for the enum members, as module constants (cheaper than enum attribute access).
+ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE, ZONE_NONE = ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL, ZoneType.MOVABLE, ZoneType.NONE
+MMOP_OFFLINE, MMOP_ONLINE, MMOP_ONLINE_KERNEL, MMOP_ONLINE_MOVABLE = OnlineType
+MEM_ONLINE, MEM_GOING_OFFLINE, MEM_OFFLINE, MEM_ABSENT = BlockState.ONLINE, BlockState.GOING_OFFLINE, BlockState.OFFLINE, BlockState.ABSENT
+MHP_ONLINE, MHP_OFFLINE = Op.ONLINE, Op.OFFLINE
+ONLINE_POLICY_CONTIG_ZONES, ONLINE_POLICY_AUTO_MOVABLE = Policy.CONTIG_ZONES, Policy.AUTO_MOVABLE
+ATTR_STATE, ATTR_ONLINE = Attr.STATE, Attr.ONLINE
+ZONES = (ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE)
 
 
 class Zone:
@@ -32,6 +38,8 @@ class Zone:
         "nid",
         "present_early_pages",
         "present_pages",
+        "share_kernel",
+        "share_movable",
         "spanned_pages",
         "zone_start_pfn",
     )
@@ -46,6 +54,8 @@ class Zone:
         self.cma_pages = 0
         self.boot_start = 0  # the span laid out at boot, for pages of multi-zone early blocks
         self.boot_end = 0
+        self.share_movable = 0  # this zone's current part of Machine.zone_sums (see update_zone_stats)
+        self.share_kernel = 0
 
     @property
     def zone_end_pfn(self) -> int:
@@ -75,7 +85,7 @@ class Node:
 class MemoryGroup:
     """struct memory_group: a static (DIMM) or dynamic (virtio-mem) group of blocks."""
 
-    __slots__ = ("blocks", "is_dynamic", "mgid", "nid", "pages", "present_kernel_pages", "present_movable_pages")
+    __slots__ = ("blocks", "is_dynamic", "mgid", "nid", "pages", "present_kernel_pages", "present_movable_pages", "term_gmov", "term_req")
 
     def __init__(self, mgid: int, nid: int, is_dynamic: bool, pages: int) -> None:
         self.mgid = mgid
@@ -85,6 +95,8 @@ class MemoryGroup:
         self.present_kernel_pages = 0
         self.present_movable_pages = 0
         self.blocks: set[int] = set()
+        self.term_req = 0  # this dynamic group's current auto-movable terms (see update_dynamic_group_term)
+        self.term_gmov = 0
 
     def __repr__(self) -> str:
         return f"group {self.mgid}"
@@ -138,10 +150,10 @@ class Machine:
     resources: list[tuple[int, int]] = field(default_factory=list)  # sorted disjoint [start, end) of RAM, bytes
     acct: Accounting = field(default_factory=Accounting)
     failures: dict[tuple[int, Op], int] = field(default_factory=dict)  # (block, op) -> errno of its next attempt
-    # Sums over dynamic groups of the auto-movable group terms, kept per scope (-1 = all nodes):
-    # scope -> [req, gmov] (u64), and each dynamic group's own current (req, gmov) terms.
+    # Sums of the auto-movable zone stats per scope (-1 = all online nodes): [movable, kernel_early]
+    zone_sums: dict[int, list[int]] = field(default_factory=dict)
+    # Sums over dynamic groups of the auto-movable group terms per scope (-1 = all nodes): [req, gmov]
     dyn_sums: dict[int, list[int]] = field(default_factory=dict)
-    dyn_terms: dict[int, tuple[int, int]] = field(default_factory=dict)
     next_mgid: int = 0
     outcome: Outcome = field(default_factory=Outcome)  # effects of the event being applied
 

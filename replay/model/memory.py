@@ -4,7 +4,24 @@ from __future__ import annotations
 
 import errno
 
-from replay.model.machine import NUMA_NO_NODE, Machine, MemoryBlock, MemoryGroup
+from replay.model.machine import (
+    MEM_ABSENT,
+    MEM_GOING_OFFLINE,
+    MEM_OFFLINE,
+    MEM_ONLINE,
+    MHP_OFFLINE,
+    MHP_ONLINE,
+    MMOP_OFFLINE,
+    MMOP_ONLINE,
+    MMOP_ONLINE_KERNEL,
+    NUMA_NO_NODE,
+    ONLINE_POLICY_AUTO_MOVABLE,
+    ZONE_MOVABLE,
+    ZONE_NONE,
+    Machine,
+    MemoryBlock,
+    MemoryGroup,
+)
 from replay.model.memory_hotplug import (
     adjust_present_page_count,
     move_pfn_range_to_zone,
@@ -15,10 +32,10 @@ from replay.model.memory_hotplug import (
     zone_for_pfn_range,
 )
 from replay.model.outcome import AutoMovableStats, BlockChange, Decision
-from traces.events import BlockState, OnlineType, Op, Policy, ZoneType
+from traces.events import BlockState, OnlineType, ZoneType
 
-ONLINE = BlockState.ONLINE
-OFFLINE = BlockState.OFFLINE
+MEM_ONLINE = MEM_ONLINE
+MEM_OFFLINE = MEM_OFFLINE
 
 
 def group_id(mem: MemoryBlock) -> int:
@@ -37,8 +54,8 @@ def memory_block_online(m: Machine, mem: MemoryBlock) -> int:
     online_type = mem.online_type
     stats: list[AutoMovableStats] = []
     zone = zone_for_pfn_range(m, online_type, mem.nid, mem.group, start_pfn, nr_pages, stats)
-    policy_decided = online_type is OnlineType.ONLINE and m.params.online_policy is Policy.AUTO_MOVABLE
-    m.outcome.decisions.append(Decision(mem.id, online_type, policy_decided, zone.idx, tuple(stats)))
+    policy_decided = online_type is MMOP_ONLINE and m.params.online_policy is ONLINE_POLICY_AUTO_MOVABLE
+    m.outcome.decisions.append(Decision._make((mem.id, online_type, policy_decided, zone.idx, tuple(stats))))
     if v:
         move_pfn_range_to_zone(m, zone, start_pfn, v)  # mhp_init_memmap_on_memory
     rc = online_pages(m, mem, start_pfn + v, nr_pages - v, zone)
@@ -73,8 +90,8 @@ def memory_block_change_state(m: Machine, mem: MemoryBlock, to_state: BlockState
     """drivers/base/memory.c:memory_block_change_state (6.1)."""
     if mem.state is not from_state:
         return -errno.EINVAL
-    if to_state is OFFLINE:
-        mem.state = BlockState.GOING_OFFLINE
+    if to_state is MEM_OFFLINE:
+        mem.state = MEM_GOING_OFFLINE
         left = mem.zone
         rc = memory_block_offline(m, mem)
     else:
@@ -83,39 +100,39 @@ def memory_block_change_state(m: Machine, mem: MemoryBlock, to_state: BlockState
     mem.state = from_state if rc else to_state
     if not rc:
         assert left is not None
-        pages = m.block_pages if to_state is ONLINE else -m.block_pages
-        m.outcome.changes.append(BlockChange(mem.id, mem.nid, group_id(mem), to_state, left.idx, pages))
+        pages = m.block_pages if to_state is MEM_ONLINE else -m.block_pages
+        m.outcome.changes.append(BlockChange._make((mem.id, mem.nid, -1 if mem.group is None else mem.group.mgid, to_state, left.idx, pages)))
     return rc
 
 
 def memory_subsys_online(m: Machine, mem: MemoryBlock) -> int:
     """drivers/base/memory.c:memory_subsys_online (6.1)."""
-    if mem.state is ONLINE:
+    if mem.state is MEM_ONLINE:
         return 0
-    if mem.online_type is OnlineType.OFFLINE:
-        mem.online_type = OnlineType.ONLINE
-    rc = memory_block_change_state(m, mem, ONLINE, OFFLINE)
-    mem.online_type = OnlineType.OFFLINE
+    if mem.online_type is MMOP_OFFLINE:
+        mem.online_type = MMOP_ONLINE
+    rc = memory_block_change_state(m, mem, MEM_ONLINE, MEM_OFFLINE)
+    mem.online_type = MMOP_OFFLINE
     return rc
 
 
 def memory_subsys_offline(m: Machine, mem: MemoryBlock) -> int:
     """drivers/base/memory.c:memory_subsys_offline (6.1)."""
-    if mem.state is OFFLINE:
+    if mem.state is MEM_OFFLINE:
         return 0
-    return memory_block_change_state(m, mem, OFFLINE, ONLINE)
+    return memory_block_change_state(m, mem, MEM_OFFLINE, MEM_ONLINE)
 
 
 def device_online(m: Machine, mem: MemoryBlock) -> int:
     """drivers/base/core.c:device_online (6.1): 1 if already online (dev->offline false)."""
-    if mem.state is ONLINE:
+    if mem.state is MEM_ONLINE:
         return 1
     return memory_subsys_online(m, mem)
 
 
 def device_offline(m: Machine, mem: MemoryBlock) -> int:
     """drivers/base/core.c:device_offline (6.1): 1 if already offline."""
-    if mem.state is not ONLINE:
+    if mem.state is not MEM_ONLINE:
         return 1
     return memory_subsys_offline(m, mem)
 
@@ -125,7 +142,7 @@ def state_store(m: Machine, block: int, online_type: OnlineType) -> int:
     mem = m.blocks.get(block)
     if mem is None:
         return -errno.ENOENT  # no such sysfs file
-    if online_type is OnlineType.OFFLINE:
+    if online_type is MMOP_OFFLINE:
         rc = device_offline(m, mem)
     else:
         mem.online_type = online_type  # stored before device_online: quirk Q1
@@ -144,16 +161,16 @@ def online_store(m: Machine, block: int, value: bool) -> int:
 
 def valid_zones(m: Machine, mem: MemoryBlock) -> tuple[ZoneType, ...]:
     """drivers/base/memory.c:valid_zones_show (6.1): online: its zone; offline: default first."""
-    if mem.state is ONLINE:
-        return (mem.zone.idx if mem.zone is not None else ZoneType.NONE,)
+    if mem.state is MEM_ONLINE:
+        return (mem.zone.idx if mem.zone is not None else ZONE_NONE,)
     args = (mem.nid, mem.group, mem.start_pfn, m.block_pages)
-    default = zone_for_pfn_range(m, OnlineType.ONLINE, *args).idx
-    kernel = zone_for_pfn_range(m, OnlineType.ONLINE_KERNEL, *args).idx
+    default = zone_for_pfn_range(m, MMOP_ONLINE, *args).idx
+    kernel = zone_for_pfn_range(m, MMOP_ONLINE_KERNEL, *args).idx
     zones = [default]
     if kernel != default:
         zones.append(kernel)
-    if default is not ZoneType.MOVABLE:
-        zones.append(ZoneType.MOVABLE)
+    if default is not ZONE_MOVABLE:
+        zones.append(ZONE_MOVABLE)
     return tuple(zones)
 
 
@@ -167,13 +184,13 @@ def create_memory_block_devices(m: Machine, start_pfn: int, nr_blocks: int, nr_v
     if any(b in m.blocks for b in ids):
         return -errno.EEXIST
     for b in ids:
-        mem = MemoryBlock(b, b * m.block_pages, NUMA_NO_NODE, OFFLINE, False, m.block_pages)
+        mem = MemoryBlock(b, b * m.block_pages, NUMA_NO_NODE, MEM_OFFLINE, False, m.block_pages)
         mem.nr_vmemmap_pages = nr_vmemmap_pages
         m.blocks[b] = mem
         if group is not None:
             mem.group = group
             group.blocks.add(b)
-        m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), OFFLINE, ZoneType.NONE, 0))
+        m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), MEM_OFFLINE, ZONE_NONE, 0))
     return 0
 
 
@@ -185,9 +202,9 @@ def remove_memory_block_devices(m: Machine, first: int, nr_blocks: int) -> None:
             continue
         if mem.group is not None:
             mem.group.blocks.discard(b)
-        m.failures.pop((b, Op.ONLINE), None)
-        m.failures.pop((b, Op.OFFLINE), None)
-        m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), BlockState.ABSENT, ZoneType.NONE, 0))
+        m.failures.pop((b, MHP_ONLINE), None)
+        m.failures.pop((b, MHP_OFFLINE), None)
+        m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), MEM_ABSENT, ZONE_NONE, 0))
 
 
 # --- memory groups (§2.9) ------------------------------------------------------------------------

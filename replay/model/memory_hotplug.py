@@ -5,9 +5,17 @@ from __future__ import annotations
 import errno
 
 from replay.model.machine import (
+    MEM_ONLINE,
+    MHP_OFFLINE,
+    MHP_ONLINE,
+    MMOP_ONLINE_KERNEL,
+    MMOP_ONLINE_MOVABLE,
     NUMA_NO_NODE,
+    ONLINE_POLICY_AUTO_MOVABLE,
     PAGES_PER_SECTION,
     PAGES_PER_SUBSECTION,
+    ZONE_MOVABLE,
+    ZONE_NORMAL,
     Machine,
     MemoryBlock,
     MemoryGroup,
@@ -16,9 +24,9 @@ from replay.model.machine import (
 )
 from replay.model.outcome import AutoMovableStats
 from replay.model.u64 import MASK, S64_MIN
-from traces.events import BlockState, OnlineType, Op, Policy, ZoneType
+from traces.events import OnlineType
 
-MOVABLE = ZoneType.MOVABLE
+ZONE_MOVABLE = ZONE_MOVABLE
 
 
 # --- spans (§2.6) ---------------------------------------------------------------------------------
@@ -36,7 +44,8 @@ def resize_zone_range(zone: Zone, start_pfn: int, nr_pages: int) -> None:
     old_end = zone.zone_start_pfn + zone.spanned_pages
     if not zone.spanned_pages or start_pfn < zone.zone_start_pfn:
         zone.zone_start_pfn = start_pfn
-    zone.spanned_pages = max(start_pfn + nr_pages, old_end) - zone.zone_start_pfn
+    end = start_pfn + nr_pages
+    zone.spanned_pages = (end if end > old_end else old_end) - zone.zone_start_pfn
 
 
 def resize_pgdat_range(node: Node, start_pfn: int, nr_pages: int) -> None:
@@ -44,7 +53,8 @@ def resize_pgdat_range(node: Node, start_pfn: int, nr_pages: int) -> None:
     old_end = node.node_start_pfn + node.node_spanned_pages
     if not node.node_spanned_pages or start_pfn < node.node_start_pfn:
         node.node_start_pfn = start_pfn
-    node.node_spanned_pages = max(start_pfn + nr_pages, old_end) - node.node_start_pfn
+    end = start_pfn + nr_pages
+    node.node_spanned_pages = (end if end > old_end else old_end) - node.node_start_pfn
 
 
 def move_pfn_range_to_zone(m: Machine, zone: Zone, start_pfn: int, nr_pages: int) -> None:
@@ -69,7 +79,7 @@ def find_smallest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: i
     node = m.nodes[zone.nid]
     for bid in range(start_pfn // bp, (end_pfn + bp - 1) // bp):
         b = m.blocks.get(bid)
-        if b is None or b.state is not BlockState.ONLINE or b.nid != zone.nid:
+        if b is None or b.state is not MEM_ONLINE or b.nid != zone.nid:
             continue
         lo = max(start_pfn, b.start_pfn)
         if b.zone is None:  # several zones in one early block: step in subsections from ``lo``
@@ -87,7 +97,7 @@ def find_biggest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: in
     node = m.nodes[zone.nid]
     for bid in range((end_pfn - 1) // bp, start_pfn // bp - 1, -1):
         b = m.blocks.get(bid)
-        if b is None or b.state is not BlockState.ONLINE or b.nid != zone.nid:
+        if b is None or b.state is not MEM_ONLINE or b.nid != zone.nid:
             continue
         hi = min(end_pfn, b.start_pfn + bp) - 1
         if b.zone is None:
@@ -99,8 +109,11 @@ def find_biggest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: in
     return -1
 
 
-def shrink_zone_span(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> None:
-    """mm/memory_hotplug.c:shrink_zone_span (6.1): only edges shrink, interior holes stay."""
+def shrink_zone_span(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> bool:
+    """mm/memory_hotplug.c:shrink_zone_span (6.1): only edges shrink, interior holes stay.
+
+    Returns whether the span changed (the kernel does not need to know).
+    """
     zone_end = zone.zone_start_pfn + zone.spanned_pages
     if zone.zone_start_pfn == start_pfn:
         pfn = find_smallest_section_pfn(m, zone, end_pfn, zone_end)
@@ -115,6 +128,9 @@ def shrink_zone_span(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> No
             zone.spanned_pages = pfn - zone.zone_start_pfn + 1
         else:
             zone.zone_start_pfn = zone.spanned_pages = 0
+    else:
+        return False
+    return True
 
 
 def update_pgdat_span(node: Node) -> None:
@@ -133,9 +149,9 @@ def update_pgdat_span(node: Node) -> None:
 
 
 def remove_pfn_range_from_zone(m: Machine, zone: Zone, start_pfn: int, nr_pages: int) -> None:
-    """mm/memory_hotplug.c:remove_pfn_range_from_zone (6.1)."""
-    shrink_zone_span(m, zone, start_pfn, start_pfn + nr_pages)
-    update_pgdat_span(m.nodes[zone.nid])
+    """mm/memory_hotplug.c:remove_pfn_range_from_zone (6.1); the node hull only moves with a zone edge."""
+    if shrink_zone_span(m, zone, start_pfn, start_pfn + nr_pages):
+        update_pgdat_span(m.nodes[zone.nid])
 
 
 # --- present counters and the auto-movable group terms -----------------------------------------------
@@ -145,49 +161,85 @@ def adjust_present_page_count(m: Machine, zone: Zone, early: bool, group: Memory
     """mm/memory_hotplug.c:adjust_present_page_count (6.1, unchanged to 7.1.3)."""
     add = m.acct.add
     if early:
-        add(zone, "present_early_pages", nr_pages)
-    add(zone, "present_pages", nr_pages)
-    add(m.nodes[zone.nid], "node_present_pages", nr_pages)
+        zone.present_early_pages = add(zone.present_early_pages, nr_pages, zone, "present_early_pages")
+    zone.present_pages = add(zone.present_pages, nr_pages, zone, "present_pages")
+    node = m.nodes[zone.nid]
+    node.node_present_pages = add(node.node_present_pages, nr_pages, node, "node_present_pages")
+    update_zone_stats(m, zone)
     if group is not None:
-        add(group, "present_movable_pages" if zone.idx is MOVABLE else "present_kernel_pages", nr_pages)
+        if zone.idx is ZONE_MOVABLE:
+            group.present_movable_pages = add(group.present_movable_pages, nr_pages, group, "present_movable_pages")
+        else:
+            group.present_kernel_pages = add(group.present_kernel_pages, nr_pages, group, "present_kernel_pages")
         if group.is_dynamic:
             update_dynamic_group_term(m, group)
 
 
-def dynamic_group_term(m: Machine, group: MemoryGroup) -> tuple[int, int]:
-    """mm/memory_hotplug.c:auto_movable_stats_account_group (6.1): this group's (req, gmov) terms."""
-    ratio = m.params.auto_movable_ratio
-    if ratio >= 1 << 31:  # read into an s32 local: negative, then converted back to u64
-        ratio -= 1 << 32
-    if ratio == 0:
-        return 0, 0
-    pages = ((group.present_movable_pages * 100) & MASK) // (ratio & MASK)
-    pages = (pages - group.present_kernel_pages) & MASK
-    req = pages if pages and not pages & S64_MIN else 0
-    return req, group.present_movable_pages
+def update_zone_stats(m: Machine, zone: Zone) -> None:
+    """Keep per-scope sums of the zone stats of auto_movable_can_online_movable (6.1) current.
+
+    The kernel sums, over populated zones (all online nodes, or one node), ZONE_MOVABLE's present
+    pages plus CMA pages as movable and the other zones' early pages minus CMA pages as kernel;
+    the model keeps each zone's share and adjusts the sums by its change (modulo 2^64).
+    """
+    if not zone.present_pages:
+        mov = kern = 0
+    elif zone.idx is ZONE_MOVABLE:
+        mov, kern = zone.present_pages, 0
+    else:
+        mov, kern = zone.cma_pages, zone.present_early_pages - zone.cma_pages
+    d_mov, d_kern = mov - zone.share_movable, kern - zone.share_kernel
+    if not (d_mov or d_kern):
+        return
+    zone.share_movable, zone.share_kernel = mov, kern
+    sums = m.zone_sums.setdefault(zone.nid, [0, 0])
+    sums[0] = (sums[0] + d_mov) & MASK
+    sums[1] = (sums[1] + d_kern) & MASK
+    if m.nodes[zone.nid].online:
+        sums = m.zone_sums.setdefault(NUMA_NO_NODE, [0, 0])
+        sums[0] = (sums[0] + d_mov) & MASK
+        sums[1] = (sums[1] + d_kern) & MASK
+
+
+def set_node_online(m: Machine, node: Node, online: bool) -> None:
+    """node_set_online/offline: the system-wide zone sums cover online nodes only."""
+    if node.online == online:
+        return
+    node.online = online
+    sums = m.zone_sums.setdefault(NUMA_NO_NODE, [0, 0])
+    sign = 1 if online else -1
+    for z in node.zones:
+        sums[0] = (sums[0] + sign * z.share_movable) & MASK
+        sums[1] = (sums[1] + sign * z.share_kernel) & MASK
 
 
 def update_dynamic_group_term(m: Machine, group: MemoryGroup, remove: bool = False) -> None:
     """Keep the sums of all dynamic groups' terms (global and per node) equal to a fresh walk.
 
-    walk_dynamic_memory_groups visits every dynamic group; sums modulo 2^64 let the model subtract
+    mm/memory_hotplug.c:auto_movable_stats_account_group (6.1) computes each dynamic group's
+    (req, gmov) terms during walk_dynamic_memory_groups; sums modulo 2^64 let the model subtract
     the excluded group instead of walking, with the identical result.
     """
-    old = m.dyn_terms.pop(group.mgid, (0, 0))
-    new = (0, 0) if remove else dynamic_group_term(m, group)
-    if not remove:
-        m.dyn_terms[group.mgid] = new
-    d_req, d_gmov = new[0] - old[0], new[1] - old[1]
-    for scope in (NUMA_NO_NODE, group.nid):
-        sums = m.dyn_sums.setdefault(scope, [0, 0])
+    req = gmov = 0
+    ratio = m.params.auto_movable_ratio
+    if not remove and ratio:
+        if ratio >= 1 << 31:  # read into an s32 local: negative, then converted back to u64
+            ratio += MASK + 1 - (1 << 32)
+        gmov = group.present_movable_pages
+        pages = (((gmov * 100) & MASK) // ratio - group.present_kernel_pages) & MASK
+        if pages and not pages & S64_MIN:
+            req = pages
+    d_req, d_gmov = req - group.term_req, gmov - group.term_gmov
+    if not (d_req or d_gmov):
+        return
+    group.term_req, group.term_gmov = req, gmov
+    for sums in (m.dyn_sums.setdefault(NUMA_NO_NODE, [0, 0]), m.dyn_sums.setdefault(group.nid, [0, 0])):
         sums[0] = (sums[0] + d_req) & MASK
         sums[1] = (sums[1] + d_gmov) & MASK
 
 
 def recompute_dynamic_group_terms(m: Machine) -> None:
     """After a ratio change every group's term changes."""
-    m.dyn_terms.clear()
-    m.dyn_sums.clear()
     for g in m.groups.values():
         if g.is_dynamic:
             update_dynamic_group_term(m, g)
@@ -197,27 +249,16 @@ def recompute_dynamic_group_terms(m: Machine) -> None:
 
 
 def auto_movable_can_online_movable(m: Machine, nid: int, group: MemoryGroup | None, nr_pages: int, trace: list[AutoMovableStats] | None) -> bool:
-    """mm/memory_hotplug.c:auto_movable_can_online_movable (6.1), exact u64 arithmetic."""
-    movable = kernel_early = 0
-    nodes = m.nodes.values() if nid == NUMA_NO_NODE else (m.nodes[nid],)
-    for node in nodes:
-        if not node.online:
-            continue
-        for z in node.zones:
-            if not z.present_pages:
-                continue
-            if z.idx is MOVABLE:
-                movable += z.present_pages
-            else:
-                kernel_early += z.present_early_pages - z.cma_pages
-                movable += z.cma_pages
-    movable &= MASK
-    kernel_early &= MASK
+    """mm/memory_hotplug.c:auto_movable_can_online_movable (6.1), exact u64 arithmetic.
+
+    The zone and dynamic-group walks are read from sums kept current by update_zone_stats and
+    update_dynamic_group_term (tests/test_model_caches.py proves them equal to the walks).
+    """
+    movable, kernel_early = m.zone_sums.get(nid, (0, 0))
     req, gmov = m.dyn_sums.get(nid, (0, 0))
     if group is not None and group.is_dynamic and (nid == NUMA_NO_NODE or group.nid == nid):
-        own_req, own_gmov = m.dyn_terms[group.mgid]
-        req = (req - own_req) & MASK
-        gmov = (gmov - own_gmov) & MASK
+        req = (req - group.term_req) & MASK
+        gmov = (gmov - group.term_gmov) & MASK
     group_kernel = 0
     if kernel_early <= req:
         result, limit = False, 0
@@ -231,7 +272,7 @@ def auto_movable_can_online_movable(m: Machine, nid: int, group: MemoryGroup | N
         limit = ((m.params.auto_movable_ratio * kernel_early) & MASK) // 100
         result = movable <= limit
     if trace is not None:
-        trace.append(AutoMovableStats(nid, movable, kernel_early, req, gmov, group_kernel, nr_pages, limit, result))
+        trace.append(AutoMovableStats._make((nid, movable, kernel_early, req, gmov, group_kernel, nr_pages, limit, result)))
     return result
 
 
@@ -241,7 +282,7 @@ def default_kernel_zone_for_pfn(m: Machine, nid: int, start_pfn: int, nr_pages: 
     for z in zones[:2]:
         if zone_intersects(z, start_pfn, nr_pages):
             return z
-    return zones[ZoneType.NORMAL]
+    return zones[ZONE_NORMAL]
 
 
 def auto_movable_zone_for_pfn(m: Machine, nid: int, group: MemoryGroup | None, pfn: int, nr_pages: int, trace: list[AutoMovableStats] | None) -> Zone:
@@ -263,7 +304,7 @@ def auto_movable_zone_for_pfn(m: Machine, nid: int, group: MemoryGroup | None, p
         while pfn < end:
             zone = section_online_zone(m, pfn)
             if zone is not None:
-                if zone.idx is not MOVABLE:
+                if zone.idx is not ZONE_MOVABLE:
                     return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
                 online_pages += PAGES_PER_SECTION
             pfn += PAGES_PER_SECTION
@@ -272,13 +313,13 @@ def auto_movable_zone_for_pfn(m: Machine, nid: int, group: MemoryGroup | None, p
         return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
     if m.params.auto_movable_numa_aware and not auto_movable_can_online_movable(m, nid, group, nr_pages, trace):
         return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
-    return m.nodes[nid].zones[MOVABLE]
+    return m.nodes[nid].zones[ZONE_MOVABLE]
 
 
 def section_online_zone(m: Machine, pfn: int) -> Zone | None:
     """page_zone(pfn_to_online_page(pfn)) for a section start, None if the section is not online."""
     b = m.blocks.get(pfn // m.block_pages)
-    if b is None or b.state is not BlockState.ONLINE:
+    if b is None or b.state is not MEM_ONLINE:
         return None
     return page_zone_of(b, pfn, m.nodes[b.nid])
 
@@ -286,7 +327,7 @@ def section_online_zone(m: Machine, pfn: int) -> Zone | None:
 def default_zone_for_pfn(m: Machine, nid: int, start_pfn: int, nr_pages: int) -> Zone:
     """mm/memory_hotplug.c:default_zone_for_pfn (6.1), the contig-zones policy."""
     kernel_zone = default_kernel_zone_for_pfn(m, nid, start_pfn, nr_pages)
-    movable_zone = m.nodes[nid].zones[MOVABLE]
+    movable_zone = m.nodes[nid].zones[ZONE_MOVABLE]
     in_kernel = zone_intersects(kernel_zone, start_pfn, nr_pages)
     in_movable = zone_intersects(movable_zone, start_pfn, nr_pages)
     if in_kernel != in_movable:
@@ -298,11 +339,11 @@ def zone_for_pfn_range(
     m: Machine, online_type: OnlineType, nid: int, group: MemoryGroup | None, start_pfn: int, nr_pages: int, trace: list[AutoMovableStats] | None = None
 ) -> Zone:
     """mm/memory_hotplug.c:zone_for_pfn_range (6.1)."""
-    if online_type is OnlineType.ONLINE_KERNEL:
+    if online_type is MMOP_ONLINE_KERNEL:
         return default_kernel_zone_for_pfn(m, nid, start_pfn, nr_pages)
-    if online_type is OnlineType.ONLINE_MOVABLE:
-        return m.nodes[nid].zones[MOVABLE]
-    if m.params.online_policy is Policy.AUTO_MOVABLE:
+    if online_type is MMOP_ONLINE_MOVABLE:
+        return m.nodes[nid].zones[ZONE_MOVABLE]
+    if m.params.online_policy is ONLINE_POLICY_AUTO_MOVABLE:
         return auto_movable_zone_for_pfn(m, nid, group, start_pfn, nr_pages, trace)
     return default_zone_for_pfn(m, nid, start_pfn, nr_pages)
 
@@ -320,7 +361,7 @@ def online_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, 
     if not check_pfn_range(start_pfn, nr_pages):
         return -errno.EINVAL
     move_pfn_range_to_zone(m, zone, start_pfn, nr_pages)
-    failure = m.failures.pop((block.id, Op.ONLINE), 0)
+    failure = m.failures.pop((block.id, MHP_ONLINE), 0) if m.failures else 0
     if failure:  # MEM_GOING_ONLINE notifier NACK: undo the span growth
         remove_pfn_range_from_zone(m, zone, start_pfn, nr_pages)
         return -failure
@@ -338,7 +379,7 @@ def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int,
         return -errno.EINVAL
     if block.present_pages != m.block_pages:  # walk_system_ram_range: memory holes
         return -errno.EINVAL
-    failure = m.failures.pop((block.id, Op.OFFLINE), 0)
+    failure = m.failures.pop((block.id, MHP_OFFLINE), 0) if m.failures else 0
     if failure:  # isolation or migration failed (unmovable page, signal ...)
         return -failure
     adjust_present_page_count(m, zone, block.early, block.group, -nr_pages)

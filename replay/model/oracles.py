@@ -20,17 +20,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from replay.model.findings import Finding
-from replay.model.machine import Machine, MemoryGroup, Zone
+from replay.model.machine import ATTR_STATE, MEM_ONLINE, MMOP_OFFLINE, ZONE_MOVABLE, Machine, MemoryGroup, Zone
 from replay.model.outcome import BlockChange, Outcome
 from traces.events import (
-    Attr,
-    BlockState,
     BootBlocks,
     BootZone,
     Event,
     OfflineBlock,
     OnlineBlock,
-    OnlineType,
     ZoneType,
 )
 
@@ -57,15 +54,19 @@ class Oracles:
         self.zone_present: dict[tuple[int, int], int] = {}
         self.group_present: dict[int, list[int]] = {}  # mgid -> [kernel, movable]
         self.explicit_groups: set[int] = set()  # static groups with a user-chosen online type
+        self.dynamic_kernel: dict[int | None, int] = {}  # node (None: all) -> kernel pages of dynamic groups
 
     def check(self, index: int, ev: Event, out: Outcome) -> None:
         """Run every oracle for the event just applied; findings go into ``out.findings``."""
         emit = out.findings.append
         if isinstance(ev, BootZone):
             self.zone_present[(ev.node, int(ev.zone))] = ev.present
-        elif isinstance(ev, BootBlocks) and ev.mgid >= 0 and ev.state is BlockState.ONLINE:
-            kind = 1 if ev.zone is ZoneType.MOVABLE else 0
-            self.group_present.setdefault(ev.mgid, [0, 0])[kind] += ev.count * self.m.block_pages
+        elif isinstance(ev, BootBlocks) and ev.mgid >= 0 and ev.state is MEM_ONLINE:
+            kind = 1 if ev.zone is ZONE_MOVABLE else 0
+            pages = ev.count * self.m.block_pages
+            self.group_present.setdefault(ev.mgid, [0, 0])[kind] += pages
+            if not kind and self.m.groups[ev.mgid].is_dynamic:
+                self._add_dynamic_kernel(ev.node, pages)
         zones: set[Zone] = set()
         groups: set[MemoryGroup] = set()
         for ch in out.changes:
@@ -98,7 +99,9 @@ class Oracles:
         if group is not None:
             groups.add(group)
             shadow = self.group_present.setdefault(ch.mgid, [0, 0])
-            shadow[1 if ch.zone is ZoneType.MOVABLE else 0] += ch.pages
+            shadow[1 if ch.zone is ZONE_MOVABLE else 0] += ch.pages
+            if group.is_dynamic and ch.zone is not ZONE_MOVABLE:
+                self._add_dynamic_kernel(ch.nid, ch.pages)
         mem = self.m.blocks.get(ch.block)
         if ch.pages > 0 and mem is not None:
             end = mem.start_pfn + self.m.block_pages
@@ -158,15 +161,16 @@ class Oracles:
             if not node.online or (nid is not None and node.nid != nid):
                 continue
             for z in node.zones:
-                if z.idx is ZoneType.MOVABLE:
+                if z.idx is ZONE_MOVABLE:
                     movable += z.present_pages
                 else:
                     kernel += z.present_early_pages - z.cma_pages
                     movable += z.cma_pages
-        for g in self.m.groups.values():
-            if g.is_dynamic and (nid is None or g.nid == nid):
-                kernel += g.present_kernel_pages
-        return movable, kernel
+        return movable, kernel + self.dynamic_kernel.get(nid, 0)
+
+    def _add_dynamic_kernel(self, nid: int, pages: int) -> None:
+        for scope in (None, nid):
+            self.dynamic_kernel[scope] = self.dynamic_kernel.get(scope, 0) + pages
 
     def _check_ratio(self, block: int, zone: ZoneType, index: int, emit: Callable[[Finding], None]) -> None:
         m = self.m
@@ -174,7 +178,7 @@ class Oracles:
         if mem is None:
             return
         ratio = m.params.auto_movable_ratio
-        what = "movable-decision" if zone is ZoneType.MOVABLE else "state"
+        what = "movable-decision" if zone is ZONE_MOVABLE else "state"
         scopes: list[tuple[str, int | None]] = [("AM-RATIO", None)]
         if m.params.auto_movable_numa_aware:
             scopes.append(("AM-RATIO-NODE", mem.nid))
@@ -207,19 +211,19 @@ class Oracles:
             )
 
     def _check_state_errno(self, ev: OnlineBlock | OfflineBlock, out: Outcome, index: int, emit: Callable[[Finding], None]) -> None:
-        want_online = isinstance(ev, OnlineBlock) and not (ev.attr is Attr.STATE and ev.online_type is OnlineType.OFFLINE)
+        want_online = isinstance(ev, OnlineBlock) and not (ev.attr is ATTR_STATE and ev.online_type is MMOP_OFFLINE)
         changed = any(ch.block == ev.block and ch.pages for ch in out.changes)
         mem = self.m.blocks.get(ev.block)
-        now_ok = mem is not None and (mem.state is BlockState.ONLINE) == want_online
+        now_ok = mem is not None and (mem.state is MEM_ONLINE) == want_online
         # state store: success iff this request changed the state; online store: iff the state holds
-        expect_ok = changed if ev.attr is Attr.STATE else now_ok
+        expect_ok = changed if ev.attr is ATTR_STATE else now_ok
         if (out.rc == 0) != expect_ok or (out.rc != 0 and changed):
             emit(
                 Finding(
                     "STATE-ERRNO",
                     index,
                     f"{type(ev).__name__} memory{ev.block} returned {out.rc} but state changed={changed}, "
-                    f"now {'online' if mem and mem.state is BlockState.ONLINE else 'not online'}",
+                    f"now {'online' if mem and mem.state is MEM_ONLINE else 'not online'}",
                     (type(ev).__name__, ev.attr.name),
                     {"block": ev.block, "rc": out.rc},
                 )

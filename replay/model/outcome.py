@@ -2,34 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from replay.model.findings import Finding
 from traces.events import BlockState, OnlineType, ZoneType
 
 
-class AutoMovableStats:
+class AutoMovableStats(NamedTuple):
     """The numbers of one auto_movable_can_online_movable evaluation, for reports."""
 
-    __slots__ = ("gmov", "group_kernel", "kernel_early", "limit", "movable", "nid", "nr_pages", "req", "result")
-
-    def __init__(self, nid: int, movable: int, kernel_early: int, req: int, gmov: int, group_kernel: int, nr_pages: int, limit: int, result: bool) -> None:
-        self.nid = nid
-        self.movable = movable
-        self.kernel_early = kernel_early
-        self.req = req
-        self.gmov = gmov
-        self.group_kernel = group_kernel
-        self.nr_pages = nr_pages
-        self.limit = limit
-        self.result = result
+    nid: int  # -1: the system-wide check
+    movable: int
+    kernel_early: int
+    req: int
+    gmov: int
+    group_kernel: int
+    nr_pages: int
+    limit: int
+    result: bool
 
     def to_json(self) -> dict[str, int | bool]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return self._asdict()
 
 
-@dataclass(frozen=True, slots=True)
-class BlockChange:
+class BlockChange(NamedTuple):
     """A block appeared, changed state or disappeared; ``zone`` is the zone it entered or left."""
 
     block: int
@@ -40,8 +36,7 @@ class BlockChange:
     pages: int  # present pages moved by the change (0 for add/remove)
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """One zone decision made while onlining a block (zone_for_pfn_range)."""
 
     block: int
@@ -51,11 +46,13 @@ class Decision:
     stats: tuple[AutoMovableStats, ...]
 
 
-@dataclass(slots=True)
 class Outcome:
     """Result of one event: rc is 0/-errno (or a group id for GroupRegister)."""
 
-    rc: int = 0
-    changes: list[BlockChange] = field(default_factory=list)
-    decisions: list[Decision] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
+    __slots__ = ("changes", "decisions", "findings", "rc")
+
+    def __init__(self) -> None:
+        self.rc = 0
+        self.changes: list[BlockChange] = []
+        self.decisions: list[Decision] = []
+        self.findings: list[Finding] = []

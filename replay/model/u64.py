@@ -22,21 +22,20 @@ class Accounting:
         self.findings: list[Finding] = []
         self.event_index = -1
 
-    def add(self, obj: object, counter: str, delta: int) -> int:
-        """``obj.counter += delta`` in u64, as the kernel does; returns the new value."""
-        new = getattr(obj, counter) + delta
-        if not 0 <= new <= MASK:
-            kind = "ACCT-UNDERFLOW" if new < 0 else "ACCT-OVERFLOW"
-            owner = type(obj).__name__
-            self.findings.append(
-                Finding(
-                    kind,
-                    self.event_index,
-                    f"{owner}.{counter} {'-' if delta < 0 else '+'}= {abs(delta)} wraps (was {new - delta}) on {obj}",
-                    (owner, counter),
-                    {"object": str(obj), "counter": counter, "old": new - delta, "delta": delta},
-                )
+    def add(self, old: int, delta: int, owner: object, counter: str) -> int:
+        """``old + delta`` in u64 as the kernel computes ``owner.counter += delta``; wraps are findings."""
+        new = old + delta
+        if 0 <= new <= MASK:
+            return new
+        kind = "ACCT-UNDERFLOW" if new < 0 else "ACCT-OVERFLOW"
+        kind_of = type(owner).__name__
+        self.findings.append(
+            Finding(
+                kind,
+                self.event_index,
+                f"{kind_of}.{counter} {'-' if delta < 0 else '+'}= {abs(delta)} wraps (was {old}) on {owner}",
+                (kind_of, counter),
+                {"object": str(owner), "counter": counter, "old": old, "delta": delta},
             )
-            new &= MASK
-        setattr(obj, counter, new)
-        return new
+        )
+        return new & MASK

@@ -85,3 +85,15 @@ def test_missing_file_and_step_out_of_range(tmp_path: Path, capsys: pytest.Captu
     assert rc == 2 and "cannot read" in err
     rc, _, err = run(["simulate", str(SCENARIOS / "seed-dimm.toml"), "--step", "9"], capsys)
     assert rc == 2 and "out of range 0..5" in err
+
+
+@pytest.mark.parametrize("profile", ["6.1", "6.12"])
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_corpus_scenario_raises_exactly_its_expected_findings(path: Path, profile: str) -> None:
+    from replay.simulate import simulate
+    from traces.scenario import load_scenario
+
+    scenario = load_scenario(path)
+    results = list(simulate(scenario, profile))
+    assert len(results) == len(scenario.steps) + 1
+    assert {f.signature for r in results for f in r.findings} == set(scenario.expect_findings)

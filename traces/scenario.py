@@ -2,6 +2,7 @@
 
 ```toml
 name = "seed-dimm"
+expect_findings = []            # finding signatures this scenario raises on purpose (real kernel behaviour)
 [machine]
 preset = "qemu-q35-4G"          # or an explicit layout: block_size, nodes, [[machine.zone]], [[machine.blocks]]
 [kernel]
@@ -83,6 +84,7 @@ class Scenario:
     cmdline: str
     devices: list[VirtioMemSpec] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
+    expect_findings: list[str] = field(default_factory=list)  # signatures the scenario is known to raise
 
 
 def parse_size(value: object) -> int | None:
@@ -162,7 +164,7 @@ def load_scenario(path: str | Path) -> Scenario:
 def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
     """Build a Scenario from a decoded TOML document."""
     r = _Reader(path, text)
-    known = {"name", "description", "machine", "kernel", "device", "step"}
+    known = {"name", "description", "machine", "kernel", "device", "step", "expect_findings"}
     for key in doc:
         if key not in known:
             raise r.fail(key, 0, f"unknown top-level key; expected one of {', '.join(sorted(known))}")
@@ -176,9 +178,12 @@ def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
         raise r.fail("kernel", kline, "expected a table")
     profile = r.get(kernel_t, "profile", "str", "kernel", kline, None, ("6.1", "6.12"))
     cmdline = r.get(kernel_t, "cmdline", "str", "kernel", kline, "")
-    sc = Scenario(
-        path, r.get(doc, "name", "str", "name", 0, Path(path).stem), r.get(doc, "description", "str", "description", 0, ""), machine, profile, cmdline
-    )
+    name = r.get(doc, "name", "str", "name", 0, Path(path).stem)
+    sc = Scenario(path, name, r.get(doc, "description", "str", "description", 0, ""), machine, profile, cmdline)
+    expect = doc.get("expect_findings", [])
+    if not isinstance(expect, list) or not all(isinstance(x, str) for x in expect):
+        raise r.fail("expect_findings", 0, f"expected a list of finding signatures, got {expect!r}")
+    sc.expect_findings = expect
     ids: set[str] = set()
     for i, d in enumerate(_list(r, doc, "device")):
         line = r.line_of("device", i)

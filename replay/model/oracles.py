@@ -87,6 +87,9 @@ class Oracles:
                 self._check_ratio(d.block, d.zone, index, emit)
         if isinstance(ev, (OnlineBlock, OfflineBlock)):
             self._check_state_errno(ev, out, index, emit)
+        if len(out.findings) > 1:  # one finding per signature and event (an add onlines many blocks)
+            seen: set[str] = set()
+            out.findings[:] = [f for f in out.findings if not (f.signature in seen or seen.add(f.signature))]
 
     # -- accounting --------------------------------------------------------------------------------
 

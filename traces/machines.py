@@ -61,8 +61,19 @@ def _empty_zones(node: int, zones: tuple[ZoneType, ...]) -> tuple[Event, ...]:
     return tuple(_zone(node, z, 0, 0, 0) for z in zones)
 
 
-Q35 = ("-machine", "q35", "-accel", "tcg", "-cpu", "max")
+Q35 = ("-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "4G,slots=32,maxmem=256G")
 ALL = (ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL, ZoneType.MOVABLE)
+
+
+def _numa(*node_mem: str) -> tuple[str, ...]:
+    """QEMU options for one CPU per node and the given RAM per node ('' = memoryless)."""
+    args: list[str] = [*Q35, "-smp", str(len(node_mem))]
+    for n, size in enumerate(node_mem):
+        if size:
+            args += ["-object", f"memory-backend-ram,id=n{n},size={size}"]
+        args += ["-numa", f"node,nodeid={n},cpus={n}" + (f",memdev=n{n}" if size else "")]
+    return tuple(args)
+
 
 PRESETS = {
     p.name: p
@@ -71,7 +82,7 @@ PRESETS = {
             "qemu-q35-4G",
             "QEMU q35, 4 GiB, one node: blocks 0-15 (DMA, DMA32) and 32-47 (Normal)",
             (BootMachine(BLOCK, 1, 1), *_low_memory(0), *_high_memory(0), *_empty_zones(0, (ZoneType.MOVABLE,))),
-            (*Q35, "-smp", "1", "-m", "4G,slots=32,maxmem=256G"),
+            (*Q35, "-smp", "1"),
             "4G",
             6 << 30,
         ),
@@ -86,21 +97,7 @@ PRESETS = {
                 *_high_memory(1),
                 *_empty_zones(1, (ZoneType.MOVABLE,)),
             ),
-            (
-                *Q35,
-                "-smp",
-                "2",
-                "-m",
-                "4G,slots=32,maxmem=256G",
-                "-object",
-                "memory-backend-ram,id=n0,size=2G",
-                "-object",
-                "memory-backend-ram,id=n1,size=2G",
-                "-numa",
-                "node,nodeid=0,cpus=0,memdev=n0",
-                "-numa",
-                "node,nodeid=1,cpus=1,memdev=n1",
-            ),
+            _numa("2G", "2G"),
             "4G",
             6 << 30,
         ),
@@ -114,19 +111,7 @@ PRESETS = {
                 *_empty_zones(0, (ZoneType.MOVABLE,)),
                 *_empty_zones(1, ALL),
             ),
-            (
-                *Q35,
-                "-smp",
-                "2",
-                "-m",
-                "4G,slots=32,maxmem=256G",
-                "-object",
-                "memory-backend-ram,id=n0,size=4G",
-                "-numa",
-                "node,nodeid=0,cpus=0,memdev=n0",
-                "-numa",
-                "node,nodeid=1,cpus=1",
-            ),
+            _numa("4G", ""),
             "4G",
             6 << 30,
         ),

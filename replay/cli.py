@@ -11,7 +11,9 @@ import sys
 from collections.abc import Callable, Sequence
 
 from replay.layout import format_runs
-from replay.simulate import simulate
+from replay.model.profiles import get_profile
+from replay.simulate import Simulation, simulate, write_trace
+from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.scenario import ScenarioError, load_scenario
 
 
@@ -20,11 +22,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     scenario = load_scenario(args.scenario)
     if args.step is not None and not 0 <= args.step <= len(scenario.steps):
         raise ScenarioError(f"{args.scenario}: --step {args.step} out of range 0..{len(scenario.steps)}")
-    results = []
-    for res in simulate(scenario, args.profile):
-        if args.step is not None and res.index != args.step:
-            continue
-        results.append(res)
+    sim = Simulation(scenario, get_profile(args.profile or scenario.profile or "6.1"))
+    results = [res for res in simulate(scenario, sim=sim) if args.step is None or res.index == args.step]
+    if args.trace:
+        n = write_trace(sim, args.trace)
+        print(f"{args.trace}: {n} records", file=sys.stderr)
     if args.json:
         json.dump({"scenario": scenario.name, "steps": [r.to_json() for r in results]}, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -40,6 +42,64 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dump(args: argparse.Namespace) -> int:
+    """Print a trace in its text form."""
+    dump_trace(args.trace, sys.stdout)
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Build a binary trace from its text form."""
+    n = compile_text(args.text, args.output, strict=not args.lenient)
+    print(f"{args.output}: {n} records", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Header, counts per event type, time span and losses."""
+    report, facts = info(args.trace)
+    if args.json:
+        facts["problems"] = [str(p) for p in report.problems]
+        facts["gaps"] = report.stats.gaps
+        json.dump(facts, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for k, v in facts.items():
+            if k != "events":
+                print(f"{k + ':':<12} {v}")
+        print("events:")
+        for name, n in facts["events"].items():  # type: ignore[attr-defined]
+            print(f"  {name:<26} {n:>10}")
+        for line in report.lines()[1:]:
+            print(line)
+    return 0 if report.clean else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Check CRCs, framing, records and sequence numbers: 0 clean, 1 damaged."""
+    report = verify(args.trace)
+    for line in report.lines():
+        print(line)
+    print("clean" if report.clean else "DAMAGED")
+    return 0 if report.clean else 1
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Keep every intact chunk, report what was dropped."""
+    report = repair(args.trace, args.output)
+    for line in report.lines():
+        print(line)
+    print(f"{args.output}: kept {report.kept} records" + ("" if report.clean else "; Loss records mark what was dropped"))
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    """Join traces of one recording."""
+    n = cat(args.traces, args.output)
+    print(f"{args.output}: {n} records", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -49,7 +109,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--step", type=int, help="print only the state after step N (0 = boot)")
     s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: the scenario's, else 6.1)")
+    s.add_argument("-o", "--trace", help="also write the events, with model-filled observations, as a .mhpt trace")
     s.set_defaults(func=cmd_simulate)
+    s = sub.add_parser("dump", help="print a trace in its text form")
+    s.add_argument("trace")
+    s.set_defaults(func=cmd_dump)
+    s = sub.add_parser("compile", help="build a binary trace from its text form")
+    s.add_argument("text")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--lenient", action="store_true", help="give missing fields their zero value")
+    s.set_defaults(func=cmd_compile)
+    s = sub.add_parser("info", help="header, counts per event type, time span, losses")
+    s.add_argument("trace")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_info)
+    s = sub.add_parser("verify", help="check CRCs, sequence numbers and structure (exit 0 clean, 1 damaged)")
+    s.add_argument("trace")
+    s.set_defaults(func=cmd_verify)
+    s = sub.add_parser("repair", help="copy every intact chunk of a damaged trace")
+    s.add_argument("trace")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_repair)
+    s = sub.add_parser("cat", help="join traces of one recording")
+    s.add_argument("traces", nargs="+")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_cat)
     return p
 
 

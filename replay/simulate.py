@@ -4,18 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from importlib.metadata import version
 
 from replay.layout import Run, block_runs, zone_table
 from replay.model.drivers import AcpiDimm, VirtioMem
 from replay.model.findings import Finding
 from replay.model.kernel import Kernel
 from replay.model.outcome import Outcome
-from replay.model.params import boot_params_from_cmdline
+from replay.model.params import boot_params_from_cmdline, read_param
 from replay.model.profiles import Profile, get_profile
+from replay.observe import observe_outcome, observe_zones
 from traces.events import Attr, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
+from traces.header import Capture, TraceHeader
 from traces.scenario import Scenario, ScenarioError, Step
+from traces.writer import TraceWriter
 
 PARAM_IDS = {"online_policy": Param.ONLINE_POLICY, "auto_movable_ratio": Param.AUTO_MOVABLE_RATIO, "auto_movable_numa_aware": Param.AUTO_MOVABLE_NUMA_AWARE}
+PARAM_NAMES = {**PARAM_IDS, "auto_online_blocks": Param.AUTO_ONLINE_BLOCKS}
 
 
 @dataclass(slots=True)
@@ -58,9 +63,10 @@ class Simulation:
         self.kernel = Kernel(self.profile)
 
     def emit(self, ev: Event) -> Outcome:
-        """Apply one event, keeping it and its findings."""
+        """Apply one event, keeping it, the observations a real kernel would give, and its findings."""
         out = self.kernel.apply(ev)
         self.events.append(ev)
+        self.events.extend(observe_outcome(self.kernel.m, ev, out))
         self.findings.extend(out.findings)
         return out
 
@@ -137,12 +143,39 @@ class Simulation:
 
     def snapshot(self, index: int, label: str, rc: int, findings_from: int) -> StepResult:
         m = self.kernel.m
+        self.events.extend(observe_zones(m))
         return StepResult(index, label, rc, block_runs(m, self.group_names), zone_table(m), self.findings[findings_from:])
 
 
-def simulate(scenario: Scenario, profile: str | None = None) -> Iterator[StepResult]:
-    """Boot the scenario's machine and yield the state after boot and after each step."""
-    sim = Simulation(scenario, get_profile(profile or scenario.profile or "6.1"))
+def simulate(scenario: Scenario, profile: str | None = None, sim: Simulation | None = None) -> Iterator[StepResult]:
+    """Boot the scenario's machine and yield the state after boot and after each step.
+
+    Pass ``sim`` (a fresh Simulation) to keep its events, e.g. to write them as a trace.
+    """
+    sim = sim or Simulation(scenario, get_profile(profile or scenario.profile or "6.1"))
     yield sim.boot()
     for i, step in enumerate(scenario.steps, 1):
         yield sim.run_step(i, step)
+
+
+def trace_header(sim: Simulation) -> TraceHeader:
+    """The header of a trace written from a simulation."""
+    p = sim.kernel.m.params
+    params = " ".join(f"{name}={read_param(p, param)}" for name, param in PARAM_NAMES.items())
+    return TraceHeader(
+        writer=f"mhp-replay {version('mhp-replay')}",
+        kernel_release=sim.profile.release,
+        cmdline=sim.scenario.cmdline,
+        block_size=sim.kernel.m.block_size,
+        params=params,
+        source=Capture.SIMULATION,
+        source_detail=f"{sim.scenario.path} profile {sim.profile.name}",
+    )
+
+
+def write_trace(sim: Simulation, path: str) -> int:
+    """Write a finished simulation's events (with model-filled observations) as a trace."""
+    with TraceWriter(path, trace_header(sim)) as w:
+        for i, ev in enumerate(sim.events):
+            w.write(ev, ts=i * 1000)
+    return len(sim.events)

@@ -34,6 +34,7 @@ S32 = Wire("s32", "i", -(2**31), 2**31 - 1)
 S64 = Wire("s64", "q", -(2**63), 2**63 - 1)
 BOOL = Wire("bool", "?", 0, 1)
 STR = Wire("str", "s", 0, 255)  # at most 255 UTF-8 bytes
+ZONES = Wire("zones", "I", 0, 2**32 - 1)  # up to 4 zone ids in order, one byte each, 0xFF = none
 
 
 class Res(enum.Enum):
@@ -366,11 +367,67 @@ class InjectFailure(NamedTuple):
     errno: Annotated[int, U16, Res.ERRNO]
 
 
+# Observations: what a real kernel showed (compared by the replayer, ignored by the model) -------------
+
+
+@event(0x20, "observe")
+class Result(NamedTuple):
+    """The return code the previous request got from the real kernel (0 or -errno; a group id)."""
+
+    rc: Annotated[int, S64, Res.ERRNO]
+
+
+@event(0x21, "observe")
+class BlockObserved(NamedTuple):
+    """memoryN as sysfs showed it: state, node and valid_zones (an online block: its zone)."""
+
+    block: Annotated[int, U32, Res.BLOCK]
+    state: Annotated[BlockState, U8]
+    node: Annotated[int, S16, Res.NODE]
+    valid_zones: Annotated[tuple[ZoneType, ...], ZONES]
+
+
+@event(0x22, "observe")
+class ZoneObserved(NamedTuple):
+    """One zone of /proc/zoneinfo."""
+
+    node: Annotated[int, U16, Res.NODE]
+    zone: Annotated[ZoneType, U8]
+    present: Annotated[int, U64, Res.PAGES]
+    spanned: Annotated[int, U64, Res.PAGES]
+    start_pfn: Annotated[int, U64]
+    managed: Annotated[int, U64, Res.PAGES]
+
+
+@event(0x23, "observe")
+class DeviceObserved(NamedTuple):
+    """A memory device as the host saw it (virtio-mem requested/plugged size, DIMM size)."""
+
+    device: Annotated[str, STR]
+    requested: Annotated[int, U64, Res.SIZE]
+    plugged: Annotated[int, U64, Res.SIZE]
+
+
 @event(0x30, "mark")
 class Mark(NamedTuple):
     """A free-form mark, e.g. a scenario step boundary."""
 
     text: Annotated[str, STR]
+
+
+@event(0x31, "mark")
+class Loss(NamedTuple):
+    """The recorder knows it missed ``count`` events here (e.g. a uevent socket overrun)."""
+
+    count: Annotated[int, U32]
+    reason: Annotated[str, STR]
+
+
+@event(0x32, "mark")
+class StateDigest(NamedTuple):
+    """Digest of the model-visible state after the previous event (traces.digest.state_digest)."""
+
+    digest: Annotated[int, U64]
 
 
 Event = (
@@ -388,5 +445,34 @@ Event = (
     | OnlineBlock
     | OfflineBlock
     | InjectFailure
+    | Result
+    | BlockObserved
+    | ZoneObserved
+    | DeviceObserved
     | Mark
+    | Loss
+    | StateDigest
 )
+
+
+def pack_zones(zones: tuple[ZoneType, ...]) -> int:
+    """A valid_zones list as its u32 wire value (byte i = i-th zone, 0xFF = none)."""
+    if len(zones) > 4 or ZoneType.NONE in zones:
+        raise ValueError(f"a zone list holds at most 4 real zones ('none' is the empty list), got {zones}")
+    value = 0xFFFFFFFF
+    for i, z in enumerate(zones):
+        value = (value & ~(0xFF << (8 * i))) | (int(z) << (8 * i))
+    return value
+
+
+def unpack_zones(value: int) -> tuple[ZoneType, ...]:
+    """The u32 wire value of a valid_zones list as zones; ValueError if malformed."""
+    zones = []
+    for i in range(4):
+        b = (value >> (8 * i)) & 0xFF
+        if b == 0xFF:
+            if value >> (8 * i) != (0xFFFFFFFF >> (8 * i)):
+                raise ValueError(f"zone list {value:#010x} has a zone after its end")
+            break
+        zones.append(ZoneType(b))
+    return tuple(zones)

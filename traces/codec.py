@@ -1,0 +1,359 @@
+"""Bytes <-> records for the .mhpt format (traces/FORMAT.md), all derived from the event table.
+
+Two decoders share one schema: ``construct`` definitions built from the annotations in
+traces/events.py (the reference: precise errors naming the field), and a fast decoder generated
+from the same table as struct format strings (used on CRC-checked chunks; any error it meets is
+re-decoded by the construct path, so both report the same). tests/test_codec.py proves them equal.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import construct as cs
+
+from traces.errors import TraceFormatError
+from traces.events import BOOL, EVENT_TYPES, STR, ZONES, FieldSpec, Wire, fields_of, pack_zones, unpack_zones
+
+RECORD_HEADER = struct.Struct("<BBHQQ")  # type, flags, total length, sequence number, timestamp (ns)
+RECORD_HEADER_SIZE = RECORD_HEADER.size
+MAX_RECORD = 0xFFFF
+FLAG_INFERRED = 0x01  # the recorder inferred this record instead of observing it
+
+
+class Unknown(NamedTuple):
+    """A record of a type this reader does not know (kept byte for byte)."""
+
+    code: int
+    data: bytes
+
+
+class Record(NamedTuple):
+    """One framed record: sequence number, timestamp (ns), flags and the event.
+
+    ``extra`` holds bytes after the known fields (fields a newer minor version appended).
+    """
+
+    seq: int
+    ts: int
+    flags: int
+    event: Any
+    extra: bytes = b""
+
+
+# --- construct schema, derived from the table ----------------------------------------------------------
+
+_CS_TYPES: dict[str, Any] = {
+    "u8": cs.Int8ul,
+    "u16": cs.Int16ul,
+    "u32": cs.Int32ul,
+    "u64": cs.Int64ul,
+    "s16": cs.Int16sl,
+    "s32": cs.Int32sl,
+    "s64": cs.Int64sl,
+    "bool": cs.Int8ul,  # 0 or 1, checked by convert_field
+    "zones": cs.Int32ul,
+    "str": cs.PascalString(cs.Int8ul, "utf8"),
+}
+
+
+def body_struct(cls: type) -> cs.Struct:
+    """The construct Struct of an event type's body."""
+    return cs.Struct(*(f.name / _CS_TYPES[f.wire.name] for f in fields_of(cls)))
+
+
+BODIES = {code: body_struct(cls) for code, cls in EVENT_TYPES.items()}
+RECORD = cs.Struct(
+    "type" / cs.Int8ul,
+    "flags" / cs.Int8ul,
+    "length" / cs.Int16ul,
+    "seq" / cs.Int64ul,
+    "ts" / cs.Int64ul,
+    "body" / cs.Bytes(cs.this.length - RECORD_HEADER_SIZE),
+)
+
+
+def convert_field(f: FieldSpec, raw: Any) -> Any:
+    """Raw wire value -> Python value (enum member, bool, zone tuple); ValueError if not valid."""
+    if f.wire is ZONES:
+        return unpack_zones(raw)
+    if f.wire is BOOL:
+        if raw not in (0, 1):
+            raise ValueError(f"expected 0 or 1, found {raw}")
+        return bool(raw)
+    if isinstance(f.py, type) and issubclass(f.py, enum.Enum):
+        if issubclass(f.py, enum.IntFlag):
+            if raw & ~sum(int(m) for m in f.py):
+                raise ValueError(f"unknown {f.py.__name__} bits in {raw:#x}")
+            return f.py(raw)
+        try:
+            return f.py(raw)
+        except ValueError:
+            raise ValueError(f"expected a {f.py.__name__} value, found {raw}") from None
+    return raw
+
+
+def raw_field(f: FieldSpec, value: Any) -> Any:
+    """Python value -> raw wire value, checking the range; ValueError if it does not fit."""
+    if f.wire is ZONES:
+        return pack_zones(tuple(value))
+    if f.wire is STR:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {value!r}")
+        if len(value.encode()) > 255:
+            raise ValueError("string longer than 255 UTF-8 bytes")
+        return value
+    v = int(value)
+    if not f.wire.lo <= v <= f.wire.hi:
+        raise ValueError(f"{v} outside {f.wire.name} range [{f.wire.lo}, {f.wire.hi}]")
+    return v
+
+
+def parse_record_construct(buf: bytes, off: int = 0) -> tuple[Record, int]:
+    """Decode the record at ``off`` with the construct schema; returns it and the next offset."""
+    if len(buf) - off < RECORD_HEADER_SIZE:
+        raise TraceFormatError(f"record header needs {RECORD_HEADER_SIZE} bytes, {len(buf) - off} left", offset=off, field="header")
+    length = int.from_bytes(buf[off + 2 : off + 4], "little")
+    if length < RECORD_HEADER_SIZE:
+        raise TraceFormatError(f"record length {length} is shorter than its {RECORD_HEADER_SIZE}-byte header", offset=off + 2, field="length")
+    if off + length > len(buf):
+        raise TraceFormatError(f"record length {length} runs past the end of its chunk ({len(buf) - off} bytes left)", offset=off + 2, field="length")
+    c = RECORD.parse(buf[off : off + length])
+    cls = EVENT_TYPES.get(c.type)
+    if cls is None:
+        return Record(c.seq, c.ts, c.flags, Unknown(c.type, bytes(c.body))), off + length
+    body = bytes(c.body)
+    pos = 0
+    values = []
+    for f in fields_of(cls):
+        sub = _CS_TYPES[f.wire.name]
+        try:
+            raw = sub.parse(body[pos:])
+            size = 1 + len(raw.encode()) if f.wire is STR else sub.sizeof()
+            values.append(convert_field(f, raw))
+        except (cs.ConstructError, UnicodeDecodeError) as e:
+            raise TraceFormatError(f"{cls.__name__}.{f.name}: {_short(e)}", offset=off + RECORD_HEADER_SIZE + pos, field=f"{cls.__name__}.{f.name}") from None
+        except ValueError as e:
+            raise TraceFormatError(f"{cls.__name__}.{f.name}: {e}", offset=off + RECORD_HEADER_SIZE + pos, field=f"{cls.__name__}.{f.name}") from None
+        pos += size
+    return Record(c.seq, c.ts, c.flags, cls._make(values), body[pos:]), off + length
+
+
+def _short(e: Exception) -> str:
+    text = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    if isinstance(e, UnicodeDecodeError):
+        return f"string is not UTF-8 ({e.reason})"
+    if "StreamError" in type(e).__name__ or "stream" in text:
+        return "field runs past the end of the record"
+    return text
+
+
+# --- the fast decoder, generated from the same table ---------------------------------------------------
+
+
+def _fixed_runs(fields: tuple[FieldSpec, ...]) -> list[list[FieldSpec] | FieldSpec]:
+    """Split fields into runs of fixed-size fields and single strings."""
+    runs: list[list[FieldSpec] | FieldSpec] = []
+    for f in fields:
+        if f.wire is STR:
+            runs.append(f)
+        elif runs and isinstance(runs[-1], list):
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    return runs
+
+
+def _fmt(w: Wire) -> str:
+    return "B" if w is BOOL else w.fmt
+
+
+def _converter(f: FieldSpec, env: dict[str, Any], name: str) -> str:
+    """Python expression converting raw variable ``name`` for field ``f`` (KeyError if invalid)."""
+    if f.wire is ZONES:
+        env["_ZL"] = _zone_list
+        return f"_ZL({name})"
+    if f.wire is BOOL:
+        env["_BOOL"] = {0: False, 1: True}
+        return f"_BOOL[{name}]"
+    if isinstance(f.py, type) and issubclass(f.py, enum.Enum) and not issubclass(f.py, enum.IntFlag):
+        key = f"_E_{f.py.__name__}"
+        members = {int(m): m for m in f.py}
+        dense = sorted(members) == list(range(len(members)))
+        env[key] = tuple(members[i] for i in range(len(members))) if dense else members
+        return f"{key}[{name}]"
+    if isinstance(f.py, type) and issubclass(f.py, enum.IntFlag):
+        key = f"_F_{f.py.__name__}"
+        mask = sum(int(m) for m in f.py)
+        env[key] = f.py
+        env[f"{key}_MASK"] = ~mask
+        return f"({key}({name}) if not {name} & {key}_MASK else _bad())"
+    return name
+
+
+_ZONE_CACHE: dict[int, tuple[Any, ...]] = {}
+
+
+def _zone_list(v: int) -> tuple[Any, ...]:
+    z = _ZONE_CACHE.get(v)
+    if z is None:
+        z = _ZONE_CACHE[v] = unpack_zones(v)
+    return z
+
+
+def _bad() -> None:
+    raise KeyError("invalid value")
+
+
+# Most frequent record types first: the generated decoder tests the type codes in this order.
+_DECODE_ORDER = ("OnlineBlock", "OfflineBlock", "BlockObserved", "Result", "ZoneObserved", "AddMemory", "RemoveMemory", "OfflineAndRemoveMemory")
+
+
+def _decoder_lines(code: int, cls: type, env: dict[str, Any]) -> list[str]:
+    """Source lines decoding one record of ``cls`` at ``off`` into ``append(Record)``; sets ``off``."""
+    fields = fields_of(cls)
+    env[f"_C{code}"] = cls
+    runs = _fixed_runs(fields)
+    names = [f"v{i}" for i in range(len(fields))]
+    lines: list[str] = []
+    idx = 0
+    if isinstance(runs[0], list):  # the header and the first fixed run in one unpack
+        first = runs.pop(0)
+        assert isinstance(first, list)
+        st = struct.Struct("<BBHQQ" + "".join(_fmt(f.wire) for f in first))
+        idx = len(first)
+    else:
+        st = RECORD_HEADER
+    env[f"_S{code}_0"] = st
+    lines.append(f"_t, fl, ln, seq, ts, {', '.join(names[:idx])}{',' if idx else ''} = _S{code}_0.unpack_from(buf, off)".replace(", ,", ","))
+    lines.append(f"p = off + {st.size}")
+    for i, run in enumerate(runs, 1):
+        if isinstance(run, list):
+            st = struct.Struct("<" + "".join(_fmt(f.wire) for f in run))
+            env[f"_S{code}_{i}"] = st
+            lines.append(f"{', '.join(names[idx : idx + len(run)])}, = _S{code}_{i}.unpack_from(buf, p)")
+            lines.append(f"p += {st.size}")
+            idx += len(run)
+        else:
+            lines.append("n = buf[p]")
+            lines.append(f"{names[idx]} = buf[p + 1:p + 1 + n].decode('utf-8')")
+            lines.append("p += 1 + n")
+            idx += 1
+    lines.append("end = off + ln")
+    lines.append("if p != end or end > size: _bad()")  # longer records (appended fields) take the precise path
+    conv = ", ".join(_converter(f, env, names[i]) for i, f in enumerate(fields))
+    lines.append(f"append(_new(_Record, (seq, ts, fl, _new(_C{code}, ({conv},)), b'')))")
+    lines.append("off = end")
+    return lines
+
+
+def _compile_chunk_decoder() -> Callable[[bytes], list[Record]]:
+    """Generate ``decode(payload) -> [Record]`` from the event table: one loop, types tested inline.
+
+    Raises KeyError/IndexError/ValueError/struct.error/UnicodeDecodeError on anything unusual;
+    the caller then decodes the chunk with the construct schema for the precise answer.
+    """
+    env: dict[str, Any] = {"_new": tuple.__new__, "_Record": Record, "_bad": _bad}
+    by_name = {cls.__name__: (code, cls) for code, cls in EVENT_TYPES.items()}
+    order = [by_name[n] for n in _DECODE_ORDER] + [(c, k) for c, k in EVENT_TYPES.items() if k.__name__ not in _DECODE_ORDER]
+    src = ["def decode(buf):", "    out = []", "    append = out.append", "    off = 0", "    size = len(buf)", "    while off < size:", "        t = buf[off]"]
+    for i, (code, cls) in enumerate(order):
+        src.append(f"        {'if' if i == 0 else 'elif'} t == {code}:  # {cls.__name__}")
+        src.extend("            " + ln for ln in _decoder_lines(code, cls, env))
+    src += ["        else:", "            _bad()", "    return out"]
+    exec(compile("\n".join(src), "<mhpt chunk decoder>", "exec"), env)  # generated from the event table
+    return env["decode"]  # type: ignore[no-any-return]
+
+
+decode_chunk_fast = _compile_chunk_decoder()
+
+
+def decode_payload(payload: bytes, count: int, base_offset: int = 0, first_record: int = 0) -> list[Record]:
+    """All ``count`` records of a chunk payload (fast path; precise errors via construct)."""
+    try:
+        out = decode_chunk_fast(payload)
+    except (KeyError, IndexError, struct.error, UnicodeDecodeError, ValueError):
+        return decode_payload_construct(payload, count, base_offset, first_record)
+    if len(out) != count:
+        raise TraceFormatError(f"chunk says {count} records, its payload holds {len(out)}", offset=base_offset, field="count")
+    return out
+
+
+def decode_payload_construct(payload: bytes, count: int, base_offset: int = 0, first_record: int = 0) -> list[Record]:
+    """All records of a chunk payload, decoded with the construct schema."""
+    out: list[Record] = []
+    off = 0
+    while off < len(payload):
+        try:
+            rec, off = parse_record_construct(payload, off)
+        except TraceFormatError as e:
+            raise TraceFormatError(e.message, offset=base_offset + (e.offset or 0), record=first_record + len(out), field=e.field) from None
+        out.append(rec)
+    if len(out) != count:
+        raise TraceFormatError(f"chunk says {count} records, its payload holds {len(out)}", offset=base_offset, field="count")
+    return out
+
+
+# --- encoding ---------------------------------------------------------------------------------------
+
+
+def _compile_encoder(code: int, cls: type) -> Callable[[int, int, int, Any], bytes]:
+    """Generate ``encode(seq, ts, flags, event) -> bytes`` for one event type (struct, fast)."""
+    fields = fields_of(cls)
+    runs = _fixed_runs(fields)
+    env: dict[str, Any] = {"_pz": pack_zones}
+    lines = ["def encode(seq, ts, fl, ev):"]
+    parts = []
+    for i, run in enumerate(runs):
+        if isinstance(run, list):
+            st = struct.Struct("<" + "".join(_fmt(f.wire) for f in run))
+            env[f"_S{i}"] = st
+            args = ", ".join(f"_pz(ev.{f.name})" if f.wire is ZONES else f"ev.{f.name}" for f in run)
+            lines.append(f"    b{i} = _S{i}.pack({args})")
+        else:
+            lines.append(f"    s{i} = ev.{run.name}.encode()")
+            lines.append(f"    b{i} = bytes((len(s{i}),)) + s{i}")
+        parts.append(f"b{i}")
+    body = " + ".join(parts) if parts else "b''"
+    env["_H"] = RECORD_HEADER
+    lines.append(f"    body = {body}")
+    lines.append(f"    return _H.pack({code}, fl, {RECORD_HEADER_SIZE} + len(body), seq, ts) + body")
+    exec(compile("\n".join(lines), f"<encoder {cls.__name__}>", "exec"), env)  # generated from the table
+    return env["encode"]  # type: ignore[no-any-return]
+
+
+ENCODERS = {cls: _compile_encoder(code, cls) for code, cls in EVENT_TYPES.items()}
+
+
+def encode_record(rec: Record) -> bytes:
+    """A record's bytes; ValueError naming the field if a value does not fit its wire type."""
+    ev = rec.event
+    if isinstance(ev, Unknown):
+        data = bytes(ev.data)
+        if not 0 <= ev.code <= 255 or ev.code in EVENT_TYPES:
+            raise ValueError(f"unknown record code {ev.code} is invalid or taken")
+        out = RECORD_HEADER.pack(ev.code, rec.flags, RECORD_HEADER_SIZE + len(data), rec.seq, rec.ts) + data
+    else:
+        enc = ENCODERS.get(type(ev))
+        if enc is None:
+            raise ValueError(f"not an event: {ev!r}")
+        try:
+            out = enc(rec.seq, rec.ts, rec.flags, ev) + rec.extra
+        except (struct.error, ValueError, UnicodeEncodeError, TypeError, AttributeError):
+            check_event(ev)
+            raise
+    if len(out) > MAX_RECORD:
+        raise ValueError(f"record of {len(out)} bytes exceeds {MAX_RECORD}")
+    return out
+
+
+def check_event(ev: Any) -> None:
+    """Raise ValueError naming the first field whose value does not fit the event table."""
+    for f in fields_of(type(ev)):
+        try:
+            raw_field(f, getattr(ev, f.name))
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{type(ev).__name__}.{f.name}: {e}") from None

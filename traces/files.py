@@ -1,0 +1,153 @@
+"""Whole-file operations on traces: info, verify, repair, cat, dump and compile."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from traces.codec import Record
+from traces.errors import TraceFormatError
+from traces.events import Loss
+from traces.reader import Problem, Stats, TraceReader
+from traces.text import CLASS_NAMES, dump, parse_text
+from traces.writer import TraceWriter
+
+
+@dataclass(slots=True)
+class Report:
+    """What a full tolerant read found."""
+
+    path: str
+    stats: Stats
+    problems: list[Problem] = field(default_factory=list)
+    kept: int = 0  # records written (repair)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems and not self.stats.gaps
+
+    def lines(self) -> list[str]:
+        s = self.stats
+        out = [f"{self.path}: {s.records} records in {s.chunks} chunks, index {'present' if s.has_index else 'absent'}"]
+        out += [f"  damage at {p}" + (f" ({p.lost_bytes} bytes lost)" if p.lost_bytes else "") for p in self.problems]
+        out += [f"  sequence gap: {n} records missing from seq {first}" for first, n in s.gaps]
+        if s.losses:
+            out.append(f"  the recorder reported {s.losses} lost events (Loss records)")
+        return out
+
+
+def _full_read(path: str) -> tuple[TraceReader, Iterator[Record]]:
+    reader = TraceReader(path, tolerant=True)
+
+    def records() -> Iterator[Record]:
+        for rec in reader:
+            reader.stats.by_type[CLASS_NAMES.get(type(rec.event), "raw")] += 1
+            if type(rec.event) is Loss:
+                reader.stats.losses += rec.event.count
+            yield rec
+
+    return reader, records()
+
+
+def verify(path: str) -> Report:
+    """Read everything, checking CRCs, framing, records and sequence numbers."""
+    reader, records = _full_read(path)
+    with reader:
+        for _ in records:
+            pass
+    return Report(path, reader.stats, reader.problems)
+
+
+def info(path: str) -> tuple[Report, dict[str, object]]:
+    """Header facts and counts per event type (a verify plus the header)."""
+    reader, records = _full_read(path)
+    with reader:
+        for _ in records:
+            pass
+    h = reader.header
+    s = reader.stats
+    facts: dict[str, object] = {
+        "format": f"{h.major}.{h.minor}",
+        "writer": h.writer,
+        "kernel": h.kernel_release,
+        "cmdline": h.cmdline,
+        "arch": h.arch,
+        "block_size": h.block_size,
+        "params": h.params,
+        "source": f"{h.source.name.lower()} {h.source_detail}".strip(),
+        "clock": h.clock,
+        "records": s.records,
+        "chunks": s.chunks,
+        "time_span_s": 0 if s.first_ts is None or s.last_ts is None else (s.last_ts - s.first_ts) / 1e9,
+        "losses": s.losses,
+        "events": dict(sorted(s.by_type.items())),
+    }
+    return Report(path, s, reader.problems), facts
+
+
+def repair(path: str, out: str) -> Report:
+    """Copy every intact chunk to ``out``; a Loss record marks each place where records were dropped."""
+    reader, records = _full_read(path)
+    kept = 0
+    with reader, TraceWriter(out, reader.header) as w:
+        expected: int | None = None
+        last: Record | None = None
+        for rec in records:
+            gap = 0 if expected is None else rec.seq - expected
+            explained = last is not None and type(last.event) is Loss and gap <= last.event.count
+            if gap > 0 and not explained:
+                w.write_record(Record(expected, rec.ts, 0, Loss(gap, "mhp repair: damaged chunks dropped")))
+            w.write_record(rec)
+            kept += 1
+            expected = rec.seq + 1
+            last = rec
+        if reader.problems and reader.problems[-1].kind == "truncated":
+            w.write_record(Record(expected or 0, 0, 0, Loss(0, f"mhp repair: file cut short, {reader.problems[-1].lost_bytes} bytes lost")))
+    return Report(path, reader.stats, reader.problems, kept)
+
+
+def cat(paths: list[str], out: str) -> int:
+    """Join traces of one recording into ``out`` (header of the first; sequence numbers continue)."""
+    first = TraceReader(paths[0])
+    header = first.header
+    first.close()
+    n = 0
+    with TraceWriter(out, header) as w:
+        for p in paths:
+            with TraceReader(p) as r:
+                if (r.header.block_size, r.header.kernel_release) != (header.block_size, header.kernel_release):
+                    raise TraceFormatError(f"kernel {r.header.kernel_release!r} / block size {r.header.block_size:#x} differ from the first trace's", path=p)
+                shift: int | None = None
+                for rec in r:
+                    if shift is None:
+                        shift = max(0, w.seq - rec.seq)
+                    w.write_record(rec._replace(seq=rec.seq + shift))
+                    n += 1
+    return n
+
+
+def dump_trace(path: str, out: TextIO) -> None:
+    """Write the text form of a trace."""
+    with TraceReader(path) as r:
+        for line in dump(r.header, r):
+            out.write(line)
+
+
+def compile_text(path: str, out: str, *, strict: bool = True) -> int:
+    """Build a binary trace from its text form; returns the record count."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise TraceFormatError(f"cannot read: {e.strerror}", path=path) from None
+    except UnicodeDecodeError as e:
+        raise TraceFormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
+    header, records = parse_text(text, strict=strict, path=path)
+    with TraceWriter(out, header) as w:
+        for rec in records:
+            try:
+                w.write_record(rec)
+            except ValueError as e:
+                raise TraceFormatError(str(e), path=path, record=rec.seq) from None
+    return len(records)

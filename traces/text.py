@@ -1,0 +1,362 @@
+"""The readable text form of traces: one record per line, derived from the event table.
+
+```
+%mhpt 1.0
+%kernel release="6.1.0-56-amd64" cmdline="memhp_default_state=online"
+# comments run to the end of a line
+17 1.234567890 online_block block=48 online_type=online attr=state source=user
+18 1.234567891 result rc=-22
+block_observed block=48 state=offline node=0 valid_zones=Movable,Normal @flags=0x1
+```
+A record line is ``[SEQ TIME] NAME FIELD=VALUE ...`` plus optional ``@flags=N`` and ``@extra=HEX``;
+without SEQ TIME a line takes the previous sequence number + 1 and the previous time. Strict
+parsing (the default) wants every field exactly once; lenient parsing gives missing fields their
+zero value. Binary -> text -> binary is lossless.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from traces.codec import Record, Unknown, convert_field, raw_field
+from traces.errors import TraceFormatError
+from traces.events import (
+    BOOL,
+    EVENT_TYPES,
+    STR,
+    ZONE_LABELS,
+    ZONES,
+    BlockState,
+    FieldSpec,
+    OnlineType,
+    Policy,
+    Res,
+    ZoneType,
+    fields_of,
+)
+from traces.header import MAJOR, MINOR, Capture, TraceHeader
+
+NAMES = {re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower(): cls for cls in EVENT_TYPES.values()}
+CLASS_NAMES = {cls: name for name, cls in NAMES.items()}
+HEX_RES = (Res.ADDR, Res.SIZE)
+SPECIAL_LABELS: dict[type, dict[Any, str]] = {
+    ZoneType: dict(ZONE_LABELS),
+    OnlineType: {t: t.label for t in OnlineType},
+    BlockState: {s: s.name.lower().replace("_", "-") for s in BlockState},
+    Policy: {Policy.CONTIG_ZONES: "contig-zones", Policy.AUTO_MOVABLE: "auto-movable"},
+}
+TOKEN = re.compile(r'\s*(?:(#.*)|("(?:[^"\\]|\\.)*")|([^\s=#"]+)(=)?)')
+UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def enum_label(value: enum.Enum) -> str:
+    """The text name of an enum member."""
+    labels = SPECIAL_LABELS.get(type(value))
+    if labels is not None:
+        return labels[value]
+    if isinstance(value, enum.IntFlag):
+        names = [m.name.lower() for m in type(value) if m.value and value & m and m.name]
+        return "|".join(names) if names else "none"
+    return value.name.lower()
+
+
+def format_value(f: FieldSpec, value: Any) -> str:
+    """One field value as text."""
+    if f.wire is STR:
+        return json.dumps(value, ensure_ascii=False)
+    if f.wire is ZONES:
+        return ",".join(ZONE_LABELS[z] for z in value) if value else "none"
+    if f.wire is BOOL:
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return enum_label(value)
+    if f.res in HEX_RES or f.name in ("possible_nodes", "cpu_nodes", "digest"):
+        return hex(value)
+    return str(value)
+
+
+def format_ts(ts: int) -> str:
+    return f"{ts // 1_000_000_000}.{ts % 1_000_000_000:09d}"
+
+
+def format_record(rec: Record) -> str:
+    """One record as a text line (no newline)."""
+    ev = rec.event
+    if isinstance(ev, Unknown):
+        body = f"raw code={ev.code} data={ev.data.hex() or '-'}"
+    else:
+        cls = type(ev)
+        body = " ".join([CLASS_NAMES[cls], *(f"{f.name}={format_value(f, getattr(ev, f.name))}" for f in fields_of(cls))])
+    tail = (f" @flags={rec.flags:#x}" if rec.flags else "") + (f" @extra={rec.extra.hex()}" if rec.extra else "")
+    return f"{rec.seq} {format_ts(rec.ts)} {body}{tail}"
+
+
+def format_header(h: TraceHeader) -> list[str]:
+    """The header as %-lines."""
+    q = json.dumps
+    lines = [
+        f"%mhpt {h.major}.{h.minor}",
+        f"%writer {q(h.writer)}",
+        f"%kernel release={q(h.kernel_release)} cmdline={q(h.cmdline)}",
+        f"%arch {q(h.arch)}",
+        f"%geometry page_size={h.page_size} section_size={h.section_size:#x} block_size={h.block_size:#x}",
+        f"%params {q(h.params)}",
+        f"%source {h.source.name.lower()} detail={q(h.source_detail)}",
+        f"%clock {q(h.clock)} wall_ns={h.wall_ns}",
+    ]
+    lines += [f"%section {t} data={d.hex() or '-'}" for t, d in h.unknown_sections]
+    return lines
+
+
+def dump(header: TraceHeader, records: Iterable[Record]) -> Iterator[str]:
+    """The text form, line by line (with newlines)."""
+    for line in format_header(header):
+        yield line + "\n"
+    for rec in records:
+        yield format_record(rec) + "\n"
+
+
+# --- parsing ------------------------------------------------------------------------------------------
+
+
+class _Line:
+    """Tokens of one line with their columns."""
+
+    def __init__(self, text: str, lineno: int, path: str | None) -> None:
+        self.lineno = lineno
+        self.path = path
+        self.tokens: list[tuple[int, str, str | None]] = []  # (column, key or word, value)
+        pos = 0
+        text = text.rstrip("\n")
+        while pos < len(text):
+            m = TOKEN.match(text, pos)
+            if m is None or m.end() == pos:
+                if text[pos:].strip() == "":
+                    break
+                raise self.error(pos, f"unexpected character {text[pos]!r}")
+            if m.group(1):  # comment
+                break
+            col = m.start(2) if m.group(2) else m.start(3)
+            if m.group(2):
+                self.tokens.append((col, m.group(2), None))
+                pos = m.end()
+            elif m.group(4):  # key=value
+                key = m.group(3)
+                vm = TOKEN.match(text, m.end())
+                if vm is None or vm.group(1) or vm.end() == m.end() or vm.group(4) or text[m.end() : m.end() + 1].isspace():
+                    raise self.error(m.end(), f"missing value after {key}=")
+                value = vm.group(2) or vm.group(3)
+                self.tokens.append((col, key, value))
+                pos = vm.end()
+            else:
+                self.tokens.append((col, m.group(3), None))
+                pos = m.end()
+
+    def error(self, col: int, msg: str, field: str | None = None) -> TraceFormatError:
+        return TraceFormatError(msg, path=self.path, line=self.lineno, column=col + 1, field=field)
+
+
+def parse_int(text: str, *, units: bool = False) -> int:
+    """Decimal or 0x hex, optionally negative; a K/M/G/T suffix where ``units``."""
+    mult = 1
+    if units and text[-1:].upper() in UNITS:
+        mult, text = UNITS[text[-1].upper()], text[:-1]
+    return int(text, 0) * mult
+
+
+def parse_value(f: FieldSpec, text: str) -> Any:
+    """One field value from text; ValueError with what was expected."""
+    if f.wire is STR:
+        if not text.startswith('"'):
+            raise ValueError(f"expected a quoted string, found {text}")
+        return json.loads(text)
+    if f.wire is ZONES:
+        if text == "none":
+            return ()
+        by_label = {v.lower(): k for k, v in ZONE_LABELS.items() if k is not ZoneType.NONE}
+        try:
+            return tuple(by_label[z.lower()] for z in text.split(","))
+        except KeyError:
+            raise ValueError(f"expected zones like Movable,Normal or none, found {text}") from None
+    if f.wire is BOOL:
+        if text not in ("true", "false"):
+            raise ValueError(f"expected true or false, found {text}")
+        return text == "true"
+    if isinstance(f.py, type) and issubclass(f.py, enum.Enum):
+        return _parse_enum(f.py, text)
+    try:
+        value = parse_int(text, units=f.res in HEX_RES)
+    except ValueError:
+        raise ValueError(f"expected an integer, found {text}") from None
+    raw_field(f, value)
+    return value
+
+
+def _parse_enum(cls: type[enum.Enum], text: str) -> Any:
+    labels = {v.lower(): k for k, v in SPECIAL_LABELS.get(cls, {}).items()}
+    if issubclass(cls, enum.IntFlag):
+        if text in ("none", "0"):
+            return cls(0)
+        value = cls(0)
+        for part in text.split("|"):
+            member = cls.__members__.get(part.upper())
+            if member is None:
+                raise ValueError(f"expected {cls.__name__} flags joined by '|' ({', '.join(m.lower() for m in cls.__members__)}), found {part}")
+            value |= member
+        return value
+    member = labels.get(text.lower()) or cls.__members__.get(text.upper().replace("-", "_"))
+    if member is None:
+        names = [SPECIAL_LABELS[cls][m] for m in cls] if cls in SPECIAL_LABELS else [m.name.lower() for m in cls]
+        raise ValueError(f"expected one of {', '.join(names)}, found {text}")
+    return member
+
+
+def parse_text(text: str | Iterable[str], *, strict: bool = True, path: str | None = None) -> tuple[TraceHeader, list[Record]]:
+    """Header and records from the text form; TraceFormatError naming line:column on bad input."""
+    header = TraceHeader(writer="", unknown_sections=[])
+    records: list[Record] = []
+    lines = text.splitlines() if isinstance(text, str) else text
+    seq, ts = -1, 0
+    for lineno, raw in enumerate(lines, 1):
+        line = _Line(raw, lineno, path)
+        if not line.tokens:
+            continue
+        col, word, value = line.tokens[0]
+        if word.startswith("%"):
+            _parse_header_line(header, line)
+            continue
+        rest = line.tokens
+        if value is None and re.fullmatch(r"\d+", word):
+            if len(rest) < 3 or rest[1][2] is not None or not re.fullmatch(r"\d+\.\d{9}", rest[1][1]):
+                raise line.error(rest[1][0] if len(rest) > 1 else col, "expected SEQ TIME NAME: a time like 12.000000000 after the sequence number")
+            new_seq = int(word)
+            if new_seq <= seq:
+                raise line.error(col, f"sequence number {new_seq} does not increase (previous {seq})")
+            secs, frac = rest[1][1].split(".")
+            seq, ts = new_seq, int(secs) * 1_000_000_000 + int(frac)
+            rest = rest[2:]
+        else:
+            seq += 1
+        records.append(_parse_record(line, rest, seq, ts, strict))
+    return header, records
+
+
+def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: int, ts: int, strict: bool) -> Record:
+    col, name, value = tokens[0]
+    if value is not None:
+        raise line.error(col, f"expected an event name, found {name}={value}")
+    flags, extra = 0, b""
+    given: dict[str, tuple[int, str]] = {}
+    for c, key, val in tokens[1:]:
+        if val is None:
+            raise line.error(c, f"expected FIELD=VALUE, found {key}")
+        if key in given:
+            raise line.error(c, f"field {key} given twice", key)
+        given[key] = (c, val)
+    if "@flags" in given:
+        c, val = given.pop("@flags")
+        try:
+            flags = parse_int(val)
+            if not 0 <= flags <= 255:
+                raise ValueError
+        except ValueError:
+            raise line.error(c, f"expected flags 0..255, found {val}", "@flags") from None
+    if "@extra" in given:
+        c, val = given.pop("@extra")
+        try:
+            extra = bytes.fromhex(val)
+        except ValueError:
+            raise line.error(c, f"expected hex bytes, found {val}", "@extra") from None
+    if name == "raw":
+        return Record(seq, ts, flags, _parse_raw(line, col, given), extra)
+    cls = NAMES.get(name)
+    if cls is None:
+        raise line.error(col, f"unknown event {name!r}; known: {', '.join(sorted(NAMES))}")
+    values = []
+    for f in fields_of(cls):
+        if f.name not in given:
+            if strict:
+                raise line.error(col, f"{name}: missing field {f.name}", f.name)
+            values.append(convert_field(f, _zero(f)))
+            continue
+        c, val = given.pop(f.name)
+        try:
+            values.append(parse_value(f, val))
+        except (ValueError, json.JSONDecodeError) as e:
+            raise line.error(c, f"{name}.{f.name}: {e}", f.name) from None
+    if given:
+        key, (c, _) = next(iter(given.items()))
+        raise line.error(c, f"{name} has no field {key}; fields: {', '.join(f.name for f in fields_of(cls))}", key)
+    return Record(seq, ts, flags, cls._make(values), extra)
+
+
+def _zero(f: FieldSpec) -> Any:
+    if f.wire is STR:
+        return ""
+    if f.wire is ZONES:
+        return 0xFFFFFFFF
+    if isinstance(f.py, type) and issubclass(f.py, enum.Enum) and not issubclass(f.py, enum.IntFlag):
+        return int(next(iter(f.py)))
+    return 0
+
+
+def _parse_raw(line: _Line, col: int, given: dict[str, tuple[int, str]]) -> Unknown:
+    try:
+        code = parse_int(given.pop("code")[1])
+        data = given.pop("data")[1]
+        ev = Unknown(code, b"" if data == "-" else bytes.fromhex(data))
+    except (KeyError, ValueError):
+        raise line.error(col, "raw needs code=N data=HEX (or data=-)") from None
+    if code in EVENT_TYPES or not 0 <= code <= 255:
+        raise line.error(col, f"raw code {code} is not a free record type (0..255, not a known event)")
+    if given:
+        raise line.error(next(iter(given.values()))[0], "raw takes only code and data")
+    return ev
+
+
+def _parse_header_line(h: TraceHeader, line: _Line) -> None:
+    col, word, _ = line.tokens[0]
+    key = word[1:]
+    pos = [t for t in line.tokens[1:] if t[2] is None]
+    kv = {t[1]: t[2] for t in line.tokens[1:] if t[2] is not None}
+
+    def s(text: str | None) -> str:
+        if text is None or not text.startswith('"'):
+            raise line.error(col, f"%{key}: expected a quoted string")
+        return str(json.loads(text))
+
+    try:
+        if key == "mhpt":
+            major, _, minor = (pos[0][1] if pos else "").partition(".")
+            if int(major) != MAJOR:
+                raise line.error(col, f"text form version {major}.{minor}, this reader reads {MAJOR}.x")
+            h.major, h.minor = MAJOR, int(minor or MINOR)
+        elif key == "writer":
+            h.writer = s(pos[0][1] if pos else None)
+        elif key == "kernel":
+            h.kernel_release, h.cmdline = s(kv.get("release")), s(kv.get("cmdline"))
+        elif key == "arch":
+            h.arch = s(pos[0][1] if pos else None)
+        elif key == "geometry":
+            h.page_size, h.section_size, h.block_size = (parse_int(kv[k]) for k in ("page_size", "section_size", "block_size"))
+        elif key == "params":
+            h.params = s(pos[0][1] if pos else None)
+        elif key == "source":
+            h.source = Capture[pos[0][1].upper()]
+            h.source_detail = s(kv.get("detail", '""'))
+        elif key == "clock":
+            h.clock = s(pos[0][1] if pos else None)
+            h.wall_ns = parse_int(kv.get("wall_ns", "0"))
+        elif key == "section":
+            data = kv["data"]
+            h.unknown_sections.append((parse_int(pos[0][1]), b"" if data == "-" else bytes.fromhex(data)))
+        else:
+            raise line.error(col, f"unknown header line %{key}")
+    except (KeyError, IndexError, ValueError) as e:
+        if isinstance(e, TraceFormatError):
+            raise
+        raise line.error(col, f"%{key}: malformed ({e})") from None

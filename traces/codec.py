@@ -341,7 +341,9 @@ def encode_record(rec: Record) -> bytes:
         if enc is None:
             raise ValueError(f"not an event: {ev!r}")
         try:
-            out = enc(rec.seq, rec.ts, rec.flags, ev) + rec.extra
+            out = enc(rec.seq, rec.ts, rec.flags, ev)
+            if rec.extra:
+                out = out[:2] + struct.pack("<H", min(len(out) + len(rec.extra), MAX_RECORD + 1) & 0xFFFF) + out[4:] + rec.extra
         except (struct.error, ValueError, UnicodeEncodeError, TypeError, AttributeError):
             check_event(ev)
             raise

@@ -157,7 +157,9 @@ class TraceReader:
             try:
                 records = self.decode(payload, count, at + CHUNK_HEADER.size, st.records)
             except TraceFormatError as e:
-                self._fail(Problem(e.offset or at, "records", f"{e.message} (record {e.record}, field {e.field})", CHUNK_HEADER.size + length), e.record)
+                if not self.tolerant:
+                    raise e.at(path=self.path) from None
+                self.problems.append(Problem(e.offset or at, "records", str(e), CHUNK_HEADER.size + length))
                 self.pos = at + CHUNK_HEADER.size + length
                 continue
             self.pos = at + CHUNK_HEADER.size + length

@@ -64,10 +64,18 @@ def enum_label(value: enum.Enum) -> str:
     return value.name.lower()
 
 
+def quote(text: str) -> str:
+    """A JSON string literal that stays on one line (line separators other than \\n escaped too)."""
+    return json.dumps(text, ensure_ascii=False).translate(LINE_BREAKS)
+
+
+LINE_BREAKS = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+
+
 def format_value(f: FieldSpec, value: Any) -> str:
     """One field value as text."""
     if f.wire is STR:
-        return json.dumps(value, ensure_ascii=False)
+        return quote(value)
     if f.wire is ZONES:
         return ",".join(ZONE_LABELS[z] for z in value) if value else "none"
     if f.wire is BOOL:
@@ -97,7 +105,7 @@ def format_record(rec: Record) -> str:
 
 def format_header(h: TraceHeader) -> list[str]:
     """The header as %-lines."""
-    q = json.dumps
+    q = quote
     lines = [
         f"%mhpt {h.major}.{h.minor}",
         f"%writer {q(h.writer)}",
@@ -287,7 +295,7 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
         try:
             values.append(parse_value(f, val))
         except (ValueError, json.JSONDecodeError) as e:
-            raise line.error(c, f"{name}.{f.name}: {e}", f.name) from None
+            raise line.error(c + len(f.name) + 1, f"{name}.{f.name}: {e}", f.name) from None
     if given:
         key, (c, _) = next(iter(given.items()))
         raise line.error(c, f"{name} has no field {key}; fields: {', '.join(f.name for f in fields_of(cls))}", key)

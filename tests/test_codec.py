@@ -1,0 +1,258 @@
+"""The .mhpt codec: lossless round trips, fast path == construct path, damage found and reported."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replay.model.profiles import get_profile
+from replay.simulate import Simulation, simulate, write_trace
+from tests.strategies import numbered, records
+from tests.test_observed import SCENARIOS
+from traces.codec import Record, Unknown, decode_payload, decode_payload_construct, encode_record
+from traces.errors import TraceFormatError
+from traces.events import BlockObserved, BlockState, Loss, Mark, OnlineBlock, ZoneType
+from traces.files import cat, compile_text, repair, verify
+from traces.header import CHUNK_HEADER, TraceHeader
+from traces.reader import TraceReader, read_trace
+from traces.text import dump, parse_text
+from traces.writer import TraceWriter
+
+
+def write(recs: list[Record], header: TraceHeader | None = None, chunk: int = 7) -> bytes:
+    buf = io.BytesIO()
+    w = TraceWriter(buf, header or TraceHeader(writer="test"), chunk_records=chunk)
+    for r in recs:
+        w.write_record(r)
+    w.close()
+    return buf.getvalue()
+
+
+def scenario_trace(tmp_path: Path, name: str, profile: str = "6.1") -> Path:
+    from traces.scenario import load_scenario
+
+    sc = load_scenario(SCENARIOS / f"{name}.toml")
+    sim = Simulation(sc, get_profile(profile))
+    for _ in simulate(sc, sim=sim):
+        pass
+    out = tmp_path / f"{name}-{profile}.mhpt"
+    write_trace(sim, str(out))
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_round_trips_on_every_corpus_scenario(tmp_path: Path, path: Path) -> None:
+    trace = scenario_trace(tmp_path, path.stem)
+    data = trace.read_bytes()
+    header, recs = read_trace(data)
+    assert read_trace(data, decoder="construct")[1] == recs
+    text = "".join(dump(header, recs))
+    header2, recs2 = parse_text(text)
+    assert (header2, recs2) == (header, recs)
+    (tmp_path / "t.txt").write_text(text)
+    compile_text(str(tmp_path / "t.txt"), str(tmp_path / "again.mhpt"))
+    assert (tmp_path / "again.mhpt").read_bytes() == data  # binary -> text -> binary is byte-exact
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records, max_size=30))
+def test_generated_records_round_trip_and_both_decoders_agree(items: list) -> None:
+    recs = numbered(items)
+    data = write(recs)
+    header, fast = read_trace(data)
+    assert fast == recs
+    assert read_trace(data, decoder="construct")[1] == recs
+    assert parse_text("".join(dump(header, recs)))[1] == recs
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(records, min_size=1, max_size=6), st.data())
+def test_fast_and_construct_agree_on_damaged_payloads(items: list, data: st.DataObject) -> None:
+    """Any payload, valid or not: both decoders return the same records or the same error."""
+    payload = bytearray(b"".join(encode_record(r) for r in numbered(items)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(payload) - 1))
+        payload[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        del payload[data.draw(st.integers(0, len(payload))) :]
+    count = data.draw(st.integers(0, 8))
+
+    def run(fn):  # type: ignore[no-untyped-def]
+        try:
+            return fn(bytes(payload), count)
+        except TraceFormatError as e:
+            return str(e)
+
+    assert run(decode_payload) == run(decode_payload_construct)
+
+
+def test_unknown_types_and_appended_fields_are_kept() -> None:
+    recs = [Record(0, 1, 0, Unknown(0x99, b"\x01\x02\x03")), Record(1, 2, 0x1, Mark("x"), b"\xaa\xbb")]
+    header, back = read_trace(write(recs))
+    assert back == recs
+    assert parse_text("".join(dump(header, back)))[1] == recs
+
+
+def test_flipped_byte_is_found_and_repair_keeps_the_rest(tmp_path: Path) -> None:
+    recs = [Record(i, i, 0, Mark(f"m{i}")) for i in range(100)]
+    data = bytearray(write(recs, chunk=10))
+    clean = tmp_path / "clean.mhpt"
+    clean.write_bytes(data)
+    assert verify(str(clean)).clean
+    # damage a byte inside the 4th chunk's payload
+    at = data.find(b"m35")
+    data[at + 1] ^= 0x40
+    bad = tmp_path / "bad.mhpt"
+    bad.write_bytes(data)
+    report = verify(str(bad))
+    assert not report.clean and [p.kind for p in report.problems] == ["crc"]
+    with pytest.raises(TraceFormatError, match="CRC mismatch"):
+        list(TraceReader(str(bad)))
+    fixed = tmp_path / "fixed.mhpt"
+    rep = repair(str(bad), str(fixed))
+    assert rep.kept == 90
+    _, back = read_trace(fixed.read_bytes())
+    texts = [r.event.text for r in back if isinstance(r.event, Mark)]
+    assert texts == [f"m{i}" for i in range(100) if not 30 <= i < 40]
+    loss = [r for r in back if isinstance(r.event, Loss)]
+    assert [(r.seq, r.event.count) for r in loss] == [(30, 10)]
+    assert verify(str(fixed)).clean
+
+
+def test_truncation_yields_every_complete_chunk(tmp_path: Path) -> None:
+    recs = [Record(i, i, 0, Mark(f"m{i}")) for i in range(50)]
+    data = write(recs, chunk=10)
+    cut = tmp_path / "cut.mhpt"
+    cut.write_bytes(data[: data.find(b"m42") + 2])
+    got = []
+    with pytest.raises(TraceFormatError, match="truncated"):
+        for rec in TraceReader(str(cut)):
+            got.append(rec)
+    assert [r.seq for r in got] == list(range(40))
+    report = verify(str(cut))
+    assert [p.kind for p in report.problems] == ["truncated"]
+    out = tmp_path / "out.mhpt"
+    assert repair(str(cut), str(out)).kept == 40
+    assert verify(str(out)).clean
+
+
+def test_killed_writer_leaves_a_readable_part_file(tmp_path: Path) -> None:
+    target = tmp_path / "t.mhpt"
+    w = TraceWriter(target, TraceHeader(), chunk_records=5)
+    for i in range(23):
+        w.write(Mark(str(i)))
+    w.f.flush()  # what the OS has after a SIGKILL: the flushed chunks and a partial buffer
+    assert not target.exists()
+    part = tmp_path / "t.mhpt.part"
+    report = verify(str(part))
+    assert report.stats.records == 20 and report.clean
+    w.close()
+    assert target.exists() and not part.exists()
+    assert verify(str(target)).stats.records == 23
+
+
+def test_writer_abort_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "t.mhpt"
+    with pytest.raises(RuntimeError), TraceWriter(target, TraceHeader()) as w:
+        w.write(Mark("x"))
+        raise RuntimeError
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_values_that_do_not_fit_name_the_field() -> None:
+    with pytest.raises(ValueError, match="OnlineBlock.block"):
+        TraceWriter(io.BytesIO(), TraceHeader()).write(OnlineBlock(-1, 1, 0, 0))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="BlockObserved.valid_zones"):
+        TraceWriter(io.BytesIO(), TraceHeader()).write(BlockObserved(1, BlockState.ONLINE, 0, (ZoneType.NONE,)))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expect"),
+    [
+        (lambda d: b"\x89MHPT\n" + d[7:], "magic"),
+        (lambda d: d[:8] + struct.pack(">I", 0x01020304) + d[12:], "byte-swapped"),
+        (lambda d: d[:12] + struct.pack("<H", 2) + d[14:], "major version 2"),
+        (lambda d: d[:40] + bytes([d[40] ^ 1]) + d[41:], "header CRC"),
+        (lambda d: d[:10], "shorter than"),
+        (lambda d: b"", "shorter than"),
+    ],
+)
+def test_bad_headers(mutate, expect: str) -> None:  # type: ignore[no-untyped-def]
+    data = write([Record(0, 0, 0, Mark("x"))])
+    with pytest.raises(TraceFormatError, match=expect):
+        read_trace(mutate(data))
+
+
+def test_huge_chunk_length_is_damage_not_allocation(tmp_path: Path) -> None:
+    data = bytearray(write([Record(0, 0, 0, Mark("x"))]))
+    at = data.find(b"MHc1")
+    struct.pack_into("<I", data, at + 16, 0xFFFFFFF0)
+    f = tmp_path / "huge.mhpt"
+    f.write_bytes(data)
+    with pytest.raises(TraceFormatError, match=f"byte {at + 16}.*exceeds"):
+        list(TraceReader(str(f)))
+
+
+def test_record_errors_name_offset_record_and_field(tmp_path: Path) -> None:
+    recs = [Record(0, 0, 0, Mark("a")), Record(1, 0, 0, BlockObserved(5, BlockState.ONLINE, 0, (ZoneType.MOVABLE,)))]
+    payload = bytearray(b"".join(encode_record(r) for r in recs))
+    at = len(encode_record(recs[0])) + 20 + 4  # the state byte of record 1
+    payload[at] = 9
+    with pytest.raises(TraceFormatError) as e:
+        decode_payload(bytes(payload), 2, base_offset=1000, first_record=10)
+    assert (e.value.offset, e.value.record, e.value.field) == (1000 + at, 11, "BlockObserved.state")
+    assert "expected a BlockState value, found 9" in str(e.value)
+
+
+def test_text_errors_name_line_and_column() -> None:
+    good = '%mhpt 1.0\n# comment\n5 0.000000001 mark text="a"\nmark text="b"  # seq 6\n'
+    _, recs = parse_text(good)
+    assert [(r.seq, r.ts, r.event.text) for r in recs] == [(5, 1, "a"), (6, 1, "b")]
+    cases = [
+        ("online_block block=1 online_type=sideways attr=state source=user", 1, 34, "expected one of offline, online"),
+        ("online_block block=1 attr=state source=user", 1, 1, "missing field online_type"),
+        ('mark text="a" color=red', 1, 15, "mark has no field color"),
+        ("teleport x=1", 1, 1, "unknown event 'teleport'"),
+        ('mark text="a"\n3 0.5 mark text="b"', 2, 3, "time like"),
+        ('4 0.000000000 mark text="a"\n2 0.000000000 mark text="b"', 2, 1, "does not increase"),
+        ("add_memory start=4G size=-1 nid=0 flags=none", 1, 26, "outside u64 range"),
+    ]
+    for text, line, col, msg in cases:
+        with pytest.raises(TraceFormatError) as e:
+            parse_text(text, path="t.txt")
+        assert (e.value.line, e.value.column) == (line, col), (text, str(e.value))
+        assert msg in str(e.value) and str(e.value).startswith(f"t.txt:{line}:{col}")
+    _, lenient = parse_text("online_block block=3", strict=False)
+    assert lenient[0].event.block == 3 and lenient[0].event.online_type == 0
+
+
+def test_cat_joins_and_renumbers(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.mhpt", tmp_path / "b.mhpt"
+    a.write_bytes(write([Record(i, i, 0, Mark(f"a{i}")) for i in range(5)]))
+    b.write_bytes(write([Record(i, i, 0, Mark(f"b{i}")) for i in range(3)]))
+    assert cat([str(a), str(b)], str(tmp_path / "ab.mhpt")) == 8
+    _, recs = read_trace((tmp_path / "ab.mhpt").read_bytes())
+    assert [r.seq for r in recs] == list(range(8)) and recs[5].event.text == "b0"
+
+
+def test_reading_uses_constant_memory_per_chunk() -> None:
+    """Chunks are read one at a time: the reader never holds more than one chunk's bytes."""
+    data = write([Record(i, i, 0, Mark("x" * 50)) for i in range(2000)], chunk=100)
+    f = io.BytesIO(data)
+    reads: list[int] = []
+    orig = f.read
+
+    def spy(n: int = -1) -> bytes:
+        out = orig(n)
+        reads.append(len(out))
+        return out
+
+    f.read = spy  # type: ignore[method-assign]
+    assert sum(1 for _ in TraceReader(f)) == 2000
+    assert max(reads) < 100 * 90 + CHUNK_HEADER.size + os.sysconf("SC_PAGE_SIZE")

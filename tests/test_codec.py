@@ -166,9 +166,9 @@ def test_writer_abort_leaves_nothing(tmp_path: Path) -> None:
 
 
 def test_values_that_do_not_fit_name_the_field() -> None:
-    with pytest.raises(ValueError, match="OnlineBlock.block"):
+    with pytest.raises(ValueError, match=r"OnlineBlock\.block"):
         TraceWriter(io.BytesIO(), TraceHeader()).write(OnlineBlock(-1, 1, 0, 0))  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="BlockObserved.valid_zones"):
+    with pytest.raises(ValueError, match=r"BlockObserved\.valid_zones"):
         TraceWriter(io.BytesIO(), TraceHeader()).write(BlockObserved(1, BlockState.ONLINE, 0, (ZoneType.NONE,)))
 
 

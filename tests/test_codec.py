@@ -256,3 +256,15 @@ def test_reading_uses_constant_memory_per_chunk() -> None:
     f.read = spy  # type: ignore[method-assign]
     assert sum(1 for _ in TraceReader(f)) == 2000
     assert max(reads) < 100 * 90 + CHUNK_HEADER.size + os.sysconf("SC_PAGE_SIZE")
+
+
+def test_format_md_lists_every_event_with_its_fields() -> None:
+    from traces.events import EVENT_TYPES, fields_of
+    from traces.text import CLASS_NAMES
+
+    doc = (Path(__file__).resolve().parent.parent / "traces" / "FORMAT.md").read_text()
+    for code, cls in EVENT_TYPES.items():
+        row = next((ln for ln in doc.splitlines() if ln.startswith(f"| {code:#04x} |")), None)
+        assert row is not None, cls.__name__
+        assert row.split("|")[2].strip() == CLASS_NAMES[cls]
+        assert all(f.name in row for f in fields_of(cls)), cls.__name__

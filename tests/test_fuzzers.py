@@ -1,0 +1,31 @@
+"""The atheris harnesses run for a bounded number of inputs (the long runs are `mhp fuzz`)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_harness(name: str, runs: int, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(ROOT / "corpus" / "seeds", corpus)
+    (tmp_path / "artifacts").mkdir()
+    cmd = [sys.executable, str(ROOT / "fuzz" / name), f"-runs={runs}", "-seed=7", f"-artifact_prefix={tmp_path}/artifacts/", str(corpus)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def test_trace_format_fuzzer_finds_nothing(tmp_path: Path) -> None:
+    proc = run_harness("trace_format_fuzzer.py", 1500, tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Done 1500 runs" in proc.stderr
+    assert not list((tmp_path / "artifacts").iterdir())
+
+
+def test_harness_is_executable() -> None:
+    path = ROOT / "fuzz" / "trace_format_fuzzer.py"
+    assert path.read_text().startswith("#!/usr/bin/env python3")
+    assert path.stat().st_mode & 0o111

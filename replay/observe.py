@@ -8,7 +8,8 @@ from __future__ import annotations
 from replay.model.machine import Machine
 from replay.model.memory import valid_zones
 from replay.model.outcome import Outcome
-from traces.events import BlockObserved, BlockState, Event, Result, ZoneObserved, ZoneType
+from traces.digest import state_digest
+from traces.events import BlockObserved, BlockState, Event, Result, StateDigest, ZoneObserved, ZoneType
 
 
 def observe_outcome(m: Machine, ev: Event, out: Outcome) -> list[Event]:
@@ -38,3 +39,10 @@ def observe_zones(m: Machine) -> list[ZoneObserved]:
         if n.online
         for z in n.zones
     ]
+
+
+def model_digest(m: Machine) -> StateDigest:
+    """traces.digest.state_digest of the model's blocks and zones."""
+    blocks = ((b.id, int(b.state), int(b.zone.idx) if b.zone is not None and b.state is BlockState.ONLINE else 255) for b in m.blocks.values())
+    zones = ((n.nid, int(z.idx), z.present_pages) for n in m.nodes.values() if n.online for z in n.zones)
+    return StateDigest(state_digest(blocks, zones))

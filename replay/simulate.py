@@ -13,7 +13,7 @@ from replay.model.kernel import Kernel
 from replay.model.outcome import Outcome
 from replay.model.params import boot_params_from_cmdline, read_param
 from replay.model.profiles import Profile, get_profile
-from replay.observe import observe_outcome, observe_zones
+from replay.observe import model_digest, observe_outcome, observe_zones
 from traces.events import Attr, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
 from traces.header import Capture, TraceHeader
 from traces.scenario import Scenario, ScenarioError, Step
@@ -144,6 +144,7 @@ class Simulation:
     def snapshot(self, index: int, label: str, rc: int, findings_from: int) -> StepResult:
         m = self.kernel.m
         self.events.extend(observe_zones(m))
+        self.events.append(model_digest(m))
         return StepResult(index, label, rc, block_runs(m, self.group_names), zone_table(m), self.findings[findings_from:])
 
 

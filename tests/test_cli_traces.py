@@ -1,0 +1,84 @@
+"""mhp dump/compile/info/verify/repair/cat: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from replay.cli import main
+from tests.test_observed import SCENARIOS
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
+    path = tmp_path / "vmem.mhpt"
+    assert run(["simulate", str(SCENARIOS / "seed-vmem.toml"), "-o", str(path)], capsys)[0] == 0
+    return path
+
+
+def test_info_verify_dump_compile(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(["info", str(trace), "--json"], capsys)
+    facts = json.loads(out)
+    assert rc == 0 and facts["source"].startswith("simulation") and facts["events"]["add_memory"] == 192
+    assert facts["events"]["state_digest"] == 5 and facts["problems"] == []
+    rc, out, _ = run(["verify", str(trace)], capsys)
+    assert rc == 0 and out.rstrip().endswith("clean")
+    rc, text, _ = run(["dump", str(trace)], capsys)
+    assert rc == 0 and text.startswith("%mhpt 1.0\n")
+    src = tmp_path / "t.txt"
+    src.write_text(text)
+    assert run(["compile", str(src), "-o", str(tmp_path / "c.mhpt")], capsys)[0] == 0
+    assert (tmp_path / "c.mhpt").read_bytes() == trace.read_bytes()
+
+
+def test_damage_exit_codes(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = bytearray(trace.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.mhpt"
+    bad.write_bytes(data)
+    rc, out, _ = run(["verify", str(bad)], capsys)
+    assert rc == 1 and "crc" in out and out.rstrip().endswith("DAMAGED")
+    rc, out, _ = run(["repair", str(bad), "-o", str(tmp_path / "fixed.mhpt")], capsys)
+    assert rc == 0 and "kept" in out
+    assert run(["verify", str(tmp_path / "fixed.mhpt")], capsys)[0] == 0
+    rc, _, err = run(["dump", str(bad)], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "CRC mismatch" in err and str(bad) in err
+
+
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (b"hello world, not a trace at all", "not an mhpt trace"),
+        (b"", "shorter than"),
+    ],
+)
+def test_not_a_trace_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes, expect: str) -> None:
+    f = tmp_path / "x.mhpt"
+    f.write_bytes(content)
+    for cmd in ("dump", "info", "verify"):
+        rc, _, err = run([cmd, str(f)], capsys)
+        assert rc == 2 and expect in err and err.count("\n") == 1, (cmd, err)
+
+
+def test_compile_errors_and_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "t.txt"
+    src.write_text("%mhpt 1.0\nmark text=\"ok\"\nmark txt=\"no\"\n")
+    rc, _, err = run(["compile", str(src), "-o", str(tmp_path / "o.mhpt")], capsys)
+    assert rc == 2 and f"{src}:3:" in err and not (tmp_path / "o.mhpt").exists() and not (tmp_path / "o.mhpt.part").exists()
+    rc, _, err = run(["verify", str(tmp_path / "nope.mhpt")], capsys)
+    assert rc == 2 and "cannot open" in err
+
+
+def test_cat(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "two.mhpt"
+    assert run(["cat", str(trace), str(trace), "-o", str(out)], capsys)[0] == 0
+    rc, text, _ = run(["info", str(out), "--json"], capsys)
+    assert rc == 0 and json.loads(text)["records"] == 2 * json.loads(run(["info", str(trace), "--json"], capsys)[1])["records"]

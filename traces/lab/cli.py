@@ -1,0 +1,61 @@
+"""Command line of the lab: set-up, or one scenario on one real kernel."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from traces.lab.setup import KERNELS, LabSetupError, setup
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The lab's argument parser."""
+    p = argparse.ArgumentParser(prog="python -m traces.lab", description="Run scenarios against Debian's real kernels under QEMU (TCG).")
+    p.add_argument("--setup", action="store_true", help="install QEMU, busybox, cpio, xz (apt-get, as root) and fetch the kernels")
+    p.add_argument("--refresh", action="store_true", help="with --setup: look for newer kernel packages even when some are cached")
+    p.add_argument("scenario", nargs="*", help="scenario TOML file(s)")
+    p.add_argument("--kernel", nargs="+", choices=KERNELS, help="kernel series to boot (several with --out-dir)")
+    p.add_argument("-o", "--output", help="observation JSON to write (one scenario, one kernel)")
+    p.add_argument("--out-dir", help="write OUT_DIR/<kernel>/<scenario>.json for every scenario and kernel")
+    p.add_argument("-v", "--verbose", action="store_true", help="print progress and the guest console tail on errors")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; exit 0 done, 1 the lab failed, 2 bad input."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        if args.setup:
+            for series, k in setup(refresh=args.refresh).items():
+                print(f"{series}: {k.package} {k.version} ({k.release}) in {k.root}")
+            if not args.scenario:
+                return 0
+        if not args.scenario:
+            p.error("a scenario file is required (or --setup)")
+        if not args.kernel or bool(args.output) == bool(args.out_dir):
+            p.error("--kernel and one of -o / --out-dir are required with scenarios")
+        from traces.lab.qemu import LabError
+        from traces.lab.run import run_corpus, run_scenario
+        from traces.scenario import ScenarioError
+
+        if args.out_dir:
+            summary = run_corpus(args.scenario, tuple(args.kernel), args.out_dir, args.verbose)
+            return 1 if any("error" in s for s in summary) else 0
+        if len(args.scenario) != 1 or len(args.kernel) != 1:
+            p.error("-o takes one scenario and one kernel; use --out-dir for several")
+        try:
+            obs = run_scenario(args.scenario[0], args.kernel[0], args.output, verbose=args.verbose)
+        except ScenarioError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except LabError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        boot = obs["results"][0].get("boot_s")
+        print(f"{args.output}: {len(obs['results']) - 1} steps, boot {boot} s, wall {obs.get('wall_s')} s")
+        return 0
+    except LabSetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
@@ -47,12 +47,14 @@ class StepResult:
 
 @dataclass(slots=True)
 class Simulation:
-    """Drives one scenario through a Kernel, keeping every event it issued."""
+    """Drives one scenario through a Kernel; every event it issues (with the observations a real
+    kernel would give) goes to ``sink``, by default the ``events`` list."""
 
     scenario: Scenario
     profile: Profile
     kernel: Kernel = field(init=False)
     events: list[Event] = field(default_factory=list)
+    sink: Callable[[Event], object] | None = None
     group_names: dict[int, str] = field(default_factory=dict)
     dimms: dict[str, AcpiDimm] = field(default_factory=dict)
     vmems: dict[str, VirtioMem] = field(default_factory=dict)
@@ -61,14 +63,25 @@ class Simulation:
 
     def __post_init__(self) -> None:
         self.kernel = Kernel(self.profile)
+        if self.sink is None:
+            self.sink = self.events.append
 
     def emit(self, ev: Event) -> Outcome:
-        """Apply one event, keeping it, the observations a real kernel would give, and its findings."""
+        """Apply one event, passing it and the observations a real kernel would give to the sink."""
         out = self.kernel.apply(ev)
-        self.events.append(ev)
-        self.events.extend(observe_outcome(self.kernel.m, ev, out))
+        sink = self.sink
+        assert sink is not None
+        sink(ev)
+        for obs in observe_outcome(self.kernel.m, ev, out):
+            sink(obs)
         self.findings.extend(out.findings)
         return out
+
+    def observe_state(self) -> None:
+        """Zone counters and the state digest, as a recorder samples them."""
+        assert self.sink is not None
+        for ev in (*observe_zones(self.kernel.m), model_digest(self.kernel.m)):
+            self.sink(ev)
 
     def allocate(self, size: int, align: int) -> int:
         """First fit in QEMU's device memory region."""
@@ -100,9 +113,13 @@ class Simulation:
     def run_step(self, i: int, step: Step) -> StepResult:
         """Apply scenario step ``i`` (1-based) and return the state after it."""
         start = len(self.findings)
-        self.emit(Mark(f"step {i}: {step.describe()}"))
-        rc = self._do(step)
+        rc = self.apply_step(i, step)
         return self.snapshot(i, step.describe(), rc, start)
+
+    def apply_step(self, i: int, step: Step) -> int:
+        """Mark and apply scenario step ``i``; its return code (the first failure, else 0)."""
+        self.emit(Mark(f"step {i}: {step.describe()}"))
+        return self._do(step)
 
     def _do(self, step: Step) -> int:
         m = self.kernel.m
@@ -143,8 +160,7 @@ class Simulation:
 
     def snapshot(self, index: int, label: str, rc: int, findings_from: int) -> StepResult:
         m = self.kernel.m
-        self.events.extend(observe_zones(m))
-        self.events.append(model_digest(m))
+        self.observe_state()
         return StepResult(index, label, rc, block_runs(m, self.group_names), zone_table(m), self.findings[findings_from:])
 
 

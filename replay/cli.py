@@ -10,8 +10,10 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from replay.layout import format_runs
+from replay.layout import block_runs, format_runs, format_zones, zone_table
 from replay.model.profiles import get_profile
+from replay.replayer import model_at, replay_many
+from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.scenario import ScenarioError, load_scenario
@@ -100,6 +102,52 @@ def cmd_cat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay traces through the model: 0 clean, 1 divergence or finding, 2 bad input."""
+    results = replay_many(
+        args.traces,
+        jobs=args.jobs,
+        progress=sys.stderr.isatty() and not args.json,
+        profile=args.profile,
+        context=args.context,
+        max_divergences=args.max_divergences,
+    )
+    if args.json:
+        json.dump({"traces": [r.to_json() for r in results], "totals": totals(results)}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for r in results:
+            print(f"== {r.path} (profile {r.profile or '-'})")
+            for d in r.divergences:
+                print("\n".join(d.lines()))
+            if r.divergence_count > len(r.divergences):
+                print(f"... and {r.divergence_count - len(r.divergences)} more divergences ({r.divergences_by_kind})")
+            for sig, n in r.finding_signatures.items():
+                first = next(f for f in r.findings if f["signature"] == sig)
+                print(f"finding {sig} x{n}: first at event {first['event_index']}: {first['message']}")
+            if r.error:
+                print(f"error: {r.error}", file=sys.stderr)
+            print(r.verdict)
+        if len(results) > 1:
+            print("\n".join(summary_table(results)))
+    if any(r.error for r in results):
+        return 2
+    return 1 if any(r.failed for r in results) else 0
+
+
+def cmd_layout(args: argparse.Namespace) -> int:
+    """The seed-style layout of the model at any event of a trace."""
+    m = model_at(args.trace, args.at, args.profile).m
+    runs = block_runs(m)
+    if args.json:
+        json.dump({"at": args.at, "runs": [r.to_json() for r in runs], "zones": zone_table(m)}, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(format_runs(runs, len({r.node for r in runs}) > 1)))
+        print("\n".join(format_zones(m)))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -111,6 +159,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: the scenario's, else 6.1)")
     s.add_argument("-o", "--trace", help="also write the events, with model-filled observations, as a .mhpt trace")
     s.set_defaults(func=cmd_simulate)
+    s = sub.add_parser("replay", help="replay traces through the model, report divergences and findings")
+    s.add_argument("traces", nargs="+")
+    s.add_argument("-j", "--jobs", type=int, default=1, help="traces replayed in parallel processes")
+    s.add_argument("--json", action="store_true", help="the stable JSON report (docs/replay-json.md)")
+    s.add_argument("--context", type=int, default=8, help="events shown before a divergence")
+    s.add_argument("--max-divergences", type=int, default=20, help="divergences reported in full per trace")
+    s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
+    s.set_defaults(func=cmd_replay)
+    s = sub.add_parser("layout", help="the block layout at any event of a trace")
+    s.add_argument("trace")
+    s.add_argument("--at", type=int, help="after event N (default: the end)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--profile", choices=("6.1", "6.12"))
+    s.set_defaults(func=cmd_layout)
     s = sub.add_parser("dump", help="print a trace in its text form")
     s.add_argument("trace")
     s.set_defaults(func=cmd_dump)

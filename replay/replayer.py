@@ -36,7 +36,7 @@ class Replayer:
     def __init__(self, profile: Profile, path: str = "", *, context: int = 8, max_divergences: int = 20, oracles: bool = True) -> None:
         self.kernel = Kernel(profile, oracles=oracles)
         self.result = TraceResult(path, profile=profile.name)
-        self.recent: deque[tuple[int, int, int, Any, int | None]] = deque(maxlen=max(context, 0) or 1)
+        self.recent: deque[tuple[int, int, int, Any, int | None]] = deque(maxlen=max(context, 0) + 1)
         self.context = context
         self.max_divergences = max_divergences
         self.index = -1

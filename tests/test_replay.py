@@ -1,0 +1,131 @@
+"""mhp replay: clean replays, one divergence per class with its report, exit codes, JSON, layout."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from replay.cli import main
+from replay.replayer import replay_file
+from tests.test_observed import SCENARIOS
+
+SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    rc = main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def edited(tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, edit) -> Path:  # type: ignore[no-untyped-def]
+    """A copy of a seed trace with its text form edited."""
+    rc, text, _ = run(["dump", str(SEEDS / f"{name}.mhpt")], capsys)
+    assert rc == 0
+    new = edit(text)
+    assert new != text
+    src = tmp_path / "edited.txt"
+    src.write_text(new)
+    out = tmp_path / "edited.mhpt"
+    assert run(["compile", str(src), "-o", str(out)], capsys)[0] == 0
+    return out
+
+
+def flip_block_144(text: str) -> str:
+    return text.replace(
+        "block_observed block=144 state=online node=0 valid_zones=Normal", "block_observed block=144 state=online node=0 valid_zones=Movable", 1
+    )
+
+
+@pytest.mark.parametrize("seed", sorted(p.stem for p in SEEDS.glob("*.mhpt")))
+def test_simulated_traces_replay_without_divergence(seed: str) -> None:
+    r = replay_file(str(SEEDS / f"{seed}.mhpt"))
+    assert r.error is None and r.divergence_count == 0
+    assert r.matched == r.observations > 0
+
+
+def test_one_flipped_zone_is_one_decision_divergence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = edited(tmp_path, capsys, "seed-vmem", flip_block_144)
+    r = replay_file(str(path), context=3)
+    assert (r.divergence_count, r.divergences_by_kind) == (1, {"decision": 1})
+    d = r.divergences[0]
+    assert [(m.field, m.model, m.observed) for m in d.mismatches] == [("valid_zones", "Normal", "Movable")]
+    assert d.request is not None and "add_memory start=0x480000000" in d.request  # block 144 = 18 GiB
+    assert len(d.context) == 3 and "result rc=0" in d.context[-1]
+    (glob,) = d.numbers  # the system-wide check failed, so the per-node check never ran
+    assert (glob["nid"], glob["movable"], glob["limit"], glob["result"]) == (-1, 3_178_496, 3_155_819, False)
+    assert d.groups[0]["dynamic"] and d.groups[0]["kernel"] == 32768
+    assert any(z["zone"] == "Movable" and z["present"] == 96 * 32768 for z in d.zones)
+    rc, out, _ = run(["replay", str(path)], capsys)
+    assert rc == 1
+    assert "decision divergence at event" in out and "valid_zones: model 'Normal', kernel 'Movable'" in out
+    assert "limit 3155819 -> kernel zone" in out
+    assert out.rstrip().endswith("FAILED: 809 events, 537 matched, 1 divergences, 0 findings")
+
+
+@pytest.mark.parametrize(
+    ("edit", "kind", "field"),
+    [
+        (lambda t: t.replace("result rc=0", "result rc=-16", 3).replace("result rc=-16", "result rc=0", 2), "errno", "rc"),
+        (lambda t: re.sub(r"(zone_observed node=0 zone=Movable present=)3145728", r"\g<1>3145729", t, count=1), "accounting", "present"),
+        (lambda t: t.replace("block_observed block=50 state=online", "block_observed block=50 state=offline", 1), "errno", "state"),
+        (
+            lambda t: re.sub(r"state_digest digest=0x[0-9a-f]+", "state_digest digest=0x1", t, count=2).replace("digest=0x1", "digest=0x0", 1),
+            "accounting",
+            "digest",
+        ),
+    ],
+)
+def test_divergence_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str], edit, kind: str, field: str) -> None:  # type: ignore[no-untyped-def]
+    r = replay_file(str(edited(tmp_path, capsys, "seed-vmem", edit)))
+    assert r.divergence_count >= 1 and set(r.divergences_by_kind) == {kind}
+    assert r.divergences[0].mismatches[0].field == field
+
+
+def test_divergences_after_a_loss_marker_are_recording_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def edit(text: str) -> str:
+        text = flip_block_144(text)
+        return text.replace('mark text="step 2: vmem=vm0 size=14G"', 'loss count=3 reason="uevent overrun"', 1)
+
+    path = edited(tmp_path, capsys, "seed-vmem", edit)
+    r = replay_file(str(path))
+    assert r.divergences_by_kind == {"loss": 1}
+
+
+def test_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean = str(SEEDS / "seed-dimm.mhpt")
+    assert run(["replay", clean], capsys)[0] == 0
+    finding = str(SEEDS / "stale-online-type.mhpt")
+    rc, out, _ = run(["replay", finding, "--json"], capsys)
+    doc = json.loads(out)
+    assert rc == 1 and doc["totals"]["findings"] == 2 and doc["traces"][0]["finding_signatures"] == {"AM-RATIO:state": 1, "AM-RATIO-NODE:state": 1}
+    assert set(doc["traces"][0]) >= {"path", "events", "divergences", "findings", "stats", "verdict"}
+    bad = tmp_path / "bad.mhpt"
+    data = bytearray((SEEDS / "seed-vmem.mhpt").read_bytes())
+    data[len(data) // 2] ^= 1
+    bad.write_bytes(data)
+    rc, out, err = run(["replay", clean, str(bad)], capsys)
+    assert rc == 2 and "CRC mismatch" in err and "ERROR" in out
+    rc, out, _ = run(["replay", "-j", "2", clean, finding, "--json"], capsys)
+    doc = json.loads(out)
+    assert rc == 1 and [t["path"] for t in doc["traces"]] == [clean, finding] and doc["totals"]["traces"] == 2
+
+
+def test_layout_at_an_event(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run(["layout", str(SEEDS / "seed-dimm.mhpt"), "--at", "60", "--json"], capsys)
+    doc = json.loads(out)
+    runs = [(r["first"], r["last"], r["zone"]) for r in doc["runs"] if r["first"] >= 48]
+    assert rc == 0 and runs == [(48, 79, "Movable"), (80, 111, "Movable")]
+    rc, out, _ = run(["layout", str(SEEDS / "seed-dimm.mhpt")], capsys)
+    assert "Memory block 176-207:   Normal (group4)" in out
+
+
+def test_scenario_traces_of_both_profiles_replay_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for profile in ("6.1", "6.12"):
+        out = tmp_path / f"numa-{profile}.mhpt"
+        run(["simulate", str(SCENARIOS / "numa-aware.toml"), "--profile", profile, "-o", str(out)], capsys)
+        r = replay_file(str(out))
+        assert r.profile == profile and r.divergence_count == 0

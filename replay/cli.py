@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from replay.generate import generate_trace
 from replay.layout import block_runs, format_runs, format_zones, zone_table
 from replay.model.profiles import get_profile
 from replay.replayer import model_at, replay_many
@@ -148,6 +149,13 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gen(args: argparse.Namespace) -> int:
+    """Write a generated workload trace with model-filled outcomes."""
+    n = generate_trace(args.output, args.seed, args.events, args.profile)
+    print(f"{args.output}: {n} events", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -173,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--profile", choices=("6.1", "6.12"))
     s.set_defaults(func=cmd_layout)
+    s = sub.add_parser("gen", help="generate a realistic workload trace (outcomes filled in by the model)")
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--events", type=int, default=10_000)
+    s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_gen)
     s = sub.add_parser("dump", help="print a trace in its text form")
     s.add_argument("trace")
     s.set_defaults(func=cmd_dump)

@@ -129,3 +129,16 @@ def test_scenario_traces_of_both_profiles_replay_clean(tmp_path: Path, capsys: p
         run(["simulate", str(SCENARIOS / "numa-aware.toml"), "--profile", profile, "-o", str(out)], capsys)
         r = replay_file(str(out))
         assert r.profile == profile and r.divergence_count == 0
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 7])
+def test_generated_traces_replay_without_divergence_and_are_deterministic(tmp_path: Path, seed: int) -> None:
+    from replay.generate import generate_trace
+
+    a, b = tmp_path / "a.mhpt", tmp_path / "b.mhpt"
+    generate_trace(str(a), seed, 3000, "6.12" if seed % 2 else "6.1")
+    generate_trace(str(b), seed, 3000, "6.12" if seed % 2 else "6.1")
+    assert a.read_bytes() == b.read_bytes()
+    r = replay_file(str(a))
+    assert r.error is None and r.events == 3000 and r.divergence_count == 0 and r.matched > 1000
+    assert set(r.finding_signatures) <= {"AM-RATIO:state", "AM-RATIO-NODE:state", "AM-STATIC-MIXED:Normal", "AM-STATIC-MIXED:DMA32"}

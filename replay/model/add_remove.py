@@ -37,16 +37,21 @@ def request_region(m: Machine, start: int, end: int) -> bool:
 
 def release_region(m: Machine, start: int, end: int) -> None:
     """release_mem_region_adjustable: drop [start, end), splitting resources it cuts."""
-    kept: list[tuple[int, int]] = []
-    for s, e in m.resources:
-        if e <= start or s >= end:
-            kept.append((s, e))
-            continue
-        if s < start:
-            kept.append((s, start))
-        if e > end:
-            kept.append((end, e))
-    m.resources[:] = kept
+    res = m.resources
+    lo = max(bisect.bisect_right(res, (start, MASK)) - 1, 0)
+    hi = lo
+    pieces: list[tuple[int, int]] = []
+    while hi < len(res) and res[hi][0] < end:
+        s, e = res[hi]
+        if e > start:
+            if s < start:
+                pieces.append((s, start))
+            if e > end:
+                pieces.append((end, e))
+        else:
+            pieces.append((s, e))
+        hi += 1
+    res[lo:hi] = pieces
 
 
 def api_misuse(m: Machine, what: str) -> int:

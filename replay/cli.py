@@ -10,6 +10,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
+from replay.export import export_chrome
 from replay.generate import generate_trace
 from replay.layout import block_runs, format_runs, format_zones, zone_table
 from replay.model.profiles import get_profile
@@ -156,6 +157,22 @@ def cmd_gen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Blocks over events coloured by zone, and the ratio panel."""
+    from replay.plot import plot
+
+    plot(args.trace, args.output, args.profile)
+    print(f"{args.output}: written", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Chrome/Perfetto trace-event JSON."""
+    n = export_chrome(args.trace, args.output, args.profile)
+    print(f"{args.output}: {n} trace events", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -181,6 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--profile", choices=("6.1", "6.12"))
     s.set_defaults(func=cmd_layout)
+    s = sub.add_parser("plot", help="picture: blocks over events by zone, MOVABLE:KERNEL against the ratio (needs matplotlib)")
+    s.add_argument("trace")
+    s.add_argument("-o", "--output", required=True, help="PNG (or any format matplotlib writes)")
+    s.add_argument("--profile", choices=("6.1", "6.12"))
+    s.set_defaults(func=cmd_plot)
+    s = sub.add_parser("export", help="Chrome/Perfetto trace-event JSON (zone counters, hotplug events)")
+    s.add_argument("trace")
+    s.add_argument("--format", choices=("chrome",), default="chrome")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--profile", choices=("6.1", "6.12"))
+    s.set_defaults(func=cmd_export)
     s = sub.add_parser("gen", help="generate a realistic workload trace (outcomes filled in by the model)")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--events", type=int, default=10_000)

@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
@@ -276,11 +276,21 @@ def _bar(total: int, desc: str, enabled: bool, unit: str = "B") -> Any:
 
 def model_at(path: str, at: int | None = None, profile: str | None = None) -> Kernel:
     """The model after event ``at`` of a trace (default: the end); no oracles."""
+    kernel = None
+    for index, _, k in walk(path, profile):
+        kernel = k
+        if at is not None and index >= at:
+            break
+    if kernel is None:
+        raise TraceFormatError("the trace has no events", path=path)
+    return kernel
+
+
+def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, Kernel]]:
+    """(event index, record, model after it) for every record of a trace; no oracles."""
     with TraceReader(path) as reader:
         prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
-        rp = Replayer(prof, path, oracles=False)
+        rp = Replayer(prof, path, context=0, oracles=False)
         for rec in reader:
-            if at is not None and rp.index >= at:
-                break
             rp.feed(rec.seq, rec.ts, rec.event)
-    return rp.kernel
+            yield rp.index, rec, rp.kernel

@@ -70,7 +70,7 @@ def test_not_a_trace_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
 
 def test_compile_errors_and_missing_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "t.txt"
-    src.write_text("%mhpt 1.0\nmark text=\"ok\"\nmark txt=\"no\"\n")
+    src.write_text('%mhpt 1.0\nmark text="ok"\nmark txt="no"\n')
     rc, _, err = run(["compile", str(src), "-o", str(tmp_path / "o.mhpt")], capsys)
     assert rc == 2 and f"{src}:3:" in err and not (tmp_path / "o.mhpt").exists() and not (tmp_path / "o.mhpt.part").exists()
     rc, _, err = run(["verify", str(tmp_path / "nope.mhpt")], capsys)

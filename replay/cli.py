@@ -18,6 +18,7 @@ from replay.replayer import model_at, replay_many
 from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
+from traces.record import record
 from traces.scenario import ScenarioError, load_scenario
 
 
@@ -173,6 +174,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    """Record this host's memory hotplug activity."""
+    n = record(args.output, snapshot_only=args.snapshot, duration=args.duration, fsync=args.fsync, zone_interval=args.zone_interval)
+    print(f"{args.output}: {n} records", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -215,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_gen)
+    s = sub.add_parser("record", help="record this host: a boot snapshot, then uevents until SIGINT/SIGTERM or --duration")
+    s.add_argument("-o", "--output", required=True, help="trace file, or - for standard output")
+    s.add_argument("--snapshot", action="store_true", help="take the snapshot and exit (works unprivileged)")
+    s.add_argument("--duration", type=float, help="stop after S seconds")
+    s.add_argument("--fsync", action="store_true", help="fsync every chunk")
+    s.add_argument("--zone-interval", type=float, default=10.0, help="seconds between /proc/zoneinfo samples")
+    s.set_defaults(func=cmd_record)
     s = sub.add_parser("dump", help="print a trace in its text form")
     s.add_argument("trace")
     s.set_defaults(func=cmd_dump)

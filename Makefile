@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench corpus clean
+.PHONY: demo test lint bench corpus clean lab-setup
 
 $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = 0 ] && ! $(PY) -m venv --help >/dev/null 2>&1; then \
@@ -18,7 +18,12 @@ demo: $(STAMP)
 	$(BIN)/mhp simulate corpus/scenarios/seed-dimm.toml
 	$(BIN)/mhp simulate corpus/scenarios/seed-vmem.toml --step 2
 
-test: $(STAMP)
+# The real-kernel lab (QEMU + Debian kernel packages): installed and cached when run as root.
+lab-setup: $(STAMP)
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m traces.lab --setup; \
+	else echo "not root: skipping the lab set-up (lab tests skip outside CI)"; fi
+
+test: $(STAMP) lab-setup
 	$(BIN)/ruff check traces replay fuzz tests
 	$(BIN)/python -m pytest
 

@@ -31,7 +31,7 @@ PROFILES = {
     ),
     "6.12": Profile(
         name="6.12",
-        release="6.12.100",
+        release="6.12.117",
         default_online_type=OnlineType.ONLINE,
         memmap_per_block=True,
         memmap_force_mode=True,

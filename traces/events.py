@@ -126,6 +126,7 @@ class Op(enum.IntEnum):
 
     ONLINE = 0
     OFFLINE = 1
+    REGISTER = 2  # the block device's registration in add_memory (driver core, -ENOMEM ...)
 
 
 class Param(enum.IntEnum):

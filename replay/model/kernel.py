@@ -33,6 +33,7 @@ from replay.model.oracles import Oracles
 from replay.model.outcome import Outcome
 from replay.model.params import write_param
 from replay.model.profiles import Profile
+from replay.model.variants import check_variants
 from traces.events import (
     AddMemory,
     BootBlocks,
@@ -65,8 +66,8 @@ class SnapshotError(ValueError):
 class Kernel:
     """One modelled kernel instance."""
 
-    def __init__(self, profile: Profile, oracles: bool = True) -> None:
-        self.m = Machine(profile)
+    def __init__(self, profile: Profile, oracles: bool = True, variants: frozenset[str] = frozenset()) -> None:
+        self.m = Machine(profile, variants=check_variants(variants))
         self.m.params.auto_online_blocks = profile.default_online_type
         self.index = -1
         self.oracles = Oracles(self.m) if oracles else None

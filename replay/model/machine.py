@@ -21,7 +21,7 @@ MAX_PHYSMEM_BITS = 46  # x86-64 4-level paging
 ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE, ZONE_NONE = ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL, ZoneType.MOVABLE, ZoneType.NONE
 MMOP_OFFLINE, MMOP_ONLINE, MMOP_ONLINE_KERNEL, MMOP_ONLINE_MOVABLE = OnlineType
 MEM_ONLINE, MEM_GOING_OFFLINE, MEM_OFFLINE, MEM_ABSENT = BlockState.ONLINE, BlockState.GOING_OFFLINE, BlockState.OFFLINE, BlockState.ABSENT
-MHP_ONLINE, MHP_OFFLINE = Op.ONLINE, Op.OFFLINE
+MHP_ONLINE, MHP_OFFLINE, MHP_REGISTER = Op.ONLINE, Op.OFFLINE, Op.REGISTER
 ONLINE_POLICY_CONTIG_ZONES, ONLINE_POLICY_AUTO_MOVABLE = Policy.CONTIG_ZONES, Policy.AUTO_MOVABLE
 ATTR_STATE, ATTR_ONLINE = Attr.STATE, Attr.ONLINE
 ZONES = (ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE)
@@ -156,6 +156,8 @@ class Machine:
     dyn_sums: dict[int, list[int]] = field(default_factory=dict)
     next_mgid: int = 0
     outcome: Outcome = field(default_factory=Outcome)  # effects of the event being applied
+    variants: frozenset[str] = frozenset()  # seeded bugs switched on (replay/model/variants.py)
+    broken: set[int] = field(default_factory=set)  # B6: start addresses of ranges left claimed
 
     @property
     def block_size(self) -> int:

@@ -11,6 +11,7 @@ from replay.model.machine import (
     MEM_ONLINE,
     MHP_OFFLINE,
     MHP_ONLINE,
+    MHP_REGISTER,
     MMOP_OFFLINE,
     MMOP_ONLINE,
     MMOP_ONLINE_KERNEL,
@@ -63,7 +64,7 @@ def memory_block_online(m: Machine, mem: MemoryBlock) -> int:
         if v:
             remove_pfn_range_from_zone(m, zone, start_pfn, v)  # mhp_deinit_memmap_on_memory
         return rc
-    if v:
+    if v and "M10" not in m.variants:  # M10 (seeded mutation) forgets the vmemmap pages
         adjust_present_page_count(m, zone, mem.early, mem.group, v)
     mem.zone = zone
     return 0
@@ -147,6 +148,8 @@ def state_store(m: Machine, block: int, online_type: OnlineType) -> int:
     else:
         mem.online_type = online_type  # stored before device_online: quirk Q1
         rc = device_online(m, mem)
+    if rc > 0 and "M7" in m.variants:  # seeded mutation: "already online" reported as success
+        return 0
     return rc if rc < 0 else (-errno.EINVAL if rc > 0 else 0)
 
 
@@ -178,12 +181,16 @@ def valid_zones(m: Machine, mem: MemoryBlock) -> tuple[ZoneType, ...]:
 
 
 def create_memory_block_devices(m: Machine, start_pfn: int, nr_blocks: int, nr_vmemmap_pages: int, group: MemoryGroup | None) -> int:
-    """drivers/base/memory.c:create_memory_block_devices (6.1); all or nothing."""
+    """drivers/base/memory.c:create_memory_block_devices (6.1): blocks in ascending order; on the
+    first failure the blocks this call created are removed again."""
     first = start_pfn // m.block_pages
-    ids = range(first, first + nr_blocks)
-    if any(b in m.blocks for b in ids):
-        return -errno.EEXIST
-    for b in ids:
+    for b in range(first, first + nr_blocks):
+        rc = -errno.EEXIST if b in m.blocks else -m.failures.pop((b, MHP_REGISTER), 0) if m.failures else 0
+        if rc:
+            if group is not None and "B1" in m.variants:  # B1: linked into the group before registering
+                group.blocks.add(b)
+            remove_memory_block_devices(m, first, b - first)
+            return rc
         mem = MemoryBlock(b, b * m.block_pages, NUMA_NO_NODE, MEM_OFFLINE, False, m.block_pages)
         mem.nr_vmemmap_pages = nr_vmemmap_pages
         m.blocks[b] = mem
@@ -217,6 +224,8 @@ def memory_group_register(m: Machine, dynamic: bool, nid: int, pages: int) -> in
             return -errno.EINVAL
     elif not pages:
         return -errno.EINVAL
+    elif "B2" in m.variants:  # B2: dax/kmem passed the size in bytes
+        pages *= 4096
     if not m.node_possible(nid):
         return -errno.EINVAL
     mgid = m.next_mgid  # xa_alloc: lowest free id in [0, 2^31 - 1]

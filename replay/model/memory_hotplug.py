@@ -150,7 +150,12 @@ def update_pgdat_span(node: Node) -> None:
 
 def remove_pfn_range_from_zone(m: Machine, zone: Zone, start_pfn: int, nr_pages: int) -> None:
     """mm/memory_hotplug.c:remove_pfn_range_from_zone (6.1); the node hull only moves with a zone edge."""
-    if shrink_zone_span(m, zone, start_pfn, start_pfn + nr_pages):
+    if "M8" in m.variants:  # seeded mutation: the span becomes the hull of the zone's online blocks
+        online = [b for b in m.blocks.values() if b.zone is zone and b.state is MEM_ONLINE]
+        zone.zone_start_pfn = min((b.start_pfn for b in online), default=0)
+        zone.spanned_pages = max((b.start_pfn + m.block_pages for b in online), default=0) - zone.zone_start_pfn
+        update_pgdat_span(m.nodes[zone.nid])
+    elif shrink_zone_span(m, zone, start_pfn, start_pfn + nr_pages):
         update_pgdat_span(m.nodes[zone.nid])
 
 
@@ -223,7 +228,7 @@ def update_dynamic_group_term(m: Machine, group: MemoryGroup, remove: bool = Fal
     req = gmov = 0
     ratio = m.params.auto_movable_ratio
     if not remove and ratio:
-        if ratio >= 1 << 31:  # read into an s32 local: negative, then converted back to u64
+        if ratio >= 1 << 31 and "M5" not in m.variants:  # read into an s32 local: negative, then back to u64
             ratio += MASK + 1 - (1 << 32)
         gmov = group.present_movable_pages
         pages = (((gmov * 100) & MASK) // ratio - group.present_kernel_pages) & MASK
@@ -255,22 +260,28 @@ def auto_movable_can_online_movable(m: Machine, nid: int, group: MemoryGroup | N
     update_dynamic_group_term (tests/test_model_caches.py proves them equal to the walks).
     """
     movable, kernel_early = m.zone_sums.get(nid, (0, 0))
+    variants = m.variants
+    if variants and "M3" in variants:  # seeded mutation: all present pages count as kernel memory
+        nodes = [n for n in m.nodes.values() if n.online and nid in (NUMA_NO_NODE, n.nid)]
+        kernel_early = sum(z.present_pages for n in nodes for z in n.zones[:3]) & MASK
     req, gmov = m.dyn_sums.get(nid, (0, 0))
     if group is not None and group.is_dynamic and (nid == NUMA_NO_NODE or group.nid == nid):
         req = (req - group.term_req) & MASK
         gmov = (gmov - group.term_gmov) & MASK
     group_kernel = 0
+    if variants and "M6" in variants and group is not None and group.is_dynamic:  # seeded: guard after the credit
+        kernel_early = (kernel_early + group.present_kernel_pages) & MASK
     if kernel_early <= req:
         result, limit = False, 0
     else:
         kernel_early -= req
         movable = (movable - gmov) & MASK
-        if group is not None and group.is_dynamic:
+        if group is not None and group.is_dynamic and not (variants and ("M2" in variants or "M6" in variants)):
             group_kernel = group.present_kernel_pages
             kernel_early = (kernel_early + group_kernel) & MASK
         movable = (movable + nr_pages) & MASK
         limit = ((m.params.auto_movable_ratio * kernel_early) & MASK) // 100
-        result = movable <= limit
+        result = movable < limit if variants and "M4" in variants else movable <= limit
     if trace is not None:
         trace.append(AutoMovableStats._make((nid, movable, kernel_early, req, gmov, group_kernel, nr_pages, limit, result)))
     return result
@@ -293,7 +304,7 @@ def auto_movable_zone_for_pfn(m: Machine, nid: int, group: MemoryGroup | None, p
     if group is not None and not group.is_dynamic:
         max_pages = group.pages
         online_pages = group.present_movable_pages
-        if group.present_kernel_pages:
+        if group.present_kernel_pages and "M1" not in m.variants:
             return default_kernel_zone_for_pfn(m, nid, pfn, nr_pages)
     elif group is None or group.pages == nr_pages:
         max_pages = nr_pages

@@ -1,0 +1,62 @@
+"""Two models side by side (profiles or variants): the first events where they behave differently."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from replay.model.kernel import Kernel
+from replay.model.outcome import Outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """One event after which the two models disagree."""
+
+    index: int
+    event: Any
+    what: str  # rc | decision | changes
+    a: Any
+    b: Any
+
+    @property
+    def signature(self) -> str:
+        return f"DIFF:{type(self.event).__name__}:{self.what}"
+
+
+ASPECTS = ("rc", "decision", "numbers", "changes", "present")
+
+
+def behaviour(k: Kernel, out: Outcome) -> tuple[Any, ...]:
+    """What an event did, as comparable values: return code, zone decisions, the decisions'
+    auto-movable numbers, block transitions, and every zone's present pages afterwards."""
+    return (
+        out.rc,
+        tuple((d.block, d.zone) for d in out.decisions),
+        tuple(d.stats for d in out.decisions),
+        tuple((c.block, c.state, c.zone) for c in out.changes),
+        tuple(z.present_pages for n in k.m.nodes.values() for z in n.zones),
+    )
+
+
+def compare_outcomes(index: int, ev: Any, ka: Kernel, a: Outcome, kb: Kernel, b: Outcome) -> Difference | None:
+    """The first aspect in which two kernels' outcomes of the same event differ."""
+    for what, x, y in zip(ASPECTS, behaviour(ka, a), behaviour(kb, b), strict=True):
+        if x != y:
+            return Difference(index, ev, what, x, y)
+    return None
+
+
+def diff_events(events: Iterable[Any], a: Kernel, b: Kernel, limit: int = 1) -> list[Difference]:
+    """Feed model inputs to both kernels; stop after ``limit`` differences."""
+    found: list[Difference] = []
+    for i, ev in enumerate(events):
+        if ev.KIND not in ("boot", "request", "inject"):
+            continue
+        d = compare_outcomes(i, ev, a, a.apply(ev), b, b.apply(ev))
+        if d is not None:
+            found.append(d)
+            if len(found) >= limit:
+                break
+    return found

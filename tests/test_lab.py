@@ -222,7 +222,7 @@ def test_kernel_append_and_unplug_online() -> None:
     m = PRESETS["qemu-q35-4G"]
     keep = VirtioMemSpec("vm0", 0, 1 << 30)
     no = VirtioMemSpec("vm1", 0, 1 << 30, unplug_online=False)
-    assert kernel_append(GuestConfig(Path("k"), Path("i"), m, "  movable_node\n")) == "console=ttyS0 panic=-1 movable_node"
+    assert kernel_append(GuestConfig(Path("k"), Path("i"), m, "  movable_node\n")) == "console=ttyS0 panic=-1 nokaslr movable_node"
     assert kernel_append(GuestConfig(Path("k"), Path("i"), m, "", (no,))).endswith("virtio_mem.unplug_online=0")
     with pytest.raises(LabError, match="unplug_online"):
         kernel_append(GuestConfig(Path("k"), Path("i"), m, "", (keep, no)))

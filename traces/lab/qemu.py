@@ -29,7 +29,8 @@ from traces.machines import MachinePreset
 from traces.scenario import VirtioMemSpec
 
 QEMU = "qemu-system-x86_64"
-BASE_APPEND = "console=ttyS0 panic=-1"
+# nokaslr: the kernel image always lands at the same physical address, so zone "managed" counts repeat across boots.
+BASE_APPEND = "console=ttyS0 panic=-1 nokaslr"
 
 
 class LabError(RuntimeError):

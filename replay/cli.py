@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from replay.export import export_chrome
 from replay.generate import generate_trace
@@ -18,6 +19,7 @@ from replay.replayer import model_at, replay_many
 from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
+from traces.reader import TraceReader
 from traces.record import record
 from traces.scenario import ScenarioError, load_scenario
 
@@ -181,6 +183,61 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fuzz(args: argparse.Namespace) -> int:
+    """A fuzzing campaign (atheris/libFuzzer); exit 1 if it found new signatures."""
+    from fuzz.campaign import ROOT, run
+    from fuzz.check import Mode
+
+    diff = None
+    if args.diff:
+        a, _, b = args.diff.partition(",")
+        diff = b or "ref"
+        args.profile = a if a in ("6.1", "6.12") else args.profile
+    mode = Mode(args.profile, args.variant, diff)
+    summary = run(
+        args.target,
+        seconds=args.time,
+        runs=args.runs,
+        jobs=args.jobs,
+        corpus=Path(args.corpus) if args.corpus else ROOT / "corpus" / "fuzz",
+        artifacts=Path(args.artifacts),
+        regressions=Path(args.regressions),
+        mode=mode,
+        echo=sys.stderr.isatty() and not args.json,
+    )
+    if args.json:
+        json.dump({"target": summary.target, "mode": summary.mode, "seconds": summary.seconds, "execs": summary.execs, "exec_per_s": summary.exec_per_s,
+                   "corpus": summary.corpus, "signatures": summary.signatures}, sys.stdout, indent=1)  # fmt: skip
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(summary.lines()))
+    return 1 if summary.signatures else 0
+
+
+def cmd_minimize(args: argparse.Namespace) -> int:
+    """Minimise a failing trace, keeping its signature."""
+    from fuzz.check import Mode, decode
+    from fuzz.minimize import Minimizer
+    from fuzz.mutator import encode
+
+    try:
+        data = Path(args.trace).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{args.trace}: cannot read: {e.strerror}") from None
+    events = decode(data)
+    if events is None:
+        list(TraceReader(args.trace))  # raises the precise TraceFormatError
+    assert events is not None
+    mode = Mode(args.profile, args.variant, args.diff)
+    res = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any).run(events)
+    from fuzz.campaign import atomic_write
+
+    atomic_write(Path(args.output), encode(res.events))
+    print(f"{args.output}: {len(events)} -> {len(res.events)} events, signature {res.signature}, {res.replays} replays in {res.seconds:.1f} s")
+    print("1-minimal: removing any single event loses the signature" if res.one_minimal else "budget exhausted before the 1-minimal pass finished")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -230,6 +287,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", action="store_true", help="fsync every chunk")
     s.add_argument("--zone-interval", type=float, default=10.0, help="seconds between /proc/zoneinfo samples")
     s.set_defaults(func=cmd_record)
+    s = sub.add_parser("fuzz", help="fuzz the model (or the trace format) with atheris; new hits become regressions")
+    s.add_argument("--target", choices=("model", "format"), default="model")
+    s.add_argument("--time", type=int, default=60, help="seconds (default 60)")
+    s.add_argument("--runs", type=int, help="stop after N inputs")
+    s.add_argument("--jobs", type=int, default=1, help="libFuzzer fork jobs")
+    s.add_argument("--corpus", help="working corpus directory (default corpus/fuzz/<target>, resumed)")
+    s.add_argument("--artifacts", default="fuzz-artifacts")
+    s.add_argument("--regressions", default="corpus/regressions")
+    s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
+    s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
+    s.add_argument("--diff", help="differential: A,B profiles (e.g. 6.1,6.12) or 'ref' against the reference model")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_fuzz)
+    s = sub.add_parser("minimize", help="shrink a failing trace to a 1-minimal one with the same signature")
+    s.add_argument("trace")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--signature", help="signature to keep (default: the trace's first)")
+    s.add_argument("--accept-any", action="store_true", help="keep any signature, not just the original")
+    s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
+    s.add_argument("--variant")
+    s.add_argument("--diff")
+    s.add_argument("--time", type=float, default=60.0, help="time budget in seconds")
+    s.add_argument("--max-replays", type=int, default=50000)
+    s.set_defaults(func=cmd_minimize)
     s = sub.add_parser("dump", help="print a trace in its text form")
     s.add_argument("trace")
     s.set_defaults(func=cmd_dump)

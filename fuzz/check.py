@@ -1,0 +1,97 @@
+"""One verdict per fuzz input, shared by the harness, the campaign and the minimiser.
+
+An input is a .mhpt trace. Undecodable bytes and impossible snapshots are invalid (no verdict).
+A valid trace runs through the replay pipeline with every oracle; in differential mode a second
+model (another profile or a seeded variant) runs beside it and the first behavioural difference
+counts. A Python exception inside the model is a model crash, with its own signature.
+"""
+
+from __future__ import annotations
+
+import io
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from replay.differential import compare_outcomes
+from replay.model.kernel import Kernel
+from replay.model.profiles import get_profile
+from traces.errors import TraceFormatError
+from traces.reader import TraceReader
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    """What a fuzz run checks: oracles on ``profile`` and, if ``diff`` is set, a second model."""
+
+    profile: str = "6.1"
+    variant: str | None = None  # the model under test runs this seeded variant
+    diff: str | None = None  # "6.12" or "ref": compare with that profile / with the reference model
+
+    def describe(self) -> str:
+        parts = [f"profile {self.profile}"]
+        if self.variant:
+            parts.append(f"variant {self.variant}")
+        if self.diff:
+            parts.append(f"diff against {self.diff}")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Hit:
+    """A problem the input exposes: its signature and the event index where it shows."""
+
+    signature: str
+    index: int
+    message: str
+
+
+def decode(data: bytes) -> list[Any] | None:
+    """The events of a fuzz input, or None if it is not a valid trace."""
+    try:
+        with TraceReader(io.BytesIO(data)) as r:
+            return list(r.events())
+    except TraceFormatError:
+        return None
+
+
+def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozenset()) -> Hit | None:
+    """The first hit (finding, difference or crash) whose signature is not in ``ignore``."""
+    prof = get_profile(mode.profile)
+    variants = frozenset({mode.variant}) if mode.variant else frozenset()
+    k = Kernel(prof, variants=variants)
+    other = None
+    if mode.diff:
+        other = Kernel(get_profile(mode.profile if mode.diff == "ref" else mode.diff), oracles=False)
+    i = -1
+    try:
+        for i, ev in enumerate(events):
+            kind = ev.KIND
+            if other is not None and kind in ("boot", "request", "inject"):
+                a = k.apply(ev)
+                b = other.apply(ev)
+                d = compare_outcomes(i, ev, k, a, other, b)
+                if d is not None:
+                    sig = f"{d.signature}:{mode.variant or mode.profile}-vs-{mode.diff}"
+                    if sig not in ignore:
+                        return Hit(sig, i, f"{type(ev).__name__}: {d.what} {d.a!r} vs {d.b!r}")
+                findings = a.findings
+            elif kind in ("boot", "request", "inject"):
+                findings = k.apply(ev).findings
+            else:
+                continue
+            for f in findings:
+                if f.signature not in ignore:
+                    return Hit(f.signature, i, f.message)
+    except ValueError:  # SnapshotError: a snapshot no machine can be in
+        return None
+    except Exception as e:  # a crash of the model itself
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        return Hit(f"CRASH:{type(e).__name__}:{frame.name}", i, f"{type(e).__name__}: {e} at {frame.filename}:{frame.lineno}")
+    return None
+
+
+def check_input(data: bytes, mode: Mode, ignore: frozenset[str] = frozenset()) -> Hit | None:
+    """check_events on raw bytes (None for invalid inputs)."""
+    events = decode(data)
+    return None if events is None else check_events(events, mode, ignore)

@@ -1,0 +1,179 @@
+"""Signature-preserving trace minimisation: tail cut, resource closure, ddmin, a one-by-one pass
+(so the result is 1-minimal: removing any single event loses the signature) and field
+simplification to a fixed point. Deterministic; bounded by replays and time."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fuzz.check import Hit, Mode, check_events
+from traces.events import BOOL, STR, ZONES, Res, fields_of
+
+BLOCK = 128 << 20
+
+
+class Budget(Exception):
+    """The replay or time budget ran out."""
+
+
+@dataclass(slots=True)
+class Result:
+    """The minimised events and how we got there."""
+
+    events: list[Any]
+    signature: str
+    replays: int
+    seconds: float
+    one_minimal: bool  # the one-by-one pass completed within the budget
+
+
+def resources(ev: Any, block_size: int = BLOCK) -> set[tuple[str, int]]:
+    """The blocks, groups and nodes an event touches (address ranges as blocks)."""
+    out: set[tuple[str, int]] = set()
+    start = size = None
+    for f in fields_of(type(ev)):
+        v = getattr(ev, f.name)
+        if f.res is Res.BLOCK:
+            out.add(("block", v))
+        elif f.res is Res.GROUP:
+            out.add(("group", v))
+        elif f.res is Res.NODE:
+            out.add(("node", v))
+        elif f.res is Res.ADDR:
+            start = v
+        elif f.res is Res.SIZE:
+            size = v
+    if start is not None and size is not None:
+        first = start // block_size
+        out.update(("block", b) for b in range(first, first + min(max(size // block_size, 1), 4096)))
+    return out
+
+
+class Minimizer:
+    """Shrinks an event list while ``check`` keeps returning the same signature."""
+
+    def __init__(self, mode: Mode, signature: str | None, *, max_replays: int = 20000, max_seconds: float = 60.0, accept_any: bool = False) -> None:
+        self.mode = mode
+        self.signature = signature
+        self.accept_any = accept_any
+        self.max_replays = max_replays
+        self.deadline = time.monotonic() + max_seconds
+        self.replays = 0
+        self.cache: dict[tuple[Any, ...], Hit | None] = {}
+
+    def hit(self, events: list[Any]) -> Hit | None:
+        key = tuple(events)
+        if key in self.cache:
+            return self.cache[key]
+        if self.replays >= self.max_replays or time.monotonic() > self.deadline:
+            raise Budget
+        self.replays += 1
+        h = check_events(events, self.mode)
+        self.cache[key] = h
+        return h
+
+    def keeps(self, events: list[Any]) -> bool:
+        h = self.hit(events)
+        return h is not None and (self.accept_any or h.signature == self.signature)
+
+    def run(self, events: list[Any], progress: Callable[[str, int], object] | None = None) -> Result:
+        t0 = time.monotonic()
+        first = self.hit(events)
+        if first is not None and self.signature is None:
+            self.signature = first.signature
+        if first is None or not (self.accept_any or first.signature == self.signature):
+            raise ValueError(f"the input does not produce {self.signature or 'any signature'} (got {first.signature if first else 'nothing'})")
+        self.signature = self.signature or first.signature
+        cur = events[: first.index + 1]  # the tail after the failing event cannot matter
+        one_minimal = False
+        try:
+            cur = self._closure(cur, first.index)
+            cur = self._ddmin(cur, progress)
+            cur, one_minimal = self._one_by_one(cur, progress)
+            cur = self._simplify(cur, progress)
+            if cur and one_minimal:
+                cur, one_minimal = self._one_by_one(cur, progress)
+        except Budget:
+            pass
+        return Result(cur, self.signature or "", self.replays, time.monotonic() - t0, one_minimal)
+
+    def _closure(self, events: list[Any], failing: int) -> list[Any]:
+        """Keep the boot snapshot and events sharing a resource with the failing event (transitively)."""
+        keep = {i for i, e in enumerate(events) if e.KIND == "boot"} | {failing}
+        res = resources(events[failing])
+        changed = True
+        while changed:
+            changed = False
+            for i, e in enumerate(events):
+                if i not in keep and resources(e) & res:
+                    keep.add(i)
+                    res |= resources(e)
+                    changed = True
+        cand = [e for i, e in enumerate(events) if i in keep]
+        return cand if len(cand) < len(events) and self.keeps(cand) else events
+
+    def _ddmin(self, events: list[Any], progress: Callable[[str, int], object] | None) -> list[Any]:
+        n = 2
+        while len(events) >= 2:
+            size = len(events) // n
+            chunks = [events[i : i + size] for i in range(0, len(events), size)] if size else [[e] for e in events]
+            for i in range(len(chunks)):
+                complement = [e for j, c in enumerate(chunks) if j != i for e in c]
+                if complement and self.keeps(complement):
+                    events = complement
+                    n = max(n - 1, 2)
+                    if progress:
+                        progress("ddmin", len(events))
+                    break
+            else:
+                if n >= len(events):
+                    break
+                n = min(n * 2, len(events))
+        return events
+
+    def _one_by_one(self, events: list[Any], progress: Callable[[str, int], object] | None) -> tuple[list[Any], bool]:
+        i = len(events) - 1
+        while i >= 0:
+            cand = events[:i] + events[i + 1 :]
+            if cand and self.keeps(cand):
+                events = cand
+                if progress:
+                    progress("1-minimal", len(events))
+            i -= 1
+        return events, True
+
+    def _simplify(self, events: list[Any], progress: Callable[[str, int], object] | None) -> list[Any]:
+        """Smaller numbers, first enum members, empty strings: while the signature stays."""
+        changed = True
+        while changed:
+            changed = False
+            for i, ev in enumerate(events):
+                for f in fields_of(type(ev)):
+                    for v in _simpler(f, getattr(ev, f.name)):
+                        cand = [*events[:i], ev._replace(**{f.name: v}), *events[i + 1 :]]
+                        if self.keeps(cand):
+                            events, ev, changed = cand, cand[i], True
+                            if progress:
+                                progress("simplify", len(events))
+                            break
+        return events
+
+
+def _simpler(f: Any, v: Any) -> list[Any]:
+    """Candidate simpler values, simplest first."""
+    if f.wire is STR:
+        return [""] if v else []
+    if f.wire is ZONES:
+        return [v[:k] for k in range(len(v))]
+    if f.wire is BOOL:
+        return [False] if v else []
+    if isinstance(v, enum.Enum):
+        first = next(iter(type(v)))
+        return [first] if v is not first and not isinstance(v, enum.IntFlag) else []
+    if f.res in (Res.ADDR, Res.SIZE):
+        return [x for x in (BLOCK, v // 2 // BLOCK * BLOCK) if 0 < x < v]
+    return [x for x in dict.fromkeys((0, 1, v // 2)) if abs(x) < abs(v)]

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""atheris harness for the model (OSS-Fuzz conventions; libFuzzer flags pass through).
+
+Every input is a .mhpt trace, so every crash artifact replays with ``mhp replay``. Valid traces
+run through the model with every oracle (and, in differential mode, beside a second model); a
+hit raises FuzzHit carrying its signature. Environment:
+
+- ``MHP_FUZZ_PROFILE`` (6.1), ``MHP_FUZZ_VARIANT`` (a seeded variant), ``MHP_FUZZ_DIFF``
+  (``6.12`` or ``ref``), ``MHP_FUZZ_IGNORE`` (a file of known signatures, one per line).
+
+    fuzz/model_fuzzer.py -fork=2 -ignore_crashes=1 -max_total_time=60 corpus/seeds
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import atheris
+
+with atheris.instrument_imports():
+    from fuzz.check import Mode, check_input
+    from fuzz.mutator import custom_crossover, custom_mutator
+
+
+class FuzzHit(Exception):
+    """A finding, a difference between models, or a model crash."""
+
+
+def _ignored() -> frozenset[str]:
+    path = os.environ.get("MHP_FUZZ_IGNORE")
+    if not path or not os.path.exists(path):
+        return frozenset()
+    with open(path) as f:
+        return frozenset(line.strip() for line in f if line.strip() and not line.startswith("#"))
+
+
+MODE = Mode(os.environ.get("MHP_FUZZ_PROFILE", "6.1"), os.environ.get("MHP_FUZZ_VARIANT") or None, os.environ.get("MHP_FUZZ_DIFF") or None)
+IGNORE = _ignored()
+
+
+def TestOneInput(data: bytes) -> None:  # libFuzzer's name
+    hit = check_input(data, MODE, IGNORE)
+    if hit is not None:
+        raise FuzzHit(f"{hit.signature} at event {hit.index}: {hit.message}")
+
+
+def CustomMutator(data: bytes, max_size: int, seed: int) -> bytes:  # libFuzzer's name
+    return custom_mutator(data, max_size, seed, atheris.Mutate)
+
+
+def CustomCrossOver(data1: bytes, data2: bytes, max_out: int, seed: int) -> bytes:  # libFuzzer's name
+    return custom_crossover(data1, data2, max_out, seed)
+
+
+def main() -> None:
+    atheris.Setup(sys.argv, TestOneInput, custom_mutator=CustomMutator, custom_crossover=CustomCrossOver)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

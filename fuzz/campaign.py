@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESSES = {"model": ROOT / "fuzz" / "model_fuzzer.py", "format": ROOT / "fuzz" / "trace_format_fuzzer.py"}
 # Requests the kernel API forbids are the caller's bug, not the kernel's: not worth a regression.
 DEFAULT_IGNORE = ("API-MISUSE:remove",)
-STATUS = re.compile(r"#(\d+)\s+\w+\s+cov: (\d+) ft: (\d+) corp: (\d+)/\S+ .*?exec/s: (\d+)")
+STATUS = re.compile(r"#(\d+):?\s+(?:\w+\s+)?cov: (\d+) ft: (\d+) corp: (\d+)\S* .*?exec/s:? (\d+)")
 
 
 @dataclass(slots=True)
@@ -119,8 +119,10 @@ def run(
     known = known_signatures(regressions) | set(DEFAULT_IGNORE)
     ignore_file = artifacts / "ignore.txt"
     atomic_write(ignore_file, "\n".join(sorted(known)) + "\n")
+    # libFuzzer's fork and merge modes re-execute argv[0]: its shebang must find this interpreter
     env = {
         **os.environ,
+        "PATH": os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", ""))),
         "MHP_FUZZ_PROFILE": mode.profile,
         "MHP_FUZZ_VARIANT": mode.variant or "",
         "MHP_FUZZ_DIFF": mode.diff or "",

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench corpus clean lab-setup
+.PHONY: demo test lint bench corpus clean lab-setup fuzz-package
 
 $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = 0 ] && ! $(PY) -m venv --help >/dev/null 2>&1; then \
@@ -34,6 +34,9 @@ bench: $(STAMP)
 SEEDS := seed-dimm seed-vmem contig-zones offline-fails dimm-manual-mix vmem-bbm memoryless-node stale-online-type
 corpus: $(STAMP)
 	for s in $(SEEDS); do $(BIN)/mhp simulate corpus/scenarios/$$s.toml -o corpus/seeds/$$s.mhpt >/dev/null || exit 1; done
+
+fuzz-package: $(STAMP)
+	$(BIN)/python fuzz/package.py build/fuzz
 
 clean:
 	rm -rf $(VENV) build *.egg-info

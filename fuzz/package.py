@@ -1,0 +1,44 @@
+#!/usr/bin/env python3
+"""Seed corpus zips, dictionaries and options for each fuzz target (OSS-Fuzz file names)."""
+
+from __future__ import annotations
+
+import sys
+import zipfile
+from pathlib import Path
+
+from traces.header import CHUNK_MAGIC, INDEX_MAGIC, MAGIC, TRAILER_MAGIC
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("model_fuzzer", "trace_format_fuzzer")
+OPTIONS = "[libfuzzer]\nmax_len = 65536\ntimeout = 25\n"
+
+
+def dictionary() -> str:
+    """libFuzzer dictionary: the format's magic numbers and framing bytes."""
+    words = [MAGIC, CHUNK_MAGIC, INDEX_MAGIC, TRAILER_MAGIC, b"\x04\x03\x02\x01", b"\x01\x00\x00\x00"]
+    hexed = ["".join(f"\\x{b:02x}" for b in w) for w in words]
+    return "".join(f'"{h}"\n' for h in hexed)
+
+
+def package(out: Path) -> list[Path]:
+    """Write <target>_seed_corpus.zip, <target>.dict and <target>.options into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt")) + sorted((ROOT / "corpus" / "regressions").glob("*.mhpt"))
+    written = []
+    for target in TARGETS:
+        z = out / f"{target}_seed_corpus.zip"
+        tmp = z.with_suffix(".zip.part")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as f:
+            for s in seeds:
+                f.write(s, s.name)
+        tmp.replace(z)
+        (out / f"{target}.dict").write_text(dictionary())
+        (out / f"{target}.options").write_text(OPTIONS)
+        written += [z, out / f"{target}.dict", out / f"{target}.options"]
+    return written
+
+
+if __name__ == "__main__":
+    for p in package(Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "build" / "fuzz")):
+        print(p)

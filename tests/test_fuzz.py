@@ -33,10 +33,8 @@ def test_mutants_are_almost_all_valid_traces() -> None:
     valid = total = 0
     for i in range(600):
         data = rng.choice(SEEDS).read_bytes()
-        if i % 3 == 2:
-            out = custom_crossover(data, rng.choice(SEEDS).read_bytes(), 1 << 20, i)
-        else:
-            out = custom_mutator(data, 1 << 20, i, lambda d, n: d[: n // 2])
+        other = rng.choice(SEEDS).read_bytes()
+        out = custom_crossover(data, other, 1 << 20, i) if i % 3 == 2 else custom_mutator(data, 1 << 20, i, lambda d, n: d[: n // 2])
         total += 1
         valid += decode(out) is not None
     assert valid / total >= 0.9, valid / total

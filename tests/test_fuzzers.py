@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,6 +25,18 @@ def test_trace_format_fuzzer_finds_nothing(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Done 1500 runs" in proc.stderr
     assert not list((tmp_path / "artifacts").iterdir())
+
+
+@pytest.mark.parametrize("target", ["model", "format"])
+def test_sixty_second_smoke_campaign(tmp_path: Path, target: str) -> None:
+    """CI's smoke fuzz: a minute of mhp fuzz per target; no model crash, no format-harness failure."""
+    from fuzz.campaign import run
+
+    regressions = tmp_path / "regressions"
+    shutil.copytree(ROOT / "corpus" / "regressions", regressions)
+    summary = run(target, seconds=60, corpus=tmp_path / "corpus", artifacts=tmp_path / "artifacts", regressions=regressions, echo=False)
+    assert summary.execs > 0 and summary.corpus > 0
+    assert not [s for s in summary.signatures if s.startswith(("CRASH:", "FORMAT:"))], summary.signatures
 
 
 def test_harness_is_executable() -> None:

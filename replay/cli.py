@@ -238,6 +238,16 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run a benchmark script of the source tree (tests/bench/bench_<what>.py)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent.parent / "tests" / "bench" / f"bench_{args.what}.py"
+    if not script.exists():
+        raise ValueError(f"{script}: not found (mhp bench runs from a source checkout)")
+    return subprocess.call([sys.executable, str(script), *args.rest])
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -311,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time", type=float, default=60.0, help="time budget in seconds")
     s.add_argument("--max-replays", type=int, default=50000)
     s.set_defaults(func=cmd_minimize)
+    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz); prints figures")
+    s.add_argument("what", choices=("model", "format", "replay", "fuzz"))
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
+    s.set_defaults(func=cmd_bench)
     s = sub.add_parser("dump", help="print a trace in its text form")
     s.add_argument("trace")
     s.set_defaults(func=cmd_dump)

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Benchmark of the fuzzer (not a test; prints figures): mhp bench fuzz.
+
+For each seeded variant, fuzz it differentially against the reference model (plus oracles) from the
+seed corpus until it is exposed, and report the time to find it. Also: executions per second of
+the harness check on 32-event inputs, and the time to minimise a 1,000-event failing trace.
+Targets (issue 6): every variant found, median <= 30 s, max <= 300 s; >= 10k exec/s; minimise a
+1,000-event trace to 1-minimal within 10 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from fuzz.campaign import ROOT, run
+from fuzz.check import Mode, check_events, check_input, decode
+from fuzz.minimize import Minimizer
+from fuzz.mutator import encode
+from replay.model.variants import VARIANTS
+
+
+def exec_rate(seconds: float = 5.0) -> float:
+    """check_input() on 32-event inputs (the harness body, uninstrumented)."""
+    seeds = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt"))
+    inputs = [encode((decode(s.read_bytes()) or [])[:32]) for s in seeds]
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < seconds:
+        check_input(inputs[n % len(inputs)], Mode(), frozenset({"AM-RATIO:state", "AM-RATIO-NODE:state"}))
+        n += 1
+    return n / (time.perf_counter() - t0)
+
+
+def minimise_time() -> tuple[float, int, bool]:
+    """Minimise a 1,000-event trace whose M7 difference shows at the end."""
+    from tests.test_variants import SEQUENCES
+
+    pad = [e for e in decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes()) or [] if e.KIND == "request"]
+    rng = random.Random(3)
+    events = list(SEQUENCES["M7"][:-1])
+    while len(events) < 999:
+        events.append(rng.choice(pad))
+    events.append(SEQUENCES["M7"][-1])
+    mode = Mode("6.1", "M7", "ref")
+    hit = check_events(events, mode)
+    assert hit is not None
+    t0 = time.perf_counter()
+    res = Minimizer(mode, hit.signature, max_seconds=300).run(events)
+    return time.perf_counter() - t0, len(res.events), res.one_minimal
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-time", type=int, default=300, help="seconds per variant")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = ap.parse_args()
+    print(f"harness check on 32-event inputs: {exec_rate():,.0f} exec/s (target >= 10,000)")
+    secs, n, minimal = minimise_time()
+    print(f"minimising a 1,000-event failing trace: {secs:.1f} s to {n} events, {'1-minimal' if minimal else 'NOT 1-minimal'} (target <= 10 s)")
+    found: dict[str, float | None] = {}
+    for name in args.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = Path(tmp)
+            summary = run(
+                "model", seconds=args.max_time, corpus=t / "c", artifacts=t / "a", regressions=ROOT / "corpus" / "regressions",
+                mode=Mode("6.1", name, "ref"), stop_on_first=True, echo=False, minimize_seconds=5,
+            )  # fmt: skip
+            hits = [v["first_hit_s"] for s, v in summary.signatures.items() if s.startswith("DIFF:")]
+            found[name] = min(hits) if hits else None
+        shown = f"{found[name]:.1f} s" if found[name] is not None else f"not found in {args.max_time} s"
+        print(f"variant {name:<4} {shown:>24}  ({summary.execs} execs)", flush=True)
+    times = [v for v in found.values() if v is not None]
+    if times:
+        print(f"found {len(times)}/{len(found)}; median {statistics.median(times):.1f} s, max {max(times):.1f} s (targets: all, <= 30 s, <= 300 s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -68,15 +68,19 @@ def test_variant_hits_minimise_to_one_minimal_traces(name: str) -> None:
     assert check_input(encode(res.events), mode).signature == hit.signature  # type: ignore[union-attr]
 
 
-def test_minimising_a_long_failing_trace() -> None:
-    """A 1,000-event trace with a late finding shrinks to a handful of events."""
+def long_failing_trace() -> list:
+    """1,000 events: M7's sequence with the seed-vmem trace's requests mixed in before its last event."""
     events = list(SEQUENCES["M7"][:-1])
     rng = random.Random(3)
-    pad = decode(SEEDS[1].read_bytes()) or []
-    requests = [e for e in pad if e.KIND == "request"]
+    pad = [e for e in decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes()) or [] if e.KIND == "request"]
     while len(events) < 999:
-        events.append(rng.choice(requests))
-    events.append(SEQUENCES["M7"][-1])
+        events.append(rng.choice(pad))
+    return [*events, SEQUENCES["M7"][-1]]
+
+
+def test_minimising_a_long_failing_trace() -> None:
+    """A 1,000-event trace with a late finding shrinks to a handful of events."""
+    events = long_failing_trace()
     mode = Mode("6.1", "M7", "ref")
     hit = check_events(events, mode)
     assert hit is not None

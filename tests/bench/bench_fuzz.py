@@ -11,7 +11,6 @@ Targets (issue 6): every variant found, median <= 30 s, max <= 300 s; >= 10k exe
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import sys
 import tempfile
@@ -38,14 +37,9 @@ def exec_rate(seconds: float = 5.0) -> float:
 
 def minimise_time() -> tuple[float, int, bool]:
     """Minimise a 1,000-event trace whose M7 difference shows at the end."""
-    from tests.test_variants import SEQUENCES
+    from tests.test_fuzz import long_failing_trace
 
-    pad = [e for e in decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes()) or [] if e.KIND == "request"]
-    rng = random.Random(3)
-    events = list(SEQUENCES["M7"][:-1])
-    while len(events) < 999:
-        events.append(rng.choice(pad))
-    events.append(SEQUENCES["M7"][-1])
+    events = long_failing_trace()
     mode = Mode("6.1", "M7", "ref")
     hit = check_events(events, mode)
     assert hit is not None

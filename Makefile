@@ -28,8 +28,10 @@ test: $(STAMP) lab-setup
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/python tests/bench/bench_model.py
-	$(BIN)/python tests/bench/bench_format.py
+	$(BIN)/mhp bench model
+	$(BIN)/mhp bench format
+	$(BIN)/mhp bench replay
+	$(BIN)/mhp bench fuzz
 
 SEEDS := seed-dimm seed-vmem contig-zones offline-fails dimm-manual-mix vmem-bbm memoryless-node stale-online-type
 corpus: $(STAMP)

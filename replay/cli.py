@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -242,10 +243,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark script of the source tree (tests/bench/bench_<what>.py)."""
     import subprocess
 
-    script = Path(__file__).resolve().parent.parent / "tests" / "bench" / f"bench_{args.what}.py"
+    root = Path(__file__).resolve().parent.parent
+    script = root / "tests" / "bench" / f"bench_{args.what}.py"
     if not script.exists():
         raise ValueError(f"{script}: not found (mhp bench runs from a source checkout)")
-    return subprocess.call([sys.executable, str(script), *args.rest])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
+    return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -239,6 +239,13 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab(argv: Sequence[str]) -> int:
+    """The real-kernel lab (traces/lab): --setup, or scenarios on Debian's kernels under QEMU."""
+    from traces.lab.cli import main as lab_main
+
+    return lab_main(argv)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Run a benchmark script of the source tree (tests/bench/bench_<what>.py)."""
     import subprocess
@@ -324,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time", type=float, default=60.0, help="time budget in seconds")
     s.add_argument("--max-replays", type=int, default=50000)
     s.set_defaults(func=cmd_minimize)
+    s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12 kernels under QEMU (mhp lab --help)", add_help=False)
+    s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
     s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz); prints figures")
     s.add_argument("what", choices=("model", "format", "replay", "fuzz"))
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
@@ -356,6 +365,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mhp`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:  # the lab parses its own options
+        return cmd_lab(argv[1:])
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:

@@ -1,9 +1,9 @@
 """One verdict per fuzz input, shared by the harness, the campaign and the minimiser.
 
 An input is a .mhpt trace. Undecodable bytes and impossible snapshots are invalid (no verdict).
-A valid trace runs through the replay pipeline with every oracle; in differential mode a second
-model (another profile or a seeded variant) runs beside it and the first behavioural difference
-counts. A Python exception inside the model is a model crash, with its own signature.
+A valid trace runs through the model with every oracle; in differential mode a second model
+(another profile, or the reference beside a seeded variant) runs beside it and the first
+behavioural difference counts, as do findings the second model does not raise at the same event. A Python exception inside the model is a model crash, with its own signature.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
     k = Kernel(prof, variants=variants)
     other = None
     if mode.diff:
-        other = Kernel(get_profile(mode.profile if mode.diff == "ref" else mode.diff), oracles=False)
+        other = Kernel(get_profile(mode.profile if mode.diff == "ref" else mode.diff))
     i = -1
     try:
         for i, ev in enumerate(events):
@@ -75,7 +75,8 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
                     sig = f"{d.signature}:{mode.variant or mode.profile}-vs-{mode.diff}"
                     if sig not in ignore:
                         return Hit(sig, i, f"{type(ev).__name__}: {d.what} {d.a!r} vs {d.b!r}")
-                findings = a.findings
+                theirs = {f.signature for f in b.findings}  # differential: only findings the other model lacks
+                findings = [f for f in a.findings if f.signature not in theirs]
             elif kind in ("boot", "request", "inject"):
                 findings = k.apply(ev).findings
             else:

@@ -152,8 +152,8 @@ class Kernel:
         online = ev.state is MEM_ONLINE
         if not online and (ev.zone is not ZONE_NONE or ev.present_pages != m.block_pages):
             raise SnapshotError(self.index, f"offline blocks {ev.first}+{ev.count} must have no zone and no holes")
-        if ev.present_pages > m.block_pages or ev.vmemmap_pages >= m.block_pages:
-            raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: present/vmemmap pages exceed the block")
+        if not 0 < ev.present_pages <= m.block_pages or ev.vmemmap_pages >= m.block_pages:
+            raise SnapshotError(self.index, f"blocks {ev.first}+{ev.count}: present pages must be 1..block pages, vmemmap pages below the block")
         group = None
         if ev.mgid >= 0:
             group = m.groups.get(ev.mgid)

@@ -3,7 +3,8 @@
 An input is a .mhpt trace. Undecodable bytes and impossible snapshots are invalid (no verdict).
 A valid trace runs through the model with every oracle; in differential mode a second model
 (another profile, or the reference beside a seeded variant) runs beside it and the first
-behavioural difference counts, as do findings the second model does not raise at the same event. A Python exception inside the model is a model crash, with its own signature.
+behavioural difference counts, as do findings the second model does not raise at the same event.
+A Python exception inside the model is a model crash, with its own signature.
 """
 
 from __future__ import annotations

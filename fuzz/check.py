@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,24 @@ def decode(data: bytes) -> list[Any] | None:
         return None
 
 
-def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozenset()) -> Hit | None:
-    """The first hit (finding, difference or crash) whose signature is not in ``ignore``."""
+def state_feature(k: Kernel, out: Any) -> int | None:
+    """A number for the model state a decision reached: zone x online type x policy x ratio band x
+    group kind (0..719), so the fuzzer can be rewarded for new model states (like kernel signal)."""
+    if not out.decisions:
+        return None
+    d = out.decisions[-1]
+    mem = k.m.blocks.get(d.block)
+    g = None if mem is None else mem.group
+    gkind = 0 if g is None else 1 if not g.is_dynamic else 2 if g.pages == k.m.block_pages else 3
+    r = k.m.params.auto_movable_ratio
+    band = 0 if r == 0 else 1 if r < 100 else 2 if r < 301 else 3 if r == 301 else 4 if r < 1 << 31 else 5
+    zone = min(int(d.zone), 4)
+    return (((zone * 4 + int(d.online_type)) * 2 + int(k.m.params.online_policy)) * 6 + band) * 4 + gkind
+
+
+def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozenset(), feedback: Callable[[int], object] | None = None) -> Hit | None:
+    """The first hit (finding, difference or crash) whose signature is not in ``ignore``;
+    ``feedback`` gets the state_feature of every zone decision."""
     prof = get_profile(mode.profile)
     variants = frozenset({mode.variant}) if mode.variant else frozenset()
     k = Kernel(prof, variants=variants)
@@ -79,9 +96,14 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
                 theirs = {f.signature for f in b.findings}  # differential: only findings the other model lacks
                 findings = [f for f in a.findings if f.signature not in theirs]
             elif kind in ("boot", "request", "inject"):
-                findings = k.apply(ev).findings
+                a = k.apply(ev)
+                findings = a.findings
             else:
                 continue
+            if feedback is not None:
+                feature = state_feature(k, a)
+                if feature is not None:
+                    feedback(feature)
             for f in findings:
                 if f.signature not in ignore:
                     return Hit(f.signature, i, f.message)
@@ -93,7 +115,7 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
     return None
 
 
-def check_input(data: bytes, mode: Mode, ignore: frozenset[str] = frozenset()) -> Hit | None:
+def check_input(data: bytes, mode: Mode, ignore: frozenset[str] = frozenset(), feedback: Callable[[int], object] | None = None) -> Hit | None:
     """check_events on raw bytes (None for invalid inputs)."""
     events = decode(data)
-    return None if events is None else check_events(events, mode, ignore)
+    return None if events is None else check_events(events, mode, ignore, feedback)

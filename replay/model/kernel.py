@@ -70,6 +70,7 @@ class Kernel:
         self.m = Machine(profile, variants=check_variants(variants))
         self.m.params.auto_online_blocks = profile.default_online_type
         self.index = -1
+        self.running = False  # a request was applied: the boot snapshot is complete
         self.oracles = Oracles(self.m) if oracles else None
 
     @property
@@ -80,6 +81,11 @@ class Kernel:
         """Apply one event to the model and return what it did."""
         self.index += 1
         m = self.m
+        if ev.KIND == "boot":
+            if self.running:
+                raise SnapshotError(self.index, f"{type(ev).__name__} after the first request: the boot snapshot comes first")
+        else:
+            self.running = True
         out = m.outcome = Outcome()
         m.acct.event_index = self.index
         m.acct.findings = out.findings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import errno
 import json
 import lzma
 import os
@@ -10,12 +12,48 @@ from pathlib import Path
 
 import pytest
 
+from traces.codec import FLAG_INFERRED
+from traces.events import (
+    AddFlags,
+    AddMemory,
+    Attr,
+    BlockObserved,
+    BlockState,
+    BootBlocks,
+    BootMachine,
+    DeviceObserved,
+    GroupRegister,
+    GroupUnregister,
+    OfflineAndRemoveMemory,
+    OfflineBlock,
+    Param,
+    ParamWrite,
+    RemoveMemory,
+    Result,
+    Source,
+    StateDigest,
+    ZoneObserved,
+    ZoneType,
+)
+from traces.header import Capture
 from traces.lab import cli
 from traces.lab.initramfs import AGENT, INIT, initramfs_entries, is_static_elf, modinfo_depends, module_plan, read_newc, write_newc
 from traces.lab.qemu import GuestConfig, LabError, kernel_append, qemu_command
 from traces.lab.run import guest_writes, header, machine_record, parse_sample, run_scenario, step_record
 from traces.lab.setup import KernelPaths, LabSetupError, cache_dir, cached_kernel, lab_ready, parse_candidate, parse_search
+from traces.lab.trace import (
+    Performed,
+    SnapshotDumpError,
+    TraceBuilder,
+    lab_header,
+    memory_devices,
+    parse_dump,
+    release_at_least,
+    snapshot_from_dump,
+    write_rc,
+)
 from traces.machines import PRESETS
+from traces.record import BlockInfo, HostSnapshot, digest_of, snapshot_events
 from traces.scenario import ScenarioError, VirtioMemSpec, load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,3 +390,265 @@ def test_live_seed_dimm_on_real_kernel(tmp_path: Path) -> None:
         assert mine["blocks"] == real["blocks"]
         assert [(z["node"], z["zone"], z["present"]) for z in mine["zones"]] == [(z["node"], z["zone"], z["present"]) for z in real["zones"]]
         assert mine["params"] == real["params"]
+
+
+# --- traces (traces/lab/trace.py) ---------------------------------------------------------------------
+
+MEMDIR = "/sys/devices/system/memory"
+ZONEINFO = """\
+Node 0, zone      DMA
+  per-node stats
+      nr_inactive_anon 42
+  pages free     3840
+        min      27
+        spanned  4095
+        present  3998
+        managed  3840
+        cma      0
+        protection: (0, 1888, 3815, 3815, 3815)
+  pagesets
+    cpu: 0
+              count: 0
+  start_pfn:           1
+Node 0, zone   Normal
+  pages free     1000
+        spanned  524288
+        present  524288
+        managed  500000
+        cma      0
+  start_pfn:           1048576
+Node 0, zone  Movable
+  pages free     0
+        spanned  0
+        present  0
+        managed  0
+        cma      0
+  start_pfn:           0
+Node 0, zone   Device
+  pages free     0
+        spanned  0
+        present  0
+        managed  0
+"""
+IOMEM = """\
+00000000-00000fff : Reserved
+00001000-0009efff : System RAM
+00100000-07ffffff : System RAM
+  01000000-01ffffff : Kernel code
+100000000-17fffffff : System RAM
+"""
+
+
+def fake_dump(blocks: dict[int, tuple[str, str, int]], release: str = "6.1.0-56-amd64", memmap: str = "N") -> str:
+    """What the agent's ``snap`` prints for a small guest: blocks as {id: (state, valid_zones, node)}."""
+    out: list[str] = []
+
+    def f(path: str, content: str) -> None:
+        out.append(f"@@F {path}")
+        out.extend(content.rstrip("\n").split("\n"))
+
+    f("/proc/sys/kernel/osrelease", release)
+    f("/proc/cmdline", "console=ttyS0 memhp_default_state=online movable_node")
+    f("/proc/zoneinfo", ZONEINFO)
+    f("/proc/iomem", IOMEM)
+    f(f"{MEMDIR}/block_size_bytes", "8000000")
+    f(f"{MEMDIR}/auto_online_blocks", "online")
+    f("/sys/devices/system/node/possible", "0-1")
+    f("/sys/devices/system/node/has_cpu", "0")
+    for name, value in (("online_policy", "auto-movable"), ("auto_movable_ratio", "301"), ("auto_movable_numa_aware", "Y"), ("memmap_on_memory", memmap)):
+        f(f"/sys/module/memory_hotplug/parameters/{name}", value)
+    for b, (state, zones, node) in blocks.items():
+        f(f"{MEMDIR}/memory{b}/state", state)
+        f(f"{MEMDIR}/memory{b}/valid_zones", zones)
+        out.append(f"@@D {MEMDIR}/memory{b}/node{node}")
+    return "\n".join(out)
+
+
+BOOT_BLOCKS = {0: ("online", "none", 0), **{b: ("online", "Normal", 0) for b in range(32, 48)}}
+
+
+def test_agent_snap_dumps_what_the_recorder_reads() -> None:
+    assert "\nsnap() {" in AGENT
+    for path in ("/proc/sys/kernel/osrelease", "/proc/cmdline", "/proc/zoneinfo", "/proc/iomem", "$M/block_size_bytes", "$M/auto_online_blocks"):
+        assert path in AGENT
+    assert "/sys/devices/system/node/possible /sys/devices/system/node/has_cpu /sys/module/memory_hotplug/parameters/*" in AGENT
+    assert "@@F %s/state\\n%s\\n@@F %s/valid_zones" in AGENT and "@@D $l" in AGENT
+
+
+def test_snapshot_from_dump_goes_through_the_recorders_host() -> None:
+    snap = snapshot_from_dump(fake_dump(BOOT_BLOCKS))
+    assert snap.release == "6.1.0-56-amd64" and snap.block_size == 128 << 20
+    assert snap.possible == [0, 1] and snap.cpu_nodes == [0]
+    assert snap.params == {
+        "online_policy": "auto-movable",
+        "auto_movable_ratio": "301",
+        "auto_movable_numa_aware": "Y",
+        "memmap_on_memory": "N",
+        "auto_online_blocks": "online",
+    }
+    assert snap.blocks[0] == BlockInfo(BlockState.ONLINE, (), 0)
+    assert snap.blocks[47] == BlockInfo(BlockState.ONLINE, (ZoneType.NORMAL,), 0)
+    assert [(z.zone, z.present, z.start_pfn) for z in snap.zones] == [(ZoneType.DMA, 3998, 1), (ZoneType.NORMAL, 524288, 1 << 20), (ZoneType.MOVABLE, 0, 0)]
+    assert snap.ram == [(0x1000, 0x9F000), (0x100000, 0x8000000), (1 << 32, 0x180000000)]  # root sees addresses
+    events = [ev for ev, _ in snapshot_events(snap)]
+    assert isinstance(events[0], BootMachine) and events[1].movable_node and isinstance(events[-1], StateDigest)
+    assert BootBlocks(0, 1, 0, BlockState.ONLINE, ZoneType.NONE, True, -1, 0, 158 + 32512) in events
+
+
+def test_snapshot_dump_errors() -> None:
+    with pytest.raises(SnapshotDumpError, match="not below /sys or /proc"):
+        parse_dump("@@F /etc/passwd\nroot")
+    with pytest.raises(SnapshotDumpError, match="not below /sys or /proc"):
+        parse_dump("@@D /sys/../etc")
+    with pytest.raises(SnapshotDumpError, match="outside any file"):
+        parse_dump("garbage\n@@F /proc/cmdline\nx")
+    with pytest.raises(SnapshotDumpError, match="no files"):
+        parse_dump("\n")
+    with pytest.raises(SnapshotDumpError, match=r"traces\.record\.Host"):
+        snapshot_from_dump("@@F /proc/cmdline\nquiet")  # no memory hotplug sysfs
+
+
+def test_write_rc_maps_the_shells_message_to_errno() -> None:
+    assert write_rc(0, "") == 0
+    assert write_rc(1, "sh: write error: Invalid argument") == -errno.EINVAL
+    assert write_rc(1, "sh: write error: Device or resource busy") == -errno.EBUSY
+    assert write_rc(1, "sh: write error: Operation not permitted\n") == -errno.EPERM
+    with pytest.raises(ValueError, match="naming no errno"):
+        write_rc(2, "sh: syntax error")
+
+
+def _snap(blocks: dict[int, tuple[str, str, int]], release: str = "6.1.0-56-amd64", memmap: str = "N") -> HostSnapshot:
+    return snapshot_from_dump(fake_dump(blocks, release, memmap))
+
+
+def _qmp(**devs: dict[str, int]) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for name, d in devs.items():
+        kind = "virtio-mem" if "memaddr" in d else "dimm"
+        out.append({"type": kind, "data": {"id": name, "node": 0, **d}})
+    return out
+
+
+def test_builder_groups_dimms_and_ids_reused_lowest_first() -> None:
+    sc = load_scenario(SCENARIOS / "vmem-two-devices.toml")  # vm0 node 0, vm1 node 1, 2M device blocks: SBM
+    boot = _snap(BOOT_BLOCKS)
+    b = TraceBuilder.for_guest(sc, boot, _qmp(vm0={"memaddr": 6 << 30, "max-size": 16 << 30}, vm1={"memaddr": 22 << 30, "max-size": 16 << 30}))
+    assert b.boot_requests() == [(GroupRegister(True, 0, 32768), FLAG_INFERRED), (GroupRegister(True, 1, 32768), FLAG_INFERRED)]
+    devs = memory_devices(_qmp(dimm0={"addr": 38 << 30, "size": 1 << 30}, dimm1={"addr": 39 << 30, "size": 128 << 20}))
+    assert b.dimm_plug("dimm0", devs) == [GroupRegister(False, 0, 262144), AddMemory(38 << 30, 1 << 30, 2, AddFlags.NID_IS_MGID)]
+    assert b.dimm_plug("dimm1", devs)[1] == AddMemory(39 << 30, 128 << 20, 3, AddFlags.NID_IS_MGID)  # memmap_on_memory=N
+    dimm_blocks = {**BOOT_BLOCKS, **{blk: ("online", "Movable", 0) for blk in range(304, 313)}}
+    dimm_blocks[305] = ("offline", "Movable Normal", 0)
+    assert b.dimm_unplug("dimm0", _snap(dimm_blocks)) == [
+        *(OfflineBlock(blk, Attr.ONLINE, Source.DRIVER) for blk in range(304, 312)),
+        RemoveMemory(38 << 30, 1 << 30),
+        GroupUnregister(2),
+    ]
+    assert b.dimm_plug("dimm0", devs)[1].nid == 2  # xa_alloc: the freed id again
+    with pytest.raises(ValueError, match="not in QMP"):
+        b.dimm_plug("dimm9", devs)
+    with pytest.raises(ValueError, match="no such DIMM"):
+        b.dimm_unplug("dimm9", boot)
+
+
+def test_builder_memmap_on_memory_flag_by_kernel() -> None:
+    sc = load_scenario(SCENARIOS / "memmap-on-memory.toml")
+    devs = memory_devices(_qmp(dimm0={"addr": 6 << 30, "size": 128 << 20}, dimm1={"addr": 7 << 30, "size": 1 << 30}))
+    on61 = TraceBuilder.for_guest(sc, _snap(BOOT_BLOCKS, memmap="Y"), [])
+    assert on61.dimm_plug("dimm0", devs)[1].flags == AddFlags.NID_IS_MGID | AddFlags.MEMMAP_ON_MEMORY
+    assert on61.dimm_plug("dimm1", devs)[1].flags == AddFlags.NID_IS_MGID  # 6.1: only a one-block DIMM
+    on612 = TraceBuilder.for_guest(sc, _snap(BOOT_BLOCKS, "6.12.117+deb12-amd64", memmap="N"), [])
+    assert on612.dimm_plug("dimm1", devs)[1].flags == AddFlags.NID_IS_MGID | AddFlags.MEMMAP_ON_MEMORY  # 6.6+: always asked
+
+
+def test_builder_virtio_mem_sbm_and_bbm_resizes() -> None:
+    sbm = TraceBuilder.for_guest(load_scenario(SCENARIOS / "seed-vmem.toml"), _snap(BOOT_BLOCKS), _qmp(vm0={"memaddr": 6 << 30, "max-size": 32 << 30}))
+    sbm.boot_requests()
+    grown = {**BOOT_BLOCKS, **{blk: ("online", "Movable", 0) for blk in range(48, 52)}}
+    flags = AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE
+    assert sbm.vmem_resize("vm0", _snap(BOOT_BLOCKS), _snap(grown)) == [AddMemory(blk << 27, 128 << 20, 0, flags) for blk in range(48, 52)]
+    grown[50] = ("offline", "Movable Normal", 0)
+    shrunk = {k: v for k, v in grown.items() if k < 50}
+    assert sbm.vmem_resize("vm0", _snap(grown), _snap(shrunk)) == [OfflineAndRemoveMemory(51 << 27, 128 << 20), RemoveMemory(50 << 27, 128 << 20)]
+    bbm = TraceBuilder.for_guest(load_scenario(SCENARIOS / "vmem-bbm.toml"), _snap(BOOT_BLOCKS), _qmp(vm0={"memaddr": 6 << 30, "max-size": 32 << 30}))
+    assert bbm.boot_requests() == [(GroupRegister(True, 0, 131072), FLAG_INFERRED)]  # 512 MiB units
+    big = {**BOOT_BLOCKS, **{blk: ("online", "Movable", 0) for blk in range(48, 56)}}
+    assert bbm.vmem_resize("vm0", _snap(BOOT_BLOCKS), _snap(big)) == [AddMemory(6 << 30, 512 << 20, 0, flags), AddMemory(13 << 29, 512 << 20, 0, flags)]
+    assert bbm.vmem_resize("vm0", _snap(big), _snap(BOOT_BLOCKS)) == [OfflineAndRemoveMemory(13 << 29, 512 << 20), OfflineAndRemoveMemory(6 << 30, 512 << 20)]
+    with pytest.raises(ValueError, match="not in QMP"):
+        TraceBuilder.for_guest(load_scenario(SCENARIOS / "seed-vmem.toml"), _snap(BOOT_BLOCKS), [])
+    with pytest.raises(ValueError, match="registered at boot"):
+        sbm.vmem_resize("vm9", _snap(BOOT_BLOCKS), _snap(BOOT_BLOCKS))
+
+
+def test_step_events_guest_writes_results_and_observations() -> None:
+    sc = load_scenario(SCENARIOS / "offline-reonline.toml")
+    before = _snap({**BOOT_BLOCKS, 48: ("online", "Movable", 0)})
+    after = _snap({**BOOT_BLOCKS, 48: ("offline", "Movable Normal", 0)})
+    b = TraceBuilder.for_guest(sc, before, [])
+    step = parse_scenario({"machine": {"preset": "qemu-q35-4G"}, "step": [{"offline": "47-48", "attr": "online"}]}, "x.toml").steps[0]
+    done = Performed(1, [[47, 1, "sh: write error: Device or resource busy"], [48, 0, ""]], [10, 20])
+    events = b.step_events(step, done, before, after, None, 5, 30)
+    assert events[:4] == [
+        (OfflineBlock(47, Attr.ONLINE, Source.USER), 0, 10),
+        (Result(-errno.EBUSY), 0, 10),
+        (OfflineBlock(48, Attr.ONLINE, Source.USER), 0, 20),
+        (Result(0), 0, 20),
+    ]
+    obs = [ev for ev, _, t in events[4:] if t == 30]
+    assert len(obs) == len(events) - 4
+    assert BlockObserved(48, BlockState.OFFLINE, 0, (ZoneType.MOVABLE, ZoneType.NORMAL)) in obs
+    assert sum(isinstance(e, ZoneObserved) for e in obs) == 3 and obs[-1] == digest_of(after)
+    gone = b.step_events(sc.steps[1], Performed(0, [], []), after, _without(after, 48), None, 0, 0)
+    assert (BlockObserved(48, BlockState.ABSENT, -1, ()), 0, 0) in gone
+    param = parse_scenario(
+        {"machine": {"preset": "qemu-q35-4G"}, "step": [{"param": "auto_movable_ratio", "value": "0"}, {"auto_online": "offline"}]}, "p.toml"
+    )
+    assert b.step_events(param.steps[0], Performed(0, [[None, 0, ""]], [1]), before, before, None, 0, 0)[0][0] == ParamWrite(Param.AUTO_MOVABLE_RATIO, "0")
+    assert b.step_events(param.steps[1], Performed(0, [[None, 0, ""]], [1]), before, before, None, 0, 0)[0][0] == ParamWrite(
+        Param.AUTO_ONLINE_BLOCKS, "offline"
+    )
+
+
+def _without(snap: HostSnapshot, drop: int) -> HostSnapshot:
+    return dataclasses.replace(snap, blocks={k: v for k, v in snap.blocks.items() if k != drop})
+
+
+def test_host_step_events_carry_device_observations() -> None:
+    sc = load_scenario(SCENARIOS / "seed-vmem.toml")
+    boot = _snap(BOOT_BLOCKS)
+    b = TraceBuilder.for_guest(sc, boot, _qmp(vm0={"memaddr": 6 << 30, "max-size": 32 << 30}))
+    b.boot_requests()
+    qmp = _qmp(vm0={"memaddr": 6 << 30, "max-size": 32 << 30, "requested-size": 12 << 30, "size": 12 << 30})
+    events = b.step_events(sc.steps[0], Performed(0, device="vm0"), boot, boot, qmp, 1, 2)
+    assert events[0] == (DeviceObserved("vm0", 12 << 30, 12 << 30), 0, 2)  # no block appeared: no add_memory
+    dimm = load_scenario(SCENARIOS / "seed-dimm.toml")
+    d = TraceBuilder.for_guest(dimm, boot, [])
+    qmp = _qmp(dimm0={"addr": 6 << 30, "size": 4 << 30})
+    events = d.step_events(dimm.steps[0], Performed(0, device="dimm0"), boot, boot, qmp, 1, 2)
+    assert [(type(ev).__name__, fl, t) for ev, fl, t in events[:3]] == [
+        ("GroupRegister", FLAG_INFERRED, 1),
+        ("AddMemory", FLAG_INFERRED, 1),
+        ("DeviceObserved", 0, 2),
+    ]
+    failed = d.step_events(dimm.steps[0], Performed("QMP error text", device="dimm1"), boot, boot, [], 1, 2)
+    assert not any(fl for _, fl, _ in failed)  # a refused plug: no inferred driver calls
+
+
+def test_lab_header_is_the_recorders_with_source_lab() -> None:
+    h = lab_header(_snap(BOOT_BLOCKS), "seed-dimm", "linux-image-6.1.0-56-amd64 6.1.192-2")
+    assert h.source is Capture.LAB and h.source_detail == "seed-dimm on linux-image-6.1.0-56-amd64 6.1.192-2"
+    assert h.kernel_release == "6.1.0-56-amd64" and "auto_movable_ratio=301" in h.params
+    assert release_at_least("6.12.117+deb12-amd64", 6, 6) and not release_at_least("6.1.0-56-amd64", 6, 6)
+
+
+def test_cli_trace_options(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv in (
+        [str(SCENARIOS / "seed-dimm.toml"), "--kernel", "6.1", "-o", "x.txt"],
+        [str(SCENARIOS / "seed-dimm.toml"), "--kernel", "6.1", "-o", "x.mhpt", "--trace"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+    assert ".mhpt" in capsys.readouterr().err
+    assert cli.main([str(SCENARIOS / "missing.toml"), "--kernel", "6.1", "-o", "x.mhpt"]) == 2

@@ -1,4 +1,4 @@
-"""``python -m traces.lab --setup`` | ``python -m traces.lab SCENARIO --kernel 6.1|6.12 -o OUT.json``."""
+"""``python -m traces.lab --setup`` | ``python -m traces.lab SCENARIO --kernel 6.1|6.12 -o OUT.mhpt|OUT.json``."""
 
 from __future__ import annotations
 

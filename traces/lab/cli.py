@@ -1,4 +1,4 @@
-"""Command line of the lab: set-up, or one scenario on one real kernel."""
+"""Command line of the lab: set-up, or scenarios on real kernels written as observation JSON or .mhpt traces."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refresh", action="store_true", help="with --setup: look for newer kernel packages even when some are cached")
     p.add_argument("scenario", nargs="*", help="scenario TOML file(s)")
     p.add_argument("--kernel", nargs="+", choices=KERNELS, help="kernel series to boot (several with --out-dir)")
-    p.add_argument("-o", "--output", help="observation JSON to write (one scenario, one kernel)")
-    p.add_argument("--out-dir", help="write OUT_DIR/<kernel>/<scenario>.json for every scenario and kernel")
+    p.add_argument("-o", "--output", help="one scenario, one kernel: OUT.mhpt writes a trace, OUT.json the observation JSON")
+    p.add_argument("--out-dir", help="write OUT_DIR/<kernel>/<scenario>.json (with --trace: .mhpt) for every scenario and kernel")
+    p.add_argument("--trace", action="store_true", help="with --out-dir: write .mhpt traces instead of observation JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="print progress and the guest console tail on errors")
     return p
 
@@ -36,25 +37,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.error("a scenario file is required (or --setup)")
         if not args.kernel or bool(args.output) == bool(args.out_dir):
             p.error("--kernel and one of -o / --out-dir are required with scenarios")
+        if args.trace and not args.out_dir:
+            p.error("--trace goes with --out-dir (with -o the suffix decides: .mhpt or .json)")
+        if args.output and not args.output.endswith((".mhpt", ".json")):
+            p.error(f"-o {args.output}: the name must end in .mhpt (a trace) or .json (the observation)")
         from traces.lab.qemu import LabError
-        from traces.lab.run import run_corpus, run_scenario
+        from traces.lab.run import run_corpus, run_scenario, run_trace
         from traces.scenario import ScenarioError
 
         if args.out_dir:
-            summary = run_corpus(args.scenario, tuple(args.kernel), args.out_dir, args.verbose)
+            summary = run_corpus(args.scenario, tuple(args.kernel), args.out_dir, args.verbose, trace=args.trace)
             return 1 if any("error" in s for s in summary) else 0
         if len(args.scenario) != 1 or len(args.kernel) != 1:
             p.error("-o takes one scenario and one kernel; use --out-dir for several")
         try:
-            obs = run_scenario(args.scenario[0], args.kernel[0], args.output, verbose=args.verbose)
+            if args.output.endswith(".mhpt"):
+                info = run_trace(args.scenario[0], args.kernel[0], args.output, verbose=args.verbose)
+                steps, boot, wall = len(info["step_s"]), info["boot_s"], info["wall_s"]
+            else:
+                obs = run_scenario(args.scenario[0], args.kernel[0], args.output, verbose=args.verbose)
+                steps, boot, wall = len(obs["results"]) - 1, obs["results"][0].get("boot_s"), obs.get("wall_s")
         except ScenarioError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
-        except LabError as e:
+        except (LabError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        boot = obs["results"][0].get("boot_s")
-        print(f"{args.output}: {len(obs['results']) - 1} steps, boot {boot} s, wall {obs.get('wall_s')} s")
+        print(f"{args.output}: {steps} steps, boot {boot} s, wall {wall} s")
         return 0
     except LabSetupError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -2,7 +2,8 @@
 
 The agent (``/agent.sh``, busybox ash) reads one command per line from the virtio-serial port named
 ``mhp.agent`` and answers with the command's output followed by ``@@END <id> <exit status>``. Host and
-guest speak only this line protocol; ``sample`` prints the guest's memory blocks, zones and parameters.
+guest speak only this line protocol; ``sample`` prints the guest's memory blocks, zones and parameters,
+``snap`` copies the sysfs/procfs files ``mhp record`` reads (traces/lab/trace.py rebuilds them as a tree).
 """
 
 from __future__ import annotations
@@ -59,6 +60,21 @@ sample() {
   done
   v=""; read -r v <$M/auto_online_blocks; echo "P auto_online_blocks $v"
   v=""; read -r v <$M/block_size_bytes; echo "P block_size_bytes $v"
+}
+# snap: the files traces.record.Host reads, as "@@F PATH" + content and "@@D PATH" for each memoryN/nodeK link.
+snap() {
+  for f in /proc/sys/kernel/osrelease /proc/cmdline /proc/zoneinfo /proc/iomem $M/block_size_bytes $M/auto_online_blocks \
+           /sys/devices/system/node/possible /sys/devices/system/node/has_cpu /sys/module/memory_hotplug/parameters/*; do
+    [ -r "$f" ] && echo "@@F $f" && cat "$f"
+  done
+  for d in $M/memory[0-9]*; do
+    s=""; z=""
+    read -r s 2>/dev/null <"$d/state" || continue
+    read -r z 2>/dev/null <"$d/valid_zones" || continue
+    printf '@@F %s/state\n%s\n@@F %s/valid_zones\n%s\n' "$d" "$s" "$d" "$z"
+    for l in "$d"/node[0-9]*; do [ -e "$l" ] && echo "@@D $l"; done
+  done
+  :
 }
 port=""
 i=0

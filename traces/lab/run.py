@@ -3,6 +3,7 @@
 The observation has the format of corpus/observed/*.json: ``scenario`` (the set-up) and ``results`` (boot, then
 one entry per step with ``rc``, ``blocks``, ``zones``, ``params``). Guest steps also carry ``writes``: every
 sysfs write of the step as ``[block, exit status, shell message]`` (block is null for parameter writes).
+``run_trace`` writes the same run as a .mhpt trace instead (traces/lab/trace.py), for ``mhp replay``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from traces.events import Mark
 from traces.lab.initramfs import build_initramfs
 from traces.lab.qemu import Guest, GuestConfig, LabError, QmpCommandError
 from traces.lab.setup import KERNELS, KernelPaths, cached_kernel
+from traces.lab.trace import Performed, TraceBuilder, guest_snapshot, lab_header
 from traces.machines import MachinePreset
+from traces.record import HostSnapshot, snapshot_events
 from traces.scenario import Scenario, ScenarioError, Step, load_scenario
+from traces.writer import TraceWriter
 
 MEM = "/sys/devices/system/memory"
 PARAM_DIR = "/sys/module/memory_hotplug/parameters"
@@ -188,6 +193,20 @@ class LabRun:
         self.log(f"  guest still changing after {max_s:.0f} s; recording the last sample")
         return prev
 
+    def settled_snapshot(self, max_s: float = GUEST_SETTLE_MAX_S) -> HostSnapshot:
+        """The guest as ``mhp record`` reads a host, once two snapshots in a row agree (or ``max_s`` passed: the last)."""
+        agent = self.g.agent
+        prev = guest_snapshot(agent)
+        end = time.monotonic() + max_s
+        while time.monotonic() < end:
+            time.sleep(SAMPLE_GAP_S)
+            cur = guest_snapshot(agent)
+            if cur == prev:
+                return cur
+            prev = cur
+        self.log(f"  guest still changing after {max_s:.0f} s; recording the last snapshot")
+        return prev
+
     def boot_result(self) -> dict[str, Any]:
         """The boot entry (``boot_s`` = QEMU start to the agent's first answer)."""
         s = self.settled()
@@ -195,26 +214,30 @@ class LabRun:
 
     def step_result(self, step: Step) -> dict[str, Any]:
         """Perform one step; its entry with ``rc`` and the settled guest state."""
-        extra: dict[str, Any] = {}
-        if step.action == "dimm":
-            rc: int | str = self.plug_dimm(step)
-        elif step.action == "unplug":
-            rc = self.unplug_dimm(step.args["unplug"])
-        elif step.action == "vmem":
-            rc = self.resize_vmem(step.args["vmem"], step.args["size"])
-        else:
-            writes = []
-            for block, path, value in guest_writes(step):
-                status, out = self.g.agent(f"echo {value} > {path}")
-                writes.append([block, status, out.strip()])
-            rc = next((w[1] for w in writes if w[1]), 0)
-            extra["writes"] = writes
-        return {"step": step_record(step), "rc": rc, **self.settled(), **extra}
+        done = self.perform(step)
+        extra: dict[str, Any] = {"writes": done.writes} if done.writes is not None else {}
+        return {"step": step_record(step), "rc": done.rc, **self.settled(), **extra}
 
-    def plug_dimm(self, step: Step) -> int | str:
-        """object-add a RAM backend and device_add a pc-dimm; wait for the guest's ACPI _OST (0 or QMP error text)."""
+    def perform(self, step: Step) -> Performed:
+        """Do one step (host: QMP, guest: sysfs writes through the agent) without sampling the guest."""
+        if step.action == "dimm":
+            name = step.args["id"] or f"dimm{len(self.dimms)}"  # the simulator's naming
+            return Performed(self.plug_dimm(step, name), device=name)
+        if step.action == "unplug":
+            return Performed(self.unplug_dimm(step.args["unplug"]), device=step.args["unplug"])
+        if step.action == "vmem":
+            return Performed(self.resize_vmem(step.args["vmem"], step.args["size"]), device=step.args["vmem"])
+        writes: list[list[Any]] = []
+        times: list[int] = []
+        for block, path, value in guest_writes(step):
+            status, out = self.g.agent(f"echo {value} > {path}")
+            times.append(time.monotonic_ns())
+            writes.append([block, status, out.strip()])
+        return Performed(next((w[1] for w in writes if w[1]), 0), writes, times)
+
+    def plug_dimm(self, step: Step, name: str) -> int | str:
+        """object-add a RAM backend and device_add pc-dimm ``name``; wait for the guest's ACPI _OST (0 or QMP error text)."""
         a = step.args
-        name = a["id"] or f"dimm{len(self.dimms)}"  # the simulator's naming
         mem = f"mem-{name}"
         try:
             self.g.execute("object-add", {"qom-type": "memory-backend-ram", "id": mem, "size": a["dimm"], "reserve": False})
@@ -286,10 +309,10 @@ class LabRun:
         return 0
 
 
-def run_scenario(
-    scenario_path: str | Path, kernel: str, out_path: str | Path | None = None, verbose: bool = False, scenario: Scenario | None = None
-) -> dict[str, Any]:
-    """Boot ``kernel`` ("6.1" or "6.12") under QEMU, run the scenario's steps, return (and write) the observation."""
+def _prepare(
+    scenario_path: str | Path, kernel: str, verbose: bool, scenario: Scenario | None
+) -> tuple[Scenario, KernelPaths, GuestConfig, Callable[[str], None]]:
+    """The scenario, the cached kernel, the guest's configuration and a logger; ScenarioError for what cannot run."""
     if kernel not in KERNELS:
         raise ScenarioError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
     sc = scenario or load_scenario(scenario_path)
@@ -297,7 +320,14 @@ def run_scenario(
         raise ScenarioError(f"{sc.path}: machine {sc.machine.name!r} has no QEMU options; the lab runs only machine presets")
     kp = cached_kernel(kernel)
     log: Callable[[str], None] = (lambda msg: print(msg, flush=True)) if verbose else (lambda _msg: None)
-    cfg = GuestConfig(kp.vmlinuz, build_initramfs(kp), sc.machine, sc.cmdline, tuple(sc.devices))
+    return sc, kp, GuestConfig(kp.vmlinuz, build_initramfs(kp), sc.machine, sc.cmdline, tuple(sc.devices)), log
+
+
+def run_scenario(
+    scenario_path: str | Path, kernel: str, out_path: str | Path | None = None, verbose: bool = False, scenario: Scenario | None = None
+) -> dict[str, Any]:
+    """Boot ``kernel`` ("6.1" or "6.12") under QEMU, run the scenario's steps, return (and write) the observation."""
+    sc, kp, cfg, log = _prepare(scenario_path, kernel, verbose, scenario)
     t0 = time.monotonic()
     with Guest(cfg, verbose=verbose) as g:
         log(f"{sc.name} on {kernel}: booted in {g.boot_s:.1f} s ({g.release})")
@@ -313,6 +343,54 @@ def run_scenario(
     return obs
 
 
+def run_trace(scenario_path: str | Path, kernel: str, out_path: str | Path, verbose: bool = False, scenario: Scenario | None = None) -> dict[str, Any]:
+    """Boot ``kernel`` under QEMU, run the scenario and write it as a .mhpt trace (traces/lab/trace.py).
+
+    Returns a summary: ``boot_s`` (QEMU start to the agent's first answer), ``step_s`` (each step until the guest
+    settled), ``wall_s`` (QEMU start to the trace's end), ``records``, ``release``.
+    """
+    sc, kp, cfg, log = _prepare(scenario_path, kernel, verbose, scenario)
+    t0 = time.monotonic()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    step_s: list[float] = []
+    with Guest(cfg, verbose=verbose) as g:
+        log(f"{sc.name} on {kernel}: booted in {g.boot_s:.1f} s ({g.release})")
+        run = LabRun(g, sc, log)
+        snap = run.settled_snapshot()
+        try:
+            builder = TraceBuilder.for_guest(sc, snap, g.execute("query-memory-devices"))
+        except ValueError as e:
+            raise LabError(f"{sc.name}: {e}") from None
+        with TraceWriter(out_path, lab_header(snap, sc.name, f"{kp.package} {kp.version}")) as w:
+
+            def put(ev: Any, flags: int = 0, at: int | None = None) -> None:
+                w.write(ev, ts=None if at is None else max(at - w.t0, 0), flags=flags)
+
+            for ev, flags in snapshot_events(snap):
+                put(ev, flags)
+            for ev, flags in builder.boot_requests():
+                put(ev, flags)
+            for i, step in enumerate(sc.steps, 1):
+                start = time.monotonic_ns()
+                put(Mark(f"step {i}: {step.describe()}"), 0, start)
+                done = run.perform(step)
+                devices = g.execute("query-memory-devices") if step.action in ("dimm", "unplug", "vmem") else None
+                after = run.settled_snapshot()
+                settled = time.monotonic_ns()
+                try:
+                    events = builder.step_events(step, done, snap, after, devices, start, settled)
+                except ValueError as e:
+                    raise LabError(f"{sc.name} step {i} ({step.describe()}): {e}") from None
+                for ev, flags, at in events:
+                    put(ev, flags, at)
+                snap = after
+                step_s.append(round((settled - start) / 1e9, 1))
+                log(f"  step {i} {step.describe()}: rc {done.rc!r} ({step_s[-1]:.1f} s)")
+            records = w.seq
+        return {"boot_s": round(g.boot_s, 1), "step_s": step_s, "wall_s": round(time.monotonic() - t0, 1), "records": records, "release": g.release}
+
+
 def write_json(obj: Any, path: Path) -> None:
     """Write JSON atomically (temp file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,9 +400,15 @@ def write_json(obj: Any, path: Path) -> None:
 
 
 def run_corpus(
-    scenarios: list[str | Path], kernels: tuple[str, ...], out_dir: str | Path, verbose: bool = False, log: Callable[[str], None] = print
+    scenarios: list[str | Path],
+    kernels: tuple[str, ...],
+    out_dir: str | Path,
+    verbose: bool = False,
+    log: Callable[[str], None] = print,
+    trace: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run every scenario on every kernel, one guest at a time, writing OUT_DIR/<kernel>/<name>.json; one summary per run."""
+    """Run every scenario on every kernel, one guest at a time, writing OUT_DIR/<kernel>/<name>.json (``trace``:
+    <name>.mhpt); one summary per run."""
     summary = []
     for kernel in kernels:
         for path in scenarios:
@@ -332,12 +416,16 @@ def run_corpus(
             t0 = time.monotonic()
             entry: dict[str, Any] = {"scenario": name, "kernel": kernel}
             try:
-                obs = run_scenario(path, kernel, Path(out_dir) / kernel / f"{name}.json", verbose)
+                if trace:
+                    entry.update(run_trace(path, kernel, Path(out_dir) / kernel / f"{name}.mhpt", verbose))
+                    entry["steps"] = len(entry["step_s"])
+                else:
+                    obs = run_scenario(path, kernel, Path(out_dir) / kernel / f"{name}.json", verbose)
+                    entry.update(boot_s=obs["results"][0]["boot_s"], wall_s=obs["wall_s"], steps=len(obs["results"]) - 1)
             except (LabError, ScenarioError, OSError) as e:
                 entry.update(error=str(e), wall_s=round(time.monotonic() - t0, 1))
                 log(f"{kernel} {name}: FAILED after {entry['wall_s']} s: {e}")
             else:
-                entry.update(boot_s=obs["results"][0]["boot_s"], wall_s=obs["wall_s"], steps=len(obs["results"]) - 1)
                 log(f"{kernel} {name}: {entry['steps']} steps, boot {entry['boot_s']} s, wall {entry['wall_s']} s")
             summary.append(entry)
     return summary

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench corpus clean lab-setup fuzz-package
+.PHONY: demo test lint bench corpus corpus-real clean lab-setup fuzz-package
 
 $(STAMP): pyproject.toml
 	@if [ "$$(id -u)" = 0 ] && ! $(PY) -m venv --help >/dev/null 2>&1; then \
@@ -36,6 +36,10 @@ bench: $(STAMP)
 SEEDS := seed-dimm seed-vmem contig-zones offline-fails dimm-manual-mix vmem-bbm memoryless-node stale-online-type
 corpus: $(STAMP)
 	for s in $(SEEDS); do $(BIN)/mhp simulate corpus/scenarios/$$s.toml -o corpus/seeds/$$s.mhpt >/dev/null || exit 1; done
+
+# Real traces from Debian's kernels under QEMU (root, about 12 minutes).
+corpus-real: $(STAMP) lab-setup
+	$(BIN)/python -m traces.lab corpus/scenarios/*.toml --kernel 6.1 6.12 --out-dir corpus/real --trace
 
 fuzz-package: $(STAMP)
 	$(BIN)/python fuzz/package.py build/fuzz

@@ -182,7 +182,7 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
         return
     known.add(hit.signature)
     assert events is not None
-    result = Minimizer(mode, hit.signature, max_seconds=minimize_seconds).run(events)
+    result = Minimizer(mode, hit.signature, max_seconds=minimize_seconds, ignore=frozenset(DEFAULT_IGNORE)).run(events)
     note = f"{hit.signature}: found by mhp fuzz ({mode.describe()}); {hit.message}. Minimised to {len(result.events)} events" + (
         " (1-minimal)." if result.one_minimal else "."
     )

@@ -56,8 +56,18 @@ def resources(ev: Any, block_size: int = BLOCK) -> set[tuple[str, int]]:
 class Minimizer:
     """Shrinks an event list while ``check`` keeps returning the same signature."""
 
-    def __init__(self, mode: Mode, signature: str | None, *, max_replays: int = 20000, max_seconds: float = 60.0, accept_any: bool = False) -> None:
+    def __init__(
+        self,
+        mode: Mode,
+        signature: str | None,
+        *,
+        max_replays: int = 20000,
+        max_seconds: float = 60.0,
+        accept_any: bool = False,
+        ignore: frozenset[str] = frozenset(),
+    ) -> None:
         self.mode = mode
+        self.ignore = ignore
         self.signature = signature
         self.accept_any = accept_any
         self.max_replays = max_replays
@@ -72,7 +82,7 @@ class Minimizer:
         if self.replays >= self.max_replays or time.monotonic() > self.deadline:
             raise Budget
         self.replays += 1
-        h = check_events(events, self.mode)
+        h = check_events(events, self.mode, self.ignore)
         self.cache[key] = h
         return h
 

@@ -20,6 +20,7 @@ from traces.events import (
     BootMachine,
     BootZone,
     GroupRegister,
+    Mark,
     OfflineBlock,
     OnlineBlock,
     OnlineType,
@@ -50,7 +51,7 @@ def test_every_oracle_id_is_documented() -> None:
 
 
 def inconsistent_snapshot(present: int) -> list:
-    """A snapshot whose Movable zone claims ``present`` pages while one Movable block is online."""
+    """A snapshot whose Movable zone claims ``present`` pages with one Movable block online."""
     return [
         *ideal_events(),
         BootZone(0, ZoneType.MOVABLE, 48 * BP, BP, present, 0, 0),
@@ -59,7 +60,9 @@ def inconsistent_snapshot(present: int) -> list:
 
 
 def test_acct_underflow_fires_and_the_model_continues_wrapped() -> None:
-    k = boot(inconsistent_snapshot(0))
+    k = boot(inconsistent_snapshot(BP))
+    k.apply(Mark("snapshot complete"))
+    k.m.nodes[0].zones[ZoneType.MOVABLE].present_pages = 0  # counters corrupted behind the model's back
     out = k.apply(OfflineBlock(48, Attr.STATE, Source.USER))
     assert out.rc == 0
     assert "ACCT-UNDERFLOW" in oracles_of(out)
@@ -183,3 +186,11 @@ def test_snapshot_machine_geometry_is_checked() -> None:
 
     with pytest.raises(SnapshotError, match="block size"):
         Kernel(get_profile("6.1")).apply(BootMachine(3 << 27, 1, 1))
+
+
+def test_snapshot_whose_zones_cannot_hold_their_blocks_is_refused() -> None:
+    from replay.model.kernel import SnapshotError
+
+    k = boot(inconsistent_snapshot(0))
+    with pytest.raises(SnapshotError, match="online blocks"):
+        k.apply(Mark("snapshot complete"))

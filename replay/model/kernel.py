@@ -84,8 +84,9 @@ class Kernel:
         if ev.KIND == "boot":
             if self.running:
                 raise SnapshotError(self.index, f"{type(ev).__name__} after the first request: the boot snapshot comes first")
-        else:
+        elif not self.running:
             self.running = True
+            self._check_snapshot()
         out = m.outcome = Outcome()
         m.acct.event_index = self.index
         m.acct.findings = out.findings
@@ -93,6 +94,19 @@ class Kernel:
         if self.oracles is not None:
             self.oracles.check(self.index, ev, out)
         return out
+
+    def _check_snapshot(self) -> None:
+        """A complete snapshot: every zone holds at least the pages of the online blocks in it."""
+        held: dict[tuple[int, int], list[int]] = {}
+        for mem in self.m.blocks.values():
+            if mem.zone is not None and mem.state is MEM_ONLINE:
+                acc = held.setdefault((mem.zone.nid, int(mem.zone.idx)), [0, 0])
+                acc[0] += mem.present_pages
+                acc[1] += mem.present_pages if mem.early else 0
+        for (nid, zidx), (pages, early) in held.items():
+            z = self.m.nodes[nid].zones[zidx]
+            if z.present_pages < pages or z.present_early_pages < early:
+                raise SnapshotError(self.index, f"{z}: present {z.present_pages} (early {z.present_early_pages}) < its online blocks' {pages} (early {early})")
 
     # --- boot snapshot ----------------------------------------------------------------------------
 

@@ -34,8 +34,10 @@ bench: $(STAMP)
 	$(BIN)/mhp bench fuzz
 
 SEEDS := seed-dimm seed-vmem contig-zones offline-fails dimm-manual-mix vmem-bbm memoryless-node stale-online-type
+# Seed traces from the simulator, and (as root) the real traces from the lab.
 corpus: $(STAMP)
 	for s in $(SEEDS); do $(BIN)/mhp simulate corpus/scenarios/$$s.toml -o corpus/seeds/$$s.mhpt >/dev/null || exit 1; done
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) corpus-real; else echo "not root: corpus/real not regenerated (make corpus-real as root)"; fi
 
 # Real traces from Debian's kernels under QEMU (root, about 12 minutes).
 corpus-real: $(STAMP) lab-setup

@@ -81,10 +81,7 @@ class Kernel:
         """Apply one event to the model and return what it did."""
         self.index += 1
         m = self.m
-        if ev.KIND == "boot":
-            if self.running:
-                raise SnapshotError(self.index, f"{type(ev).__name__} after the first request: the boot snapshot comes first")
-        elif not self.running:
+        if not self.running and ev.KIND != "boot":
             self.running = True
             self._check_snapshot()
         out = m.outcome = Outcome()
@@ -94,6 +91,11 @@ class Kernel:
         if self.oracles is not None:
             self.oracles.check(self.index, ev, out)
         return out
+
+    def _booting(self, ev: Event) -> None:
+        """Snapshot records come before every request."""
+        if self.running:
+            raise SnapshotError(self.index, f"{type(ev).__name__} after the first request: the boot snapshot comes first")
 
     def _check_snapshot(self) -> None:
         """A complete snapshot: every zone holds at least the pages of the online blocks in it."""
@@ -111,6 +113,7 @@ class Kernel:
     # --- boot snapshot ----------------------------------------------------------------------------
 
     def _boot_machine(self, ev: BootMachine) -> int:
+        self._booting(ev)
         pages = ev.block_size // 4096
         if ev.block_size % (PAGES_PER_SECTION * 4096) or pages & (pages - 1) or not pages:
             raise SnapshotError(self.index, f"block size {ev.block_size:#x} is not a power of two >= 128 MiB")
@@ -120,6 +123,7 @@ class Kernel:
         return 0
 
     def _boot_params(self, ev: BootParams) -> int:
+        self._booting(ev)
         p = self.m.params
         if ev.memmap_on_memory > (2 if self.profile.memmap_force_mode else 1):
             raise SnapshotError(self.index, f"memmap_on_memory={ev.memmap_on_memory} is not valid on {self.profile.name}")
@@ -133,6 +137,7 @@ class Kernel:
         return 0
 
     def _boot_zone(self, ev: BootZone) -> int:
+        self._booting(ev)
         if ev.zone is ZONE_NONE:
             raise SnapshotError(self.index, "a boot zone needs a zone type")
         if ev.present > ev.spanned or ev.present_early > ev.present:
@@ -154,6 +159,7 @@ class Kernel:
         return 0
 
     def _boot_group(self, ev: BootGroup) -> int:
+        self._booting(ev)
         m = self.m
         if ev.mgid < 0 or ev.mgid in m.groups:
             raise SnapshotError(self.index, f"group id {ev.mgid} invalid or defined twice")
@@ -163,6 +169,7 @@ class Kernel:
         return 0
 
     def _boot_blocks(self, ev: BootBlocks) -> int:
+        self._booting(ev)
         m = self.m
         node = m.nodes.get(ev.node)
         if node is None or not node.online:

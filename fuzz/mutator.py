@@ -16,7 +16,24 @@ from typing import Any
 
 from traces.codec import Record
 from traces.errors import TraceFormatError
-from traces.events import BOOL, EVENT_TYPES, STR, ZONES, FieldSpec, Res, ZoneType, fields_of
+from traces.events import (
+    BOOL,
+    EVENT_TYPES,
+    STR,
+    ZONES,
+    Attr,
+    BootBlocks,
+    FieldSpec,
+    InjectFailure,
+    OfflineBlock,
+    OnlineBlock,
+    OnlineType,
+    Op,
+    Res,
+    Source,
+    ZoneType,
+    fields_of,
+)
 from traces.header import Capture, TraceHeader
 from traces.reader import read_trace
 from traces.writer import TraceWriter
@@ -72,6 +89,33 @@ def mutate_field(ev: Any, rng: random.Random) -> Any:
     return ev._replace(**{f.name: field_value(f, rng)})
 
 
+def blocks_of(ev: Any) -> list[int]:
+    """The memory blocks a request touches (its block field, or its address range)."""
+    if hasattr(ev, "block"):
+        return [ev.block]
+    if hasattr(ev, "start") and hasattr(ev, "size") and ev.size:
+        first = ev.start // BLOCK
+        return list(range(first, first + min(max(ev.size // BLOCK, 1), 64)))
+    return []
+
+
+def inject_before(events: list[Any], i: int, rng: random.Random) -> None:
+    """Make the operation at ``i`` meet a failure: an injected fault on one of its blocks."""
+    blocks = blocks_of(events[i])
+    if blocks:
+        events.insert(i, InjectFailure(rng.choice(blocks), rng.choice(list(Op)), rng.choice(INTERESTING[Res.ERRNO][:-1])))
+
+
+def cycle_block(events: list[Any], rng: random.Random) -> list[Any]:
+    """Offline a block the trace knows and online it again with any type (edge and span paths)."""
+    known = [b for e in events for b in blocks_of(e)] + [b.first + rng.randrange(max(b.count, 1)) for b in events if isinstance(b, BootBlocks)]
+    if not known:
+        return []
+    b = rng.choice(known)
+    attr = rng.choice(list(Attr))
+    return [OfflineBlock(b, attr, Source.USER), OnlineBlock(b, rng.choice(list(OnlineType)[1:]), attr, Source.USER)]
+
+
 def _first_request(events: list[Any]) -> int:
     """Index after the boot snapshot (mutations keep the snapshot intact most of the time)."""
     return next((i for i, e in enumerate(events) if e.KIND != "boot"), len(events))
@@ -99,6 +143,10 @@ def mutate_events(events: list[Any], rng: random.Random, other: list[Any] | None
             if a < len(other):
                 s = rng.randrange(a, len(other))
                 out[pos:pos] = other[s : s + rng.randint(1, 16)]
+        elif op < 0.76 and n > lo:
+            inject_before(out, rng.randrange(lo, n), rng)
+        elif op < 0.82:
+            out[pos:pos] = cycle_block(out, rng)
         elif n > 0:
             i = rng.randrange(lo if n > lo else 0, n)
             out[i] = mutate_field(out[i], rng)

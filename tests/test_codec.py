@@ -15,7 +15,7 @@ from replay.model.profiles import get_profile
 from replay.simulate import Simulation, simulate, write_trace
 from tests.strategies import numbered, records
 from tests.test_observed import SCENARIOS
-from traces.codec import Record, Unknown, decode_payload, decode_payload_construct, encode_record
+from traces.codec import INTERN_MAX, Record, Unknown, decode_chunk_fast, decode_payload, decode_payload_construct, encode_record, interned_count
 from traces.errors import TraceFormatError
 from traces.events import BlockObserved, BlockState, Loss, Mark, OnlineBlock, ZoneType
 from traces.files import cat, compile_text, repair, verify
@@ -90,6 +90,19 @@ def test_fast_and_construct_agree_on_damaged_payloads(items: list, data: st.Data
             return str(e)
 
     assert run(decode_payload) == run(decode_payload_construct)
+
+
+def test_identical_bodies_share_one_event_and_the_intern_cache_is_bounded() -> None:
+    """The fast path interns events by body bytes: shared objects, same values, bounded memory."""
+    same = [Record(i, i, 0, OnlineBlock(40, 1, 1, 1)) for i in range(3)]
+    cols = decode_chunk_fast(b"".join(encode_record(r) for r in same))
+    assert cols.events[0] is cols.events[1] is cols.events[2]
+    assert list(cols.records()) == same
+    many = [Record(i, i, 1 if i % 3 == 0 else 0, BlockObserved(i, BlockState.ONLINE, 0, (ZoneType.MOVABLE,))) for i in range(INTERN_MAX + 50)]
+    payload = b"".join(encode_record(r) for r in many)
+    cols = decode_chunk_fast(payload)
+    assert list(cols.records()) == many == list(decode_payload_construct(payload, len(many)).records())
+    assert interned_count(BlockObserved) <= INTERN_MAX
 
 
 def test_unknown_types_and_appended_fields_are_kept() -> None:

@@ -50,14 +50,14 @@ class Columns(NamedTuple):
     events: list[Any]
     seqs: list[int]
     ts: list[int]
-    flags: list[int]
+    flags: dict[int, int]  # record index -> flags, for records with any flag set (rare)
     extras: dict[int, bytes]  # record index -> bytes after the known fields (rare)
 
     def records(self) -> Iterator[Record]:
         """The chunk's records one by one."""
-        extras = self.extras
-        for i, (ev, seq, ts, fl) in enumerate(zip(self.events, self.seqs, self.ts, self.flags, strict=True)):
-            yield Record(seq, ts, fl, ev, extras.get(i, b""))
+        flags, extras = self.flags, self.extras
+        for i, (ev, seq, ts) in enumerate(zip(self.events, self.seqs, self.ts, strict=True)):
+            yield Record(seq, ts, flags.get(i, 0), ev, extras.get(i, b""))
 
 
 def columns_of(records: list[Record]) -> Columns:
@@ -66,7 +66,7 @@ def columns_of(records: list[Record]) -> Columns:
         [r.event for r in records],
         [r.seq for r in records],
         [r.ts for r in records],
-        [r.flags for r in records],
+        {i: r.flags for i, r in enumerate(records) if r.flags},
         {i: r.extra for i, r in enumerate(records) if r.extra},
     )
 
@@ -235,78 +235,87 @@ def _bad() -> None:
     raise KeyError("invalid value")
 
 
-# Most frequent record types first: the generated decoder tests the type codes in this order.
-_DECODE_ORDER = ("OnlineBlock", "OfflineBlock", "BlockObserved", "Result", "ZoneObserved", "AddMemory", "RemoveMemory", "OfflineAndRemoveMemory")
-
-
-def _decoder_lines(code: int, cls: type, env: dict[str, Any]) -> list[str]:
-    """Source lines decoding one record of ``cls`` at ``off`` into ``append(Record)``; sets ``off``."""
+def _body_decoder(code: int, cls: type) -> Callable[[bytes], Any]:
+    """Generate ``decode(body) -> event`` for one type (KeyError/struct.error/... if not exact)."""
     fields = fields_of(cls)
-    env[f"_C{code}"] = cls
-    runs = _fixed_runs(fields)
+    env: dict[str, Any] = {"_new": tuple.__new__, "_C": cls, "_bad": _bad}
     names = [f"v{i}" for i in range(len(fields))]
-    lines: list[str] = []
+    lines = ["def decode(buf):", "    p = 0"]
     idx = 0
-    if isinstance(runs[0], list):  # the header and the first fixed run in one unpack
-        first = runs.pop(0)
-        assert isinstance(first, list)
-        st = struct.Struct("<BBHQQ" + "".join(_fmt(f.wire) for f in first))
-        idx = len(first)
-    else:
-        st = RECORD_HEADER
-    env[f"_S{code}_0"] = st
-    lines.append(f"_t, fl, ln, seq, ts, {', '.join(names[:idx])}{',' if idx else ''} = _S{code}_0.unpack_from(buf, off)".replace(", ,", ","))
-    lines.append(f"p = off + {st.size}")
-    for i, run in enumerate(runs, 1):
+    for i, run in enumerate(_fixed_runs(fields)):
         if isinstance(run, list):
             st = struct.Struct("<" + "".join(_fmt(f.wire) for f in run))
-            env[f"_S{code}_{i}"] = st
-            lines.append(f"{', '.join(names[idx : idx + len(run)])}, = _S{code}_{i}.unpack_from(buf, p)")
-            lines.append(f"p += {st.size}")
+            env[f"_S{i}"] = st
+            lines.append(f"    {', '.join(names[idx : idx + len(run)])}, = _S{i}.unpack_from(buf, p)")
+            lines.append(f"    p += {st.size}")
             idx += len(run)
         else:
-            lines.append("n = buf[p]")
-            lines.append(f"{names[idx]} = buf[p + 1:p + 1 + n].decode('utf-8')")
-            lines.append("p += 1 + n")
+            lines.append("    n = buf[p]")
+            lines.append(f"    {names[idx]} = buf[p + 1:p + 1 + n].decode('utf-8')")
+            lines.append("    if p + 1 + n > len(buf): _bad()")
+            lines.append("    p += 1 + n")
             idx += 1
-    lines.append("end = off + ln")
-    lines.append("if p != end or end > size: _bad()")  # longer records (appended fields) take the precise path
+    lines.append("    if p != len(buf): _bad()")  # longer bodies (appended fields) take the precise path
     conv = ", ".join(_converter(f, env, names[i]) for i, f in enumerate(fields))
-    lines.append(f"append(_new(_C{code}, ({conv},)))")
-    lines.append("seqs(seq)")
-    lines.append("tss(ts)")
-    lines.append("fls(fl)")
-    lines.append("off = end")
-    return lines
-
-
-def _compile_chunk_decoder() -> Callable[[bytes], Columns]:
-    """Generate ``decode(payload) -> Columns`` from the event table: one loop, types tested inline.
-
-    Raises KeyError/IndexError/ValueError/struct.error/UnicodeDecodeError on anything unusual;
-    the caller then decodes the chunk with the construct schema for the precise answer.
-    """
-    env: dict[str, Any] = {"_new": tuple.__new__, "_Columns": Columns, "_bad": _bad}
-    by_name = {cls.__name__: (code, cls) for code, cls in EVENT_TYPES.items()}
-    order = [by_name[n] for n in _DECODE_ORDER] + [(c, k) for c, k in EVENT_TYPES.items() if k.__name__ not in _DECODE_ORDER]
-    src = [
-        "def decode(buf):",
-        "    out, S, T, F = [], [], [], []",
-        "    append, seqs, tss, fls = out.append, S.append, T.append, F.append",
-        "    off = 0",
-        "    size = len(buf)",
-        "    while off < size:",
-        "        t = buf[off]",
-    ]
-    for i, (code, cls) in enumerate(order):
-        src.append(f"        {'if' if i == 0 else 'elif'} t == {code}:  # {cls.__name__}")
-        src.extend("            " + ln for ln in _decoder_lines(code, cls, env))
-    src += ["        else:", "            _bad()", "    return _Columns(out, S, T, F, {})"]
-    exec(compile("\n".join(src), "<mhpt chunk decoder>", "exec"), env)  # generated from the event table
+    lines.append(f"    return _new(_C, ({conv}{',' if fields else ''}))")
+    exec(compile("\n".join(lines), f"<mhpt {cls.__name__} body decoder>", "exec"), env)  # generated from the event table
     return env["decode"]  # type: ignore[no-any-return]
 
 
-decode_chunk_fast = _compile_chunk_decoder()
+BODY_DECODERS = {code: _body_decoder(code, cls) for code, cls in EVENT_TYPES.items()}
+INTERN_MAX = 1 << 14  # events kept per record type; the cache is cleared when it is full (bounded memory)
+_INTERNED: list[dict[bytes, Any]] = [{} for _ in range(256)]
+
+
+def _decode_body(t: int, body: bytes) -> Any:
+    """The event of a record body not yet interned: decoded, then kept for the next identical body."""
+    ev = BODY_DECODERS[t](body)
+    cache = _INTERNED[t]
+    if len(cache) >= INTERN_MAX:
+        cache.clear()
+    if body:
+        cache[body] = ev
+    return ev
+
+
+def interned_count(cls: type) -> int:
+    """How many events of ``cls`` the fast decoder keeps interned now."""
+    return len(_INTERNED[cls.CODE])  # type: ignore[attr-defined]
+
+
+def decode_chunk_fast(buf: bytes) -> Columns:
+    """The records of a chunk payload, column-wise; raises on anything unusual (see decode_payload).
+
+    Events are immutable, so records whose bodies are byte-identical share one interned event:
+    most records of a trace repeat an earlier body (the same block onlined again, the same
+    result), and a dictionary hit is cheaper than unpacking and converting the fields.
+    """
+    out: list[Any] = []
+    seqs: list[int] = []
+    tss: list[int] = []
+    flags: dict[int, int] = {}
+    append, seq_append, ts_append = out.append, seqs.append, tss.append
+    header, interned, hs = RECORD_HEADER.unpack_from, _INTERNED, RECORD_HEADER_SIZE
+    off = 0
+    size = len(buf)
+    while off < size:
+        t, fl, ln, seq, ts = header(buf, off)
+        end = off + ln
+        body = buf[off + hs : end]
+        ev = interned[t].get(body)
+        if ev is None:
+            if ln < hs:
+                _bad()
+            ev = _decode_body(t, body)
+        append(ev)
+        seq_append(seq)
+        ts_append(ts)
+        if fl:
+            flags[len(out) - 1] = fl
+        off = end
+    if off != size:  # only the last record can run past the end: every earlier one ended inside
+        _bad()
+    return Columns(out, seqs, tss, flags, {})
 
 
 def decode_payload(payload: bytes, count: int, base_offset: int = 0, first_record: int = 0) -> Columns:

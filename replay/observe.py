@@ -43,6 +43,7 @@ def observe_zones(m: Machine) -> list[ZoneObserved]:
 
 def model_digest(m: Machine) -> StateDigest:
     """traces.digest.state_digest of the model's blocks and zones."""
-    blocks = ((b.id, int(b.state), int(b.zone.idx) if b.zone is not None and b.state is BlockState.ONLINE else 255) for b in m.blocks.values())
-    zones = ((n.nid, int(z.idx), z.present_pages) for n in m.nodes.values() if n.online for z in n.zones)
+    online = BlockState.ONLINE
+    blocks = [(b.id, b.state, b.zone.idx if b.zone is not None and b.state is online else 255) for b in m.blocks.values()]
+    zones = [(n.nid, z.idx, z.present_pages) for n in m.nodes.values() if n.online for z in n.zones]
     return StateDigest(state_digest(blocks, zones))

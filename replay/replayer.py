@@ -131,7 +131,9 @@ class Replayer:
         if ev.node >= 0 and mem.nid != ev.node:
             out.append(Mismatch("node", mem.nid, ev.node))
         if mem.state is ev.state:
-            zones = tuple(z for z in valid_zones(m, mem) if z is not ZONE_NONE)
+            zones = valid_zones(m, mem)
+            if ZONE_NONE in zones:
+                zones = tuple(z for z in zones if z is not ZONE_NONE)
             if zones != ev.valid_zones:
                 out.append(Mismatch("valid_zones", _zones(zones), _zones(ev.valid_zones)))
         return out

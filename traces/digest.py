@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
+from itertools import starmap
 
 _BLOCK = struct.Struct("<IBB")
 _ZONE = struct.Struct("<HBQ")
@@ -15,9 +16,7 @@ def state_digest(blocks: Iterable[tuple[int, int, int]], zones: Iterable[tuple[i
     """64-bit digest of (block id, state, zone) for every present block and (node, zone, present)
     for every zone; zone 255 for blocks that are offline or span several zones. Order-independent."""
     h = hashlib.blake2b(digest_size=8)
-    for b in sorted(blocks):
-        h.update(_BLOCK.pack(*b))
+    h.update(b"".join(starmap(_BLOCK.pack, sorted(blocks))))
     h.update(b"|")
-    for z in sorted(zones):
-        h.update(_ZONE.pack(*z))
+    h.update(b"".join(starmap(_ZONE.pack, sorted(zones))))
     return int.from_bytes(h.digest(), "little")

@@ -59,23 +59,34 @@ class Oracles:
     def check(self, index: int, ev: Event, out: Outcome) -> None:
         """Run every oracle for the event just applied; findings go into ``out.findings``."""
         emit = out.findings.append
-        if isinstance(ev, BootZone):
+        kind = type(ev)
+        if kind is BootZone:
             self.zone_present[(ev.node, int(ev.zone))] = ev.present
-        elif isinstance(ev, BootBlocks) and ev.mgid >= 0 and ev.state is MEM_ONLINE:
-            kind = 1 if ev.zone is ZONE_MOVABLE else 0
+        elif kind is BootBlocks and ev.mgid >= 0 and ev.state is MEM_ONLINE:
+            movable = ev.zone is ZONE_MOVABLE
             pages = ev.count * self.m.block_pages
-            self.group_present.setdefault(ev.mgid, [0, 0])[kind] += pages
-            if not kind and self.m.groups[ev.mgid].is_dynamic:
+            self.group_present.setdefault(ev.mgid, [0, 0])[movable] += pages
+            if not movable and self.m.groups[ev.mgid].is_dynamic:
                 self._add_dynamic_kernel(ev.node, pages)
-        zones: set[Zone] = set()
-        groups: set[MemoryGroup] = set()
-        for ch in out.changes:
-            if ch.pages:
-                self._account_change(ch, index, emit, zones, groups)
-        for z in zones:
-            self._check_zone(z, index, emit)
-        for g in groups:
-            self._check_group(g, index, emit)
+        if out.changes:
+            zones: set[Zone] = set()
+            groups: set[MemoryGroup] = set()
+            for ch in out.changes:
+                if ch.pages:
+                    self._account_change(ch, index, emit, zones, groups)
+            for z in zones:
+                self._check_zone(z, index, emit)
+            for g in groups:
+                self._check_group(g, index, emit)
+        if out.decisions:
+            self._check_decisions(out, index, emit)
+        if kind is OnlineBlock or kind is OfflineBlock:
+            self._check_state_errno(ev, out, index, emit)
+        if len(out.findings) > 1:  # one finding per signature and event (an add onlines many blocks)
+            seen: set[str] = set()
+            out.findings[:] = [f for f in out.findings if not (f.signature in seen or seen.add(f.signature))]
+
+    def _check_decisions(self, out: Outcome, index: int, emit: Callable[[Finding], None]) -> None:
         for d in out.decisions:
             mem = self.m.blocks.get(d.block)
             if mem is None or mem.group is None or mem.group.is_dynamic:
@@ -85,11 +96,6 @@ class Oracles:
         for d in out.decisions:
             if d.policy_decided:
                 self._check_ratio(d.block, d.zone, index, emit)
-        if isinstance(ev, (OnlineBlock, OfflineBlock)):
-            self._check_state_errno(ev, out, index, emit)
-        if len(out.findings) > 1:  # one finding per signature and event (an add onlines many blocks)
-            seen: set[str] = set()
-            out.findings[:] = [f for f in out.findings if not (f.signature in seen or seen.add(f.signature))]
 
     # -- accounting --------------------------------------------------------------------------------
 
@@ -151,7 +157,7 @@ class Oracles:
         if z.present_early_pages > z.present_pages:
             emit(Finding("ACCT-EARLY", index, f"{z} present_early {z.present_early_pages} > present {z.present_pages}", (z.idx.label,), {"zone": str(z)}))
         node = self.m.nodes[z.nid]
-        total = sum(x.present_pages for x in node.zones)
+        total = sum([x.present_pages for x in node.zones])
         if node.node_present_pages != total:
             emit(Finding("ACCT-NODE-PRESENT", index, f"{node} present {node.node_present_pages} != sum of zones {total}", (), {"node": z.nid}))
 

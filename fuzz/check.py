@@ -18,8 +18,13 @@ from typing import Any
 from replay.differential import compare_outcomes
 from replay.model.kernel import Kernel
 from replay.model.profiles import get_profile
+from traces.codec import decode_payload
 from traces.errors import TraceFormatError
+from traces.header import CHUNK_HEADER, CHUNK_MAGIC, FIXED_HEADER_SIZE, MAX_CHUNK, chunk_crc
 from traces.reader import TraceReader
+
+KNOWN_HEADERS_MAX = 256
+_known_headers: set[bytes] = set()  # header bytes TraceReader accepted (fuzz inputs share a handful)
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,13 +53,57 @@ class Hit:
     message: str
 
 
+def header_length(data: bytes) -> int:
+    """The header length a trace's fixed header states (0 if too short to say)."""
+    return int.from_bytes(data[16:20], "little") if len(data) >= FIXED_HEADER_SIZE else 0
+
+
 def decode(data: bytes) -> list[Any] | None:
     """The events of a fuzz input, or None if it is not a valid trace."""
+    events = _decode_plain(data)
+    if events is not None:
+        return events
     try:
         with TraceReader(io.BytesIO(data)) as r:
-            return list(r.events())
+            events = list(r.events())
     except TraceFormatError:
         return None
+    if len(_known_headers) >= KNOWN_HEADERS_MAX:
+        _known_headers.clear()
+    _known_headers.add(data[: header_length(data)])
+    return events
+
+
+def _decode_plain(data: bytes) -> list[Any] | None:
+    """The events of a trace in the plain shape the mutator writes (a header TraceReader already
+    accepted, then intact chunks with consecutive sequence numbers and no index); None for
+    anything else, which TraceReader then decides (same events, same verdicts)."""
+    pos = header_length(data)
+    if data[:pos] not in _known_headers:
+        return None
+    events: list[Any] = []
+    end = len(data)
+    hs = CHUNK_HEADER.size
+    next_seq: int | None = None
+    while pos < end:
+        if end - pos < hs:
+            return None
+        magic, first_seq, count, length, crc = CHUNK_HEADER.unpack_from(data, pos)
+        if magic != CHUNK_MAGIC or length > MAX_CHUNK or pos + hs + length > end or not count:
+            return None
+        payload = data[pos + hs : pos + hs + length]
+        if chunk_crc(data[pos : pos + 20], payload) != crc or (next_seq is not None and first_seq != next_seq):
+            return None
+        try:
+            cols = decode_payload(payload, count, pos + hs, len(events))
+        except TraceFormatError:
+            return None
+        if cols.seqs != list(range(first_seq, first_seq + count)):
+            return None
+        events += cols.events
+        next_seq = first_seq + count
+        pos += hs + length
+    return events
 
 
 def state_feature(k: Kernel, out: Any) -> int | None:

@@ -6,7 +6,18 @@ import bisect
 import errno
 
 from replay.model.findings import Finding
-from replay.model.machine import MAX_PHYSMEM_BITS, MEM_OFFLINE, MEM_ONLINE, MMOP_OFFLINE, MMOP_ONLINE_KERNEL, MMOP_ONLINE_MOVABLE, ZONE_MOVABLE, Machine
+from replay.model.machine import (
+    MAX_PHYSMEM_BITS,
+    MEM_OFFLINE,
+    MEM_ONLINE,
+    MHP_MEMMAP_ON_MEMORY,
+    MHP_NID_IS_MGID,
+    MMOP_OFFLINE,
+    MMOP_ONLINE_KERNEL,
+    MMOP_ONLINE_MOVABLE,
+    ZONE_MOVABLE,
+    Machine,
+)
 from replay.model.memory import (
     create_memory_block_devices,
     device_offline,
@@ -84,10 +95,11 @@ def add_memory(m: Machine, start: int, size: int, nid: int, flags: AddFlags) -> 
 
 def add_memory_resource(m: Machine, start: int, size: int, nid: int, flags: AddFlags) -> int:
     """mm/memory_hotplug.c:add_memory_resource (6.1)."""
+    mhp_flags = int(flags)
     if not check_hotplug_memory_range(m, start, size):
         return -errno.EINVAL
     group = None
-    if flags & AddFlags.NID_IS_MGID:
+    if mhp_flags & MHP_NID_IS_MGID:
         group = m.groups.get(nid)
         if group is None:
             return -errno.EINVAL
@@ -96,7 +108,7 @@ def add_memory_resource(m: Machine, start: int, size: int, nid: int, flags: AddF
         return -errno.EINVAL
     new_node = try_online_node(m, nid)
     vmemmap = 0
-    if flags & AddFlags.MEMMAP_ON_MEMORY:
+    if mhp_flags & MHP_MEMMAP_ON_MEMORY:
         if mhp_supports_memmap_on_memory(m, size):
             vmemmap = memmap_pages(m)
         elif not m.profile.memmap_per_block:

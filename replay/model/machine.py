@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from replay.model.outcome import Outcome
 from replay.model.profiles import Profile
 from replay.model.u64 import Accounting
-from traces.events import Attr, BlockState, OnlineType, Op, Policy, ZoneType
+from traces.events import AddFlags, Attr, BlockState, OnlineType, Op, Policy, ZoneType
 
 PAGE_SIZE = 4096
 PAGES_PER_SECTION = 32768  # 128 MiB sections (SECTION_SIZE_BITS = 27)
@@ -22,6 +22,8 @@ ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE, ZONE_NONE = ZoneType.DMA, ZoneT
 MMOP_OFFLINE, MMOP_ONLINE, MMOP_ONLINE_KERNEL, MMOP_ONLINE_MOVABLE = OnlineType
 MEM_ONLINE, MEM_GOING_OFFLINE, MEM_OFFLINE, MEM_ABSENT = BlockState.ONLINE, BlockState.GOING_OFFLINE, BlockState.OFFLINE, BlockState.ABSENT
 MHP_ONLINE, MHP_OFFLINE, MHP_REGISTER = Op.ONLINE, Op.OFFLINE, Op.REGISTER
+# include/linux/memory_hotplug.h mhp_t flags, as plain ints (IntFlag's & runs Python code)
+MHP_NID_IS_MGID, MHP_MEMMAP_ON_MEMORY = int(AddFlags.NID_IS_MGID), int(AddFlags.MEMMAP_ON_MEMORY)
 ONLINE_POLICY_CONTIG_ZONES, ONLINE_POLICY_AUTO_MOVABLE = Policy.CONTIG_ZONES, Policy.AUTO_MOVABLE
 ATTR_STATE, ATTR_ONLINE = Attr.STATE, Attr.ONLINE
 ZONES = (ZONE_DMA, ZONE_DMA32, ZONE_NORMAL, ZONE_MOVABLE)

@@ -197,7 +197,7 @@ def create_memory_block_devices(m: Machine, start_pfn: int, nr_blocks: int, nr_v
         if group is not None:
             mem.group = group
             group.blocks.add(b)
-        m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), MEM_OFFLINE, ZONE_NONE, 0))
+        m.outcome.changes.append(BlockChange._make((b, mem.nid, group_id(mem), MEM_OFFLINE, ZONE_NONE, 0)))
     return 0
 
 
@@ -211,7 +211,7 @@ def remove_memory_block_devices(m: Machine, first: int, nr_blocks: int) -> None:
             mem.group.blocks.discard(b)
         m.failures.pop((b, MHP_ONLINE), None)
         m.failures.pop((b, MHP_OFFLINE), None)
-        m.outcome.changes.append(BlockChange(b, mem.nid, group_id(mem), MEM_ABSENT, ZONE_NONE, 0))
+        m.outcome.changes.append(BlockChange._make((b, mem.nid, group_id(mem), MEM_ABSENT, ZONE_NONE, 0)))
 
 
 # --- memory groups (§2.9) ------------------------------------------------------------------------

@@ -265,15 +265,16 @@ def _body_decoder(code: int, cls: type) -> Callable[[bytes], Any]:
 BODY_DECODERS = {code: _body_decoder(code, cls) for code, cls in EVENT_TYPES.items()}
 INTERN_MAX = 1 << 14  # events kept per record type; the cache is cleared when it is full (bounded memory)
 _INTERNED: list[dict[bytes, Any]] = [{} for _ in range(256)]
+_REPEATS = frozenset(code for code, cls in EVENT_TYPES.items() if cls.REPEATS)  # type: ignore[attr-defined]
 
 
 def _decode_body(t: int, body: bytes) -> Any:
     """The event of a record body not yet interned: decoded, then kept for the next identical body."""
     ev = BODY_DECODERS[t](body)
-    cache = _INTERNED[t]
-    if len(cache) >= INTERN_MAX:
-        cache.clear()
-    if body:
+    if t in _REPEATS:
+        cache = _INTERNED[t]
+        if len(cache) >= INTERN_MAX:
+            cache.clear()
         cache[body] = ev
     return ev
 

@@ -173,11 +173,14 @@ _SPECS: dict[type, tuple[FieldSpec, ...]] = {}
 _T = typing.TypeVar("_T", bound=type)
 
 
-def event(code: int, kind: str) -> typing.Callable[[_T], _T]:
+def event(code: int, kind: str, *, repeats: bool = True) -> typing.Callable[[_T], _T]:
     """Register a NamedTuple class as event type ``code`` with role ``kind``.
 
     Events are NamedTuples so that decoders build them from unpacked tuples cheaply; equality
     also compares the type, so two event types with equal fields never compare equal.
+    ``repeats``: records of this type often repeat an earlier one byte for byte (requests and
+    block observations do; counter samples, digests and free text do not), so the fast decoder
+    interns them.
     """
 
     def register(cls: _T) -> _T:
@@ -185,6 +188,7 @@ def event(code: int, kind: str) -> typing.Callable[[_T], _T]:
             raise ValueError(f"event code {code:#x} used twice")
         cls.CODE = code  # type: ignore[attr-defined]
         cls.KIND = kind  # type: ignore[attr-defined]
+        cls.REPEATS = repeats  # type: ignore[attr-defined]
         cls.__eq__ = _typed_eq  # type: ignore[assignment,method-assign]
         cls.__ne__ = _typed_ne  # type: ignore[assignment,method-assign]
         cls.__hash__ = _typed_hash  # type: ignore[assignment,method-assign]
@@ -224,7 +228,7 @@ def fields_of(cls: type) -> tuple[FieldSpec, ...]:
 # Boot snapshot -------------------------------------------------------------------------------------
 
 
-@event(0x01, "boot")
+@event(0x01, "boot", repeats=False)
 class BootMachine(NamedTuple):
     """Machine geometry: memory block size, possible NUMA nodes and nodes with CPUs (bit masks)."""
 
@@ -233,7 +237,7 @@ class BootMachine(NamedTuple):
     cpu_nodes: Annotated[int, U64]
 
 
-@event(0x02, "boot")
+@event(0x02, "boot", repeats=False)
 class BootParams(NamedTuple):
     """Hotplug parameters in force at boot (already parsed)."""
 
@@ -245,7 +249,7 @@ class BootParams(NamedTuple):
     movable_node: Annotated[bool, BOOL]
 
 
-@event(0x03, "boot")
+@event(0x03, "boot", repeats=False)
 class BootZone(NamedTuple):
     """A zone of an online node as laid out at boot."""
 
@@ -258,7 +262,7 @@ class BootZone(NamedTuple):
     cma: Annotated[int, U64, Res.PAGES]
 
 
-@event(0x04, "boot")
+@event(0x04, "boot", repeats=False)
 class BootGroup(NamedTuple):
     """A memory group that exists when the snapshot is taken."""
 
@@ -268,7 +272,7 @@ class BootGroup(NamedTuple):
     pages: Annotated[int, U64, Res.PAGES]  # max_pages (static) or unit_pages (dynamic)
 
 
-@event(0x05, "boot")
+@event(0x05, "boot", repeats=False)
 class BootBlocks(NamedTuple):
     """A run of ``count`` memory blocks from ``first`` with identical attributes."""
 
@@ -388,7 +392,7 @@ class BlockObserved(NamedTuple):
     valid_zones: Annotated[tuple[ZoneType, ...], ZONES]
 
 
-@event(0x22, "observe")
+@event(0x22, "observe", repeats=False)
 class ZoneObserved(NamedTuple):
     """One zone of /proc/zoneinfo."""
 
@@ -400,7 +404,7 @@ class ZoneObserved(NamedTuple):
     managed: Annotated[int, U64, Res.PAGES]
 
 
-@event(0x23, "observe")
+@event(0x23, "observe", repeats=False)
 class DeviceObserved(NamedTuple):
     """A memory device as the host saw it (virtio-mem requested/plugged size, DIMM size)."""
 
@@ -409,14 +413,14 @@ class DeviceObserved(NamedTuple):
     plugged: Annotated[int, U64, Res.SIZE]
 
 
-@event(0x30, "mark")
+@event(0x30, "mark", repeats=False)
 class Mark(NamedTuple):
     """A free-form mark, e.g. a scenario step boundary."""
 
     text: Annotated[str, STR]
 
 
-@event(0x31, "mark")
+@event(0x31, "mark", repeats=False)
 class Loss(NamedTuple):
     """The recorder knows it missed ``count`` events here (e.g. a uevent socket overrun)."""
 
@@ -424,7 +428,7 @@ class Loss(NamedTuple):
     reason: Annotated[str, STR]
 
 
-@event(0x32, "mark")
+@event(0x32, "mark", repeats=False)
 class StateDigest(NamedTuple):
     """Digest of the model-visible state after the previous event (traces.digest.state_digest)."""
 

@@ -36,7 +36,7 @@ class Replayer:
     def __init__(self, profile: Profile, path: str = "", *, context: int = 8, max_divergences: int = 20, oracles: bool = True) -> None:
         self.kernel = Kernel(profile, oracles=oracles)
         self.result = TraceResult(path, profile=profile.name)
-        self.recent: deque[tuple[int, int, int, Any, int | None]] = deque(maxlen=max(context, 0) + 1)
+        self.recent: deque[tuple[int, int, Any, int | None]] = deque(maxlen=max(context, 0) + 1)
         self.context = context
         self.max_divergences = max_divergences
         self.index = -1
@@ -55,13 +55,24 @@ class Replayer:
     def feed(self, seq: int, ts: int, ev: Any) -> None:
         """One event of the trace."""
         self.index += 1
+        cmp = self.compare.get(type(ev))
+        if cmp is not None:  # an observation the model predicts
+            self.recent.append((seq, ts, ev, None))
+            r = self.result
+            r.observations += 1
+            mismatches = cmp(ev)
+            if mismatches:
+                self._diverged(seq, ts, ev, mismatches)
+            else:
+                r.matched += 1
+            return
         kind = ev.KIND
-        if kind == "observe" or type(ev) is StateDigest:
-            self._observe(seq, ts, ev)
+        if kind == "observe":  # device observations: nothing the model predicts
+            self.recent.append((seq, ts, ev, None))
             return
         if type(ev) is Loss:
             self.after_loss = True
-            self.recent.append((self.index, seq, ts, ev, None))
+            self.recent.append((seq, ts, ev, None))
             return
         try:
             out = self.kernel.apply(ev)
@@ -73,7 +84,7 @@ class Replayer:
             self.last_decision[d.block] = d
         if out.findings:
             self._findings(out)
-        self.recent.append((self.index, seq, ts, ev, out.rc if kind == "request" else None))
+        self.recent.append((seq, ts, ev, out.rc if kind == "request" else None))
 
     def _findings(self, out: Outcome) -> None:
         r = self.result
@@ -84,17 +95,8 @@ class Replayer:
             if not n and len(r.findings) < MAX_FINDINGS_KEPT:
                 r.findings.append(f.to_json())
 
-    def _observe(self, seq: int, ts: int, ev: Any) -> None:
+    def _diverged(self, seq: int, ts: int, ev: Any, mismatches: list[Mismatch]) -> None:
         r = self.result
-        cmp = self.compare.get(type(ev))
-        self.recent.append((self.index, seq, ts, ev, None))
-        if cmp is None:
-            return  # device observations: nothing the model predicts
-        r.observations += 1
-        mismatches = cmp(ev)
-        if not mismatches:
-            r.matched += 1
-            return
         kind = "loss" if self.after_loss else self._kind(ev, mismatches)
         r.divergence_count += 1
         r.divergences_by_kind[kind] = r.divergences_by_kind.get(kind, 0) + 1
@@ -165,7 +167,7 @@ class Replayer:
             _, rseq, rts, rev, _ = self.last_request
             request = format_record(Record(rseq, rts, 0, rev))
         earlier = list(self.recent)[:-1][-self.context :] if self.context else []
-        context = [format_record(Record(s, t, 0, e)) + ("" if rc is None else f"   # model rc {rc}") for _, s, t, e, rc in earlier]
+        context = [format_record(Record(s, t, 0, e)) + ("" if rc is None else f"   # model rc {rc}") for s, t, e, rc in earlier]
         d = Divergence(kind, self.index, seq, ts, format_record(Record(seq, ts, 0, ev)), request, mismatches, context)
         block = getattr(ev, "block", None)
         if block is not None:

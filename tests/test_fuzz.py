@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import random
 from pathlib import Path
@@ -10,11 +12,25 @@ import pytest
 
 from fuzz.check import Mode, check_events, check_input, decode
 from fuzz.minimize import Minimizer
-from fuzz.mutator import custom_crossover, custom_mutator, encode, mutate_events
+from fuzz.mutator import (
+    custom_crossover,
+    custom_mutator,
+    decision_stats,
+    encode,
+    fail_and_follow,
+    mutate_boot,
+    mutate_events,
+    new_device,
+    on_boundary,
+    simulate,
+    solve_boundary,
+)
 from replay.model.profiles import get_profile
 from replay.replayer import replay_events
 from tests.test_variants import SEQUENCES
-from traces.events import AddFlags, AddMemory, GroupRegister
+from traces.errors import TraceFormatError
+from traces.events import AddFlags, AddMemory, BootParams, GroupRegister, GroupUnregister, InjectFailure, Op, RemoveMemory
+from traces.reader import TraceReader
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt"))
@@ -38,6 +54,111 @@ def test_mutants_are_almost_all_valid_traces() -> None:
         total += 1
         valid += decode(out) is not None
     assert valid / total >= 0.9, valid / total
+
+
+def test_mutator_is_deterministic_given_its_seed() -> None:
+    data, other = SEEDS[0].read_bytes(), SEEDS[-1].read_bytes()
+    for seed in range(40):
+        assert custom_mutator(data, 1 << 20, seed, lambda d, n: d) == custom_mutator(data, 1 << 20, seed, lambda d, n: d)
+        assert custom_crossover(data, other, 1 << 20, seed) == custom_crossover(data, other, 1 << 20, seed)
+
+
+def test_mutants_decode_to_the_events_encoded_and_as_the_reader_decodes() -> None:
+    """encode/decode round-trip mutants exactly; the plain-trace fast path of decode agrees with
+    TraceReader on mutants and on damaged mutants (a flipped byte anywhere)."""
+    rng = random.Random(2)
+    for i in range(150):
+        events = mutate_events(decode(rng.choice(SEEDS).read_bytes()) or [], rng)
+        data = encode(events)
+        assert decode(data) == events
+        bad = bytearray(data)
+        bad[rng.randrange(len(bad))] ^= 1 << rng.randrange(8)
+        for d in (data, bytes(bad), data[: rng.randrange(len(data))]):
+            try:
+                with TraceReader(io.BytesIO(d)) as r:
+                    expected = list(r.events())
+            except TraceFormatError:
+                expected = None
+            assert decode(d) == expected, i
+
+
+def test_new_device_registers_a_group_and_adds_a_free_range_into_it() -> None:
+    events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
+    assert events is not None
+    pos = len(events)
+    for seed in range(30):
+        rng = random.Random(seed)
+        dev = new_device(events, pos, rng)
+        assert [type(e) for e in dev] == [GroupRegister, AddMemory]
+        k = simulate(events)
+        assert k.apply(dev[0]).rc == dev[1].nid and dev[1].flags & AddFlags.NID_IS_MGID
+        if dev[1].start > max(k.m.blocks) * (128 << 20):  # a free range: the add succeeds (or meets a size rule)
+            assert k.apply(dev[1]).rc in (0, -errno.EINVAL)
+
+
+def test_fail_and_follow_makes_the_add_fail_then_retries_or_tears_down() -> None:
+    events = [*SEQUENCES["B1"][:-3], GroupRegister(True, 0, 32768), AddMemory(48 << 27, 2 << 27, 0, AddFlags.NID_IS_MGID)]
+    follows = set()
+    rcs: list[int] = []
+    for seed in range(30):
+        out = list(events)
+        fail_and_follow(out, len(out) - 1, random.Random(seed))
+        inj, add, follow = out[-3:]
+        assert type(inj) is InjectFailure and inj.op is Op.REGISTER and inj.block in (48, 49) and add == events[-1]
+        rcs.clear()
+        simulate(out, lambda i, ev, k, o: rcs.append(o.rc))
+        assert rcs[-2] < 0  # the add fails registering a block
+        follows.add(type(follow))
+        assert follow == add or follow in (RemoveMemory(add.start, add.size), GroupUnregister(add.nid))
+    assert follows == {AddMemory, RemoveMemory, GroupUnregister}
+
+
+def test_compound_moves_reach_failed_registration_sequences() -> None:
+    """A new device whose add fails, followed by its group's unregistration, exposes B1."""
+    events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
+    assert events is not None
+    events = events[:40]
+    for seed in range(200):
+        rng = random.Random(seed)
+        out = [*events, *new_device(events, len(events), rng)]
+        if type(out[-1]) is not AddMemory:
+            continue
+        fail_and_follow(out, len(out) - 1, rng)
+        hit = check_events(out, Mode("6.1", "B1", "ref"))
+        if hit is not None and hit.signature.startswith("DIFF:GroupUnregister"):
+            return
+    raise AssertionError("no B1 exposure in 200 compound mutants")
+
+
+def test_mutate_boot_changes_one_boot_record_only() -> None:
+    events = decode(SEEDS[0].read_bytes())
+    assert events is not None
+    params = 0
+    for seed in range(100):
+        out = list(events)
+        mutate_boot(out, random.Random(seed))
+        changed = [i for i, (a, b) in enumerate(zip(events, out, strict=True)) if a != b]
+        assert len(changed) <= 1 and all(events[i].KIND == "boot" for i in changed)
+        params += any(type(out[i]) is BootParams for i in changed)
+    assert params >= 10  # each boot record type is equally likely, whatever its count
+
+
+@pytest.mark.parametrize("seed", ["seed-dimm", "dimm-manual-mix"])
+def test_solve_boundary_lands_a_decision_on_movable_equal_limit(seed: str) -> None:
+    """The input-to-state move: the reference model's comparison lands on movable == limit, where
+    < and <= disagree (M4 is exposed)."""
+    events = decode((ROOT / "corpus" / "seeds" / f"{seed}.mhpt").read_bytes())
+    assert events is not None and not on_boundary(events)
+    solved = 0
+    for s in range(10):
+        out = solve_boundary(events, random.Random(s))
+        if out is None:
+            continue
+        solved += 1
+        assert any(st.movable == st.limit for _, st, _ in decision_stats(out))
+        hit = check_events(out, Mode("6.1", "M4", "ref"))
+        assert hit is not None and hit.signature.startswith("DIFF:"), hit
+    assert solved >= 5
 
 
 def test_mutations_change_structure_and_keep_the_snapshot() -> None:

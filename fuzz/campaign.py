@@ -1,8 +1,9 @@
 """``mhp fuzz``: run the atheris harnesses under libFuzzer, de-duplicate hits by signature,
 minimise each new one and save it as a regression (trace, text form, ready-to-paste pytest).
 
-The working corpus persists (a campaign resumes from it) and is merged at the end; artifacts and
-regressions are written atomically, so a killed campaign loses nothing it had saved.
+The working corpus persists (a campaign resumes from it) and is merged after every segment; crashes
+are triaged while libFuzzer runs; artifacts, the triage ledger and regressions are written
+atomically, so a killed campaign loses nothing: its untriaged crashes are triaged by the next one.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ class Summary:
     seconds: float = 0.0
     execs: int = 0
     corpus: int = 0
+    merges: int = 0
     signatures: dict[str, dict[str, Any]] = field(default_factory=dict)  # signature -> first hit, file, minimised size
 
     @property
@@ -48,10 +50,14 @@ class Summary:
         return self.execs / self.seconds if self.seconds else 0.0
 
     def lines(self) -> list[str]:
-        out = [f"{self.target} fuzzing ({self.mode}): {self.execs} execs in {self.seconds:.0f} s ({self.exec_per_s:.0f}/s), corpus {self.corpus}"]
+        out = [
+            f"{self.target} fuzzing ({self.mode}): {self.execs} execs in {self.seconds:.0f} s ({self.exec_per_s:.0f}/s), "
+            f"corpus {self.corpus} after {self.merges} merge(s)"
+        ]
         out.append(f"unique signatures: {len(self.signatures)}")
         for sig, info in sorted(self.signatures.items(), key=lambda kv: kv[1]["first_hit_s"]):
-            out.append(f"  {sig}: first hit after {info['first_hit_s']:.1f} s, {info['events']} events after minimising -> {info['file']}")
+            when = "left untriaged by an interrupted campaign" if info["first_hit_s"] < 0 else f"first hit after {info['first_hit_s']:.1f} s"
+            out.append(f"  {sig}: {when}, {info['events']} events after minimising -> {info['file']}")
         return out
 
 
@@ -110,65 +116,131 @@ def run(
     minimize_seconds: float = 30.0,
     stop_on_first: bool = False,
     echo: bool = True,
+    merge_every: int = 600,
 ) -> Summary:
-    """One campaign; returns its summary (hits already saved)."""
-    mode = mode or Mode()
-    work = corpus / target
-    work.mkdir(parents=True, exist_ok=True)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    known = known_signatures(regressions) | set(DEFAULT_IGNORE)
-    ignore_file = artifacts / "ignore.txt"
-    atomic_write(ignore_file, "\n".join(sorted(known)) + "\n")
-    # libFuzzer's fork and merge modes re-execute argv[0]: its shebang must find this interpreter
-    env = {
-        **os.environ,
-        "PATH": os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", ""))),
-        "MHP_FUZZ_PROFILE": mode.profile,
-        "MHP_FUZZ_VARIANT": mode.variant or "",
-        "MHP_FUZZ_DIFF": mode.diff or "",
-        "MHP_FUZZ_IGNORE": str(ignore_file),
-    }
-    cmd = [sys.executable, str(HARNESSES[target]), f"-artifact_prefix={artifacts}/", "-print_final_stats=1"]
-    if jobs > 1:
-        cmd += [f"-fork={jobs}", "-ignore_crashes=1"]
-    elif not stop_on_first:
-        cmd += ["-fork=1", "-ignore_crashes=1"]
-    if seconds:
-        cmd.append(f"-max_total_time={seconds}")
-    if runs:
-        cmd.append(f"-runs={runs}")
-    cmd += [str(work), str(seeds)]
-    summary = Summary(target, mode.describe())
-    before = set(artifacts.glob("crash-*"))
-    t0 = time.monotonic()
-    started = time.time()
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    assert proc.stderr is not None
-    last = 0.0
-    for line in proc.stderr:
-        m = STATUS.search(line)
-        if m:
-            summary.execs = max(summary.execs, int(m.group(1)))
-            summary.corpus = int(m.group(4))
-            if echo and time.monotonic() - last > 2:
-                last = time.monotonic()
-                print(
-                    f"\r[{time.monotonic() - t0:5.0f}s] execs {summary.execs} exec/s {m.group(5)} corpus {summary.corpus} cov {m.group(2)}",
-                    end="",
-                    file=sys.stderr,
-                )
-        m = re.search(r"stat::number_of_executed_units: (\d+)", line) or re.search(r"Done (\d+) runs", line)
-        if m:
-            summary.execs = max(summary.execs, int(m.group(1)))
-    proc.wait()
-    summary.seconds = time.monotonic() - t0
-    if echo:
-        print(file=sys.stderr)
-    for art in sorted(set(artifacts.glob("crash-*")) - before, key=lambda p: p.stat().st_mtime):
-        _triage(art, target, mode, summary, regressions, known, max(0.0, art.stat().st_mtime - started), minimize_seconds)
-    _merge(target, work)
-    summary.corpus = len(list(work.iterdir()))
-    return summary
+    """One campaign; returns its summary (hits already saved).
+
+    libFuzzer runs in segments of at most ``merge_every`` seconds with a corpus merge after each;
+    crash artifacts are triaged as they appear, and ones an interrupted campaign left untriaged
+    (not in ``artifacts/triaged.txt``) are triaged first.
+    """
+    c = Campaign(target, mode or Mode(), corpus / target, seeds, artifacts, regressions, jobs, minimize_seconds, echo)
+    c.triage_new(earlier=True)
+    while True:
+        left = None if not seconds else seconds - c.elapsed()
+        hits = len(c.summary.signatures)
+        c.segment(None if left is None else max(1, round(min(left, merge_every))), runs, stop_on_first)
+        if not seconds or runs or (stop_on_first and len(c.summary.signatures) > hits) or c.elapsed() >= seconds - 1:
+            break
+    c.summary.seconds = c.elapsed()
+    c.summary.corpus = len(list(c.work.iterdir()))
+    return c.summary
+
+
+class Campaign:
+    """The state of one ``mhp fuzz`` run: where things live, what is known, what was found."""
+
+    def __init__(
+        self, target: str, mode: Mode, work: Path, seeds: Path, artifacts: Path, regressions: Path, jobs: int, minimize_seconds: float, echo: bool
+    ) -> None:
+        self.target, self.mode, self.work, self.seeds, self.artifacts, self.regressions = target, mode, work, seeds, artifacts, regressions
+        self.jobs, self.minimize_seconds, self.echo = jobs, minimize_seconds, echo
+        _recover(work)
+        work.mkdir(parents=True, exist_ok=True)
+        artifacts.mkdir(parents=True, exist_ok=True)
+        self.known = known_signatures(regressions) | set(DEFAULT_IGNORE)
+        self.ignore_file = artifacts / "ignore.txt"
+        atomic_write(self.ignore_file, "\n".join(sorted(self.known)) + "\n")
+        self.summary = Summary(target, mode.describe())
+        self.ledger = Ledger(artifacts / "triaged.txt")
+        self.started = time.time()
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def triage_new(self, earlier: bool = False) -> None:
+        """Triage every artifact not in the ledger (``earlier``: left by an interrupted campaign)."""
+        for art in sorted(self.ledger.pending(self.artifacts), key=lambda p: p.stat().st_mtime):
+            first_hit = -1.0 if earlier else max(0.0, art.stat().st_mtime - self.started)
+            _triage(art, self.target, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds)
+            self.ledger.add(art)
+
+    def segment(self, seconds: int | None, runs: int | None, stop_on_first: bool) -> None:
+        """Run libFuzzer once, triaging new artifacts while it runs; then triage the rest and merge."""
+        mode = self.mode
+        # libFuzzer's fork and merge modes re-execute argv[0]: its shebang must find this interpreter
+        env = {
+            **os.environ,
+            "PATH": os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", ""))),
+            "MHP_FUZZ_PROFILE": mode.profile,
+            "MHP_FUZZ_VARIANT": mode.variant or "",
+            "MHP_FUZZ_DIFF": mode.diff or "",
+            "MHP_FUZZ_IGNORE": str(self.ignore_file),
+        }
+        cmd = [sys.executable, str(HARNESSES[self.target]), f"-artifact_prefix={self.artifacts}/", "-print_final_stats=1"]
+        if self.jobs > 1:
+            cmd += [f"-fork={self.jobs}", "-ignore_crashes=1"]
+        elif not stop_on_first:
+            cmd += ["-fork=1", "-ignore_crashes=1"]
+        if seconds:
+            cmd.append(f"-max_total_time={seconds}")
+        if runs:
+            cmd.append(f"-runs={runs}")
+        cmd += [str(self.work), str(self.seeds)]
+        s = self.summary
+        execs = 0
+        last_status = last_triage = 0.0
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            m = STATUS.search(line)
+            if m:
+                execs = max(execs, int(m.group(1)))
+                s.corpus = int(m.group(4))
+                if self.echo and time.monotonic() - last_status > 2:
+                    last_status = time.monotonic()
+                    print(
+                        f"\r[{self.elapsed():5.0f}s] execs {s.execs + execs} exec/s {m.group(5)} corpus {s.corpus} "
+                        f"cov {m.group(2)} signatures {len(s.signatures)}",
+                        end="",
+                        file=sys.stderr,
+                    )
+            m = re.search(r"stat::number_of_executed_units: (\d+)", line) or re.search(r"Done (\d+) runs", line)
+            if m:
+                execs = max(execs, int(m.group(1)))
+            if time.monotonic() - last_triage > 5:
+                last_triage = time.monotonic()
+                self.triage_new()
+        proc.wait()
+        if self.echo:
+            print(file=sys.stderr)
+        s.execs += execs
+        self.triage_new()
+        _merge(self.target, self.work)
+        s.merges += 1
+
+
+class Ledger:
+    """The crash artifacts already triaged (a file of names, rewritten atomically)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.names = set(path.read_text().split()) if path.exists() else set()
+
+    def pending(self, artifacts: Path) -> list[Path]:
+        return [p for p in artifacts.glob("crash-*") if p.name not in self.names]
+
+    def add(self, art: Path) -> None:
+        self.names.add(art.name)
+        atomic_write(self.path, "\n".join(sorted(self.names)) + "\n")
+
+
+def _recover(work: Path) -> None:
+    """A campaign killed between the two renames of a merge left the corpus in ``.old``: restore it."""
+    old = work.with_name(work.name + ".old")
+    if not work.exists() and old.exists():
+        os.replace(old, work)
 
 
 def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float) -> None:

@@ -205,10 +205,11 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         regressions=Path(args.regressions),
         mode=mode,
         echo=sys.stderr.isatty() and not args.json,
+        merge_every=args.merge_every,
     )
     if args.json:
         json.dump({"target": summary.target, "mode": summary.mode, "seconds": summary.seconds, "execs": summary.execs, "exec_per_s": summary.exec_per_s,
-                   "corpus": summary.corpus, "signatures": summary.signatures}, sys.stdout, indent=1)  # fmt: skip
+                   "corpus": summary.corpus, "merges": summary.merges, "signatures": summary.signatures}, sys.stdout, indent=1)  # fmt: skip
         sys.stdout.write("\n")
     else:
         print("\n".join(summary.lines()))
@@ -312,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time", type=int, default=60, help="seconds (default 60)")
     s.add_argument("--runs", type=int, help="stop after N inputs")
     s.add_argument("--jobs", type=int, default=1, help="libFuzzer fork jobs")
+    s.add_argument("--merge-every", type=int, default=600, help="merge the working corpus every S seconds (default 600)")
     s.add_argument("--corpus", help="working corpus directory (default corpus/fuzz/<target>, resumed)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
     s.add_argument("--regressions", default="corpus/regressions")

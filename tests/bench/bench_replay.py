@@ -10,15 +10,19 @@ processes and compares their peak RSS. Targets (issue 4): >= 500k events/s; peak
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import resource
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from typing import Any
 
 from replay.generate import generate_trace
-from replay.replayer import replay_file
+from replay.model.profiles import profile_for_release
+from replay.replayer import Replayer, replay_file
 from traces.reader import TraceReader
 
 
@@ -37,6 +41,44 @@ def bare_decode(path: str) -> float:
     return n / (time.perf_counter() - t0)
 
 
+class _NoModel:
+    """A replayer that only counts: the cost of decoding and dispatching each event."""
+
+    def __init__(self) -> None:
+        self.index = -1
+
+    def feed(self, seq: int, ts: int, ev: Any) -> None:
+        self.index += 1
+
+
+def dispatch_floor(path: str) -> float:
+    """Events/s of replay_file's loop feeding a no-op replayer: the ceiling any model stays under."""
+    rp = _NoModel()
+    t0 = time.perf_counter()
+    with TraceReader(path) as r:
+        for chunk in r.chunks():
+            cols, feed = chunk.cols, rp.feed
+            for seq, ts, ev in zip(cols.seqs, cols.ts, cols.events, strict=True):
+                feed(seq, ts, ev)
+    return (rp.index + 1) / (time.perf_counter() - t0)
+
+
+def cost_by_type(path: str, limit: int = 200_000) -> list[tuple[str, int, float]]:
+    """(event type, count, microseconds each) over the first ``limit`` events, all oracles on."""
+    rp = Replayer(profile_for_release(TraceReader(path).header.kernel_release or "6.1"))
+    spent: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    clock = time.perf_counter
+    with TraceReader(path) as r:
+        for rec in itertools.islice(r, limit):
+            t0 = clock()
+            rp.feed(rec.seq, rec.ts, rec.event)
+            name = type(rec.event).__name__
+            spent[name] += clock() - t0
+            count[name] += 1
+    return [(name, count[name], spent[name] / count[name] * 1e6) for name, _ in spent.most_common()]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=1_000_000)
@@ -52,14 +94,23 @@ def main() -> int:
         generate_trace(path, 1, args.events)
         gen = args.events / (time.perf_counter() - t0)
         decode = bare_decode(path)
+        floor = dispatch_floor(path)
         t0 = time.perf_counter()
         r = replay_file(path)
         rate = r.events / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        bare = replay_file(path, oracles=False)
+        no_oracles = bare.events / (time.perf_counter() - t0)
         size = os.path.getsize(path) / 1e6
         print(f"trace: {r.events:,} events ({size:.1f} MB), {r.matched:,} matched, {r.divergence_count} divergences, {r.finding_count} findings")
         print(f"generator:        {gen:>10,.0f} events/s")
         print(f"bare decode loop: {decode:>10,.0f} events/s")
+        print(f"decode + dispatch to a no-op replayer: {floor:>10,.0f} events/s (the ceiling)")
         print(f"replay (oracles): {rate:>10,.0f} events/s (target >= 500,000); {rate / decode:.3f}x the bare decode loop")
+        print(f"replay (no oracles): {no_oracles:>7,.0f} events/s")
+        print("cost per event type (first 200k events, oracles on, timer overhead included):")
+        for name, n, us in cost_by_type(path):
+            print(f"  {name:<24} {n:>8,} x {us:6.2f} us = {n * us / 1e6:6.3f} s")
         if args.big:
             rss = {}
             for n in (args.events, args.big):

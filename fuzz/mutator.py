@@ -67,6 +67,12 @@ FIELD_VALUES: dict[str, tuple[int, ...]] = {"memmap_on_memory": (0, 1, 2), "coun
 FIELD_LIMITS = {"count": 1024}  # a boot run of a million blocks costs seconds and finds nothing more
 PARAM_VALUES = ("0", "1", "99", "100", "300", "301", "2147483647", "2147483648", "4294967295", "auto-movable", "contig-zones",
                 "online", "offline", "online_kernel", "online_movable", "Y", "N", "on", "off", "0x12d", "+301", "-1", "")  # fmt: skip
+PARAM_POOLS: dict[Param, tuple[str, ...]] = {
+    Param.ONLINE_POLICY: ("auto-movable", "contig-zones"),
+    Param.AUTO_MOVABLE_RATIO: tuple(str(v) for v in INTERESTING[Res.RATIO]),
+    Param.AUTO_MOVABLE_NUMA_AWARE: ("Y", "N"),
+    Param.AUTO_ONLINE_BLOCKS: ("online", "offline", "online_kernel", "online_movable"),
+}
 DEVICE_SIZES = (*(BLOCK,) * 8, *(2 * BLOCK, 4 * BLOCK, 8 * BLOCK, 32 * BLOCK) * 2, *HUGE_SIZES)
 REQUEST_TYPES = [cls for cls in EVENT_TYPES.values() if cls.KIND in ("request", "inject")]
 REAL_ZONES = [z for z in ZoneType if z is not ZoneType.NONE]
@@ -95,15 +101,22 @@ def field_value(f: FieldSpec, rng: random.Random) -> Any:
     return rng.randint(max(f.wire.lo, -1000), min(hi, 1 << 20))
 
 
+def typed_value(ev: Any, rng: random.Random) -> Any:
+    """A parameter write mostly gets a value of its parameter's own kind (any string otherwise)."""
+    if type(ev) is ParamWrite and rng.random() < 0.75:
+        return ev._replace(value=rng.choice(PARAM_POOLS[ev.param]))
+    return ev
+
+
 def random_event(rng: random.Random) -> Any:
     cls = rng.choice(REQUEST_TYPES)
-    return cls._make(field_value(f, rng) for f in fields_of(cls))
+    return typed_value(cls._make(field_value(f, rng) for f in fields_of(cls)), rng)
 
 
 def mutate_field(ev: Any, rng: random.Random) -> Any:
     specs = fields_of(type(ev))
     f = rng.choice(specs)
-    return ev._replace(**{f.name: field_value(f, rng)})
+    return typed_value(ev._replace(**{f.name: field_value(f, rng)}), rng)
 
 
 def blocks_of(ev: Any) -> list[int]:
@@ -150,7 +163,8 @@ def simulate(events: list[Any], see: Callable[[int, Any, Kernel, Outcome], objec
 
 def new_device(events: list[Any], pos: int, rng: random.Random) -> list[Any]:
     """A new memory device at ``pos``: a group registered where the model says its id will be, then
-    an add of a free range into it (any size up to 256 GiB, any flags)."""
+    an add of a free range into it (any size up to 128 GiB, any flags), sometimes after a write of
+    a parameter."""
     k = simulate(events[:pos])
     dynamic = rng.random() < 0.7
     size = rng.choice(DEVICE_SIZES)
@@ -168,7 +182,11 @@ def new_device(events: list[Any], pos: int, rng: random.Random) -> list[Any]:
     for flag, p in ((AddFlags.DRIVER_MANAGED, 0.5), (AddFlags.MEMMAP_ON_MEMORY, 0.3), (AddFlags.MERGE_RESOURCE, 0.3)):
         if rng.random() < p:
             flags |= flag
-    return [reg, AddMemory(start, size, mgid, flags)]
+    add = AddMemory(start, size, mgid, flags)
+    if rng.random() < 0.3:  # hot-plugged under another configuration
+        param = rng.choice(list(Param))
+        return [ParamWrite(param, rng.choice(PARAM_POOLS[param])), reg, add]
+    return [reg, add]
 
 
 def fail_and_follow(events: list[Any], i: int, rng: random.Random) -> None:
@@ -258,6 +276,37 @@ def solve_boundary(events: list[Any], rng: random.Random, tries: int = 3) -> lis
     return None
 
 
+def solve_group_term(events: list[Any], rng: random.Random, max_size: int = 256 * GIB) -> list[Any] | None:
+    """Input-to-state on the dynamic-group term of the ratio: where a decision's numbers show other
+    dynamic groups' movable memory earning no requirement (gmov > 0, req 0), give one such group a
+    second device, in a free range, just large enough that gmov * 100 // ratio exceeds its kernel
+    pages at the ratio the parameter holds."""
+    cands: list[tuple[int, int, AddFlags, int]] = []  # (index of the group's add, mgid, its flags, pages missing)
+    last_add: dict[int, tuple[int, AddFlags]] = {}
+
+    def see(i: int, ev: Any, k: Kernel, out: Outcome) -> None:
+        if type(ev) is AddMemory and not out.rc and ev.flags & AddFlags.NID_IS_MGID:
+            last_add[ev.nid] = (i, ev.flags)
+        for d in out.decisions:
+            if any(st.gmov and not st.req for st in d.stats):
+                mem = k.m.blocks.get(d.block)
+                own = None if mem is None else mem.group
+                ratio = k.m.params.auto_movable_ratio
+                for g in k.m.groups.values():
+                    if g is not own and g.is_dynamic and g.present_movable_pages and g.mgid in last_add:
+                        j, flags = last_add[g.mgid]
+                        cands.append((j, g.mgid, flags, -(-(g.present_kernel_pages + 1) * ratio // 100) - g.present_movable_pages))
+
+    simulate(events, see)
+    cands = [c for c in cands if 0 < c[3] * 4096 <= max_size]
+    if not cands:
+        return None
+    j, mgid, flags, pages = rng.choice(cands)
+    top = max((b for e in events for b in blocks_of(e)), default=47) + 1
+    add = AddMemory(top * BLOCK, -(-pages // BP) * BLOCK, mgid, flags & ~AddFlags.MEMMAP_ON_MEMORY)
+    return [*events[: j + 1], add, *events[j + 1 :]]
+
+
 def _first_request(events: list[Any]) -> int:
     """Index after the boot snapshot (mutations keep the snapshot intact most of the time)."""
     return next((i for i, e in enumerate(events) if e.KIND != "boot"), len(events))
@@ -296,12 +345,12 @@ def mutate_events(events: list[Any], rng: random.Random, other: list[Any] | None
         elif op < 0.77:
             dev = new_device(out, pos, rng)
             out[pos:pos] = dev
-            if len(dev) == 2 and rng.random() < 0.5:
-                fail_and_follow(out, pos + 1, rng)
+            if type(dev[-1]) is AddMemory and rng.random() < 0.5:
+                fail_and_follow(out, pos + len(dev) - 1, rng)
         elif op < 0.82:
             mutate_boot(out, rng)
         elif op < 0.86:
-            out = solve_boundary(out, rng) or out
+            out = (solve_boundary(out, rng) if rng.random() < 0.5 else solve_group_term(out, rng)) or out
         elif n > 0:
             i = rng.randrange(lo if n > lo else 0, n)
             out[i] = mutate_field(out[i], rng)

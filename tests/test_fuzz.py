@@ -13,6 +13,7 @@ import pytest
 from fuzz.check import Mode, check_events, check_input, decode
 from fuzz.minimize import Minimizer
 from fuzz.mutator import (
+    PARAM_POOLS,
     custom_crossover,
     custom_mutator,
     decision_stats,
@@ -22,14 +23,16 @@ from fuzz.mutator import (
     mutate_events,
     new_device,
     on_boundary,
+    random_event,
     simulate,
     solve_boundary,
+    solve_group_term,
 )
 from replay.model.profiles import get_profile
 from replay.replayer import replay_events
 from tests.test_variants import SEQUENCES
 from traces.errors import TraceFormatError
-from traces.events import AddFlags, AddMemory, BootParams, GroupRegister, GroupUnregister, InjectFailure, Op, RemoveMemory
+from traces.events import AddFlags, AddMemory, BootParams, GroupRegister, GroupUnregister, InjectFailure, Op, Param, ParamWrite, RemoveMemory
 from traces.reader import TraceReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,14 +89,27 @@ def test_new_device_registers_a_group_and_adds_a_free_range_into_it() -> None:
     events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
     assert events is not None
     pos = len(events)
+    writes = 0
     for seed in range(30):
         rng = random.Random(seed)
         dev = new_device(events, pos, rng)
-        assert [type(e) for e in dev] == [GroupRegister, AddMemory]
         k = simulate(events)
+        if type(dev[0]) is ParamWrite:  # the device comes under a new configuration
+            writes += 1
+            assert dev[0].value in PARAM_POOLS[dev[0].param]
+            k.apply(dev.pop(0))
+        assert [type(e) for e in dev] == [GroupRegister, AddMemory]
         assert k.apply(dev[0]).rc == dev[1].nid and dev[1].flags & AddFlags.NID_IS_MGID
         if dev[1].start > max(k.m.blocks) * (128 << 20):  # a free range: the add succeeds (or meets a size rule)
             assert k.apply(dev[1]).rc in (0, -errno.EINVAL)
+    assert 0 < writes < 30
+
+
+def test_parameter_writes_mostly_get_values_of_their_kind() -> None:
+    rng = random.Random(4)
+    writes = [e for e in (random_event(rng) for _ in range(3000)) if type(e) is ParamWrite]
+    typed = sum(e.value in PARAM_POOLS[e.param] for e in writes)
+    assert len(writes) > 100 and typed / len(writes) >= 0.7
 
 
 def test_fail_and_follow_makes_the_add_fail_then_retries_or_tears_down() -> None:
@@ -159,6 +175,26 @@ def test_solve_boundary_lands_a_decision_on_movable_equal_limit(seed: str) -> No
         hit = check_events(out, Mode("6.1", "M4", "ref"))
         assert hit is not None and hit.signature.startswith("DIFF:"), hit
     assert solved >= 5
+
+
+def test_solve_group_term_grows_a_dynamic_group_whose_movable_memory_earns_nothing() -> None:
+    """At a ratio >= 2^31 the kernel's s32 copy cuts every dynamic group's term to 0; the move adds
+    enough memory to a second virtio-mem group that gmov * 100 // ratio > 0 at the written ratio (M5
+    is exposed). On the plain seed (one dynamic group at ratio 301) there is nothing to solve."""
+    events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
+    assert events is not None
+    events = [e for e in events if e.KIND != "observe"][:60]
+    assert solve_group_term(events, random.Random(0)) is None
+    base = [*events[:10], ParamWrite(Param.AUTO_MOVABLE_RATIO, str(2**31)), *events[10:20]]
+    base += [GroupRegister(True, 0, 32768), AddMemory(64 << 30, 128 << 20, 1, AddFlags.NID_IS_MGID), *events[20:]]
+    out = solve_group_term(base, random.Random(0))
+    assert out is not None and len(out) == len(base) + 1
+    (add,) = [e for e in out if e not in base]
+    assert type(add) is AddMemory and add.nid == 1 and add.start >= 64 << 30
+    k = simulate(out)
+    assert k.m.groups[1].present_movable_pages * 100 // 2**31 > 0
+    hit = check_events(out, Mode("6.1", "M5", "ref"))
+    assert hit is not None and hit.signature == "DIFF:AddMemory:numbers:M5-vs-ref"
 
 
 def test_mutations_change_structure_and_keep_the_snapshot() -> None:

@@ -31,6 +31,7 @@ from traces.events import (
     AddMemory,
     Attr,
     BootBlocks,
+    BootParams,
     FieldSpec,
     GroupRegister,
     GroupUnregister,
@@ -163,8 +164,7 @@ def simulate(events: list[Any], see: Callable[[int, Any, Kernel, Outcome], objec
 
 def new_device(events: list[Any], pos: int, rng: random.Random) -> list[Any]:
     """A new memory device at ``pos``: a group registered where the model says its id will be, then
-    an add of a free range into it (any size up to 128 GiB, any flags), sometimes after a write of
-    a parameter."""
+    an add of a free range into it (any size up to 128 GiB, any flags)."""
     k = simulate(events[:pos])
     dynamic = rng.random() < 0.7
     size = rng.choice(DEVICE_SIZES)
@@ -182,11 +182,7 @@ def new_device(events: list[Any], pos: int, rng: random.Random) -> list[Any]:
     for flag, p in ((AddFlags.DRIVER_MANAGED, 0.5), (AddFlags.MEMMAP_ON_MEMORY, 0.3), (AddFlags.MERGE_RESOURCE, 0.3)):
         if rng.random() < p:
             flags |= flag
-    add = AddMemory(start, size, mgid, flags)
-    if rng.random() < 0.3:  # hot-plugged under another configuration
-        param = rng.choice(list(Param))
-        return [ParamWrite(param, rng.choice(PARAM_POOLS[param])), reg, add]
-    return [reg, add]
+    return [reg, AddMemory(start, size, mgid, flags)]
 
 
 def fail_and_follow(events: list[Any], i: int, rng: random.Random) -> None:
@@ -201,6 +197,20 @@ def fail_and_follow(events: list[Any], i: int, rng: random.Random) -> None:
         follow.append(GroupUnregister(add.nid))
     events[i + 1 : i + 1] = [rng.choice(follow)]
     events.insert(i, InjectFailure(rng.choice(blocks), Op.REGISTER, rng.choice(INTERESTING[Res.ERRNO][:-1])))
+
+
+def reconfigure(events: list[Any], pos: int, rng: random.Random) -> None:
+    """Change one configuration knob, each equally likely: a run-time parameter written at ``pos``
+    (a value of its kind) or a field of the boot parameters (boot-only ones such as
+    memmap_on_memory included)."""
+    boot = [i for i, e in enumerate(events) if type(e) is BootParams]
+    knobs: list[Any] = [*Param, *(fields_of(BootParams) if boot else ())]
+    knob = rng.choice(knobs)
+    if isinstance(knob, Param):
+        events.insert(pos, ParamWrite(knob, rng.choice(PARAM_POOLS[knob])))
+    else:
+        i = rng.choice(boot)
+        events[i] = events[i]._replace(**{knob.name: field_value(knob, rng)})
 
 
 def pick_by_shape(events: list[Any], indices: list[int], shape: Callable[[Any], Any], rng: random.Random) -> int:
@@ -347,9 +357,13 @@ def mutate_events(events: list[Any], rng: random.Random, other: list[Any] | None
             out[pos:pos] = dev
             if type(dev[-1]) is AddMemory and rng.random() < 0.5:
                 fail_and_follow(out, pos + len(dev) - 1, rng)
-        elif op < 0.82:
+            if rng.random() < 0.3:  # the device comes under another configuration
+                reconfigure(out, pos, rng)
+        elif op < 0.8:
             mutate_boot(out, rng)
-        elif op < 0.86:
+        elif op < 0.85:
+            reconfigure(out, pos, rng)
+        elif op < 0.89:
             out = (solve_boundary(out, rng) if rng.random() < 0.5 else solve_group_term(out, rng)) or out
         elif n > 0:
             i = rng.randrange(lo if n > lo else 0, n)

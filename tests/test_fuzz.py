@@ -24,6 +24,7 @@ from fuzz.mutator import (
     new_device,
     on_boundary,
     random_event,
+    reconfigure,
     simulate,
     solve_boundary,
     solve_group_term,
@@ -89,20 +90,35 @@ def test_new_device_registers_a_group_and_adds_a_free_range_into_it() -> None:
     events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
     assert events is not None
     pos = len(events)
-    writes = 0
     for seed in range(30):
         rng = random.Random(seed)
         dev = new_device(events, pos, rng)
         k = simulate(events)
-        if type(dev[0]) is ParamWrite:  # the device comes under a new configuration
-            writes += 1
-            assert dev[0].value in PARAM_POOLS[dev[0].param]
-            k.apply(dev.pop(0))
         assert [type(e) for e in dev] == [GroupRegister, AddMemory]
         assert k.apply(dev[0]).rc == dev[1].nid and dev[1].flags & AddFlags.NID_IS_MGID
         if dev[1].start > max(k.m.blocks) * (128 << 20):  # a free range: the add succeeds (or meets a size rule)
             assert k.apply(dev[1]).rc in (0, -errno.EINVAL)
-    assert 0 < writes < 30
+
+
+def test_reconfigure_writes_a_parameter_or_changes_a_boot_parameter() -> None:
+    events = decode(SEEDS[0].read_bytes())
+    assert events is not None
+    pos = next(i for i, e in enumerate(events) if e.KIND != "boot")
+    writes = boot = 0
+    memmap = set()
+    for seed in range(200):
+        out = list(events)
+        reconfigure(out, pos, random.Random(seed))
+        if len(out) == len(events) + 1:
+            writes += 1
+            assert type(out[pos]) is ParamWrite and out[pos].value in PARAM_POOLS[out[pos].param]
+            assert out[:pos] + out[pos + 1 :] == events
+        else:
+            changed = [i for i, (a, b) in enumerate(zip(events, out, strict=True)) if a != b]
+            assert all(type(events[i]) is BootParams for i in changed)
+            boot += 1
+            memmap |= {out[i].memmap_on_memory for i in changed}
+    assert writes > 50 and boot > 80 and 1 in memmap  # 4 run-time knobs, 6 boot ones
 
 
 def test_parameter_writes_mostly_get_values_of_their_kind() -> None:

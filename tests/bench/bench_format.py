@@ -15,7 +15,6 @@ import gc
 import io
 import os
 import random
-import resource
 import statistics
 import struct
 import subprocess
@@ -25,6 +24,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from peak import peak_rss_mib  # tests/bench/peak.py, beside this script
 
 from traces.events import Attr, BlockObserved, BlockState, OfflineBlock, OnlineBlock, OnlineType, Result, Source, ZoneType
 from traces.header import CHUNK_HEADER, TraceHeader
@@ -101,7 +102,7 @@ def iter_unpack_rate(data: bytes) -> float:
 def big_read_rss(path: str) -> None:
     """Child process: read every record, print records and peak RSS in MiB."""
     n = sum(1 for _ in TraceReader(path))
-    print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    print(n, peak_rss_mib())
 
 
 def main() -> int:

@@ -38,6 +38,8 @@ def exec_rate(seconds: float = 5.0) -> float:
 
 def minimise_time() -> tuple[float, int, bool]:
     """Minimise a 1,000-event trace whose M7 difference shows at the end."""
+    if str(ROOT) not in sys.path:  # run as a script: the tests package lives in the checkout
+        sys.path.insert(0, str(ROOT))
     from tests.test_fuzz import long_failing_trace
 
     events = long_failing_trace()

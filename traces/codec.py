@@ -235,7 +235,7 @@ def _bad() -> None:
     raise KeyError("invalid value")
 
 
-def _body_decoder(code: int, cls: type) -> Callable[[bytes], Any]:
+def _body_decoder(cls: type) -> Callable[[bytes], Any]:
     """Generate ``decode(body) -> event`` for one type (KeyError/struct.error/... if not exact)."""
     fields = fields_of(cls)
     env: dict[str, Any] = {"_new": tuple.__new__, "_C": cls, "_bad": _bad}
@@ -262,7 +262,7 @@ def _body_decoder(code: int, cls: type) -> Callable[[bytes], Any]:
     return env["decode"]  # type: ignore[no-any-return]
 
 
-BODY_DECODERS = {code: _body_decoder(code, cls) for code, cls in EVENT_TYPES.items()}
+BODY_DECODERS = {code: _body_decoder(cls) for code, cls in EVENT_TYPES.items()}
 INTERN_MAX = 1 << 14  # events kept per record type; the cache is cleared when it is full (bounded memory)
 _INTERNED: list[dict[bytes, Any]] = [{} for _ in range(256)]
 _REPEATS = frozenset(code for code, cls in EVENT_TYPES.items() if cls.REPEATS)  # type: ignore[attr-defined]

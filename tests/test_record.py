@@ -150,15 +150,20 @@ def live_ok() -> bool:
     return Path("/sys/devices/system/memory/block_size_bytes").exists()
 
 
+def require_live() -> None:
+    """Skip without memory hotplug sysfs; under CI that is a failure."""
+    if not live_ok():
+        if os.environ.get("CI") == "true":
+            pytest.fail("this host has no /sys/devices/system/memory")
+        pytest.skip("no memory hotplug sysfs on this host")
+
+
 def mhp(*args: str) -> list[str]:
     return [sys.executable, "-m", "replay.cli", *args]
 
 
 def test_snapshot_of_this_host_replays_clean(tmp_path: Path) -> None:
-    if not live_ok():
-        if os.environ.get("CI") == "true":
-            pytest.fail("this host has no /sys/devices/system/memory")
-        pytest.skip("no memory hotplug sysfs on this host")
+    require_live()
     out = tmp_path / "host.mhpt"
     subprocess.run(mhp("record", "--snapshot", "-o", str(out)), check=True, capture_output=True)
     r = replay_file(str(out))
@@ -166,10 +171,7 @@ def test_snapshot_of_this_host_replays_clean(tmp_path: Path) -> None:
 
 
 def test_killed_recorder_leaves_a_readable_file(tmp_path: Path) -> None:
-    if not live_ok():
-        if os.environ.get("CI") == "true":
-            pytest.fail("this host has no /sys/devices/system/memory")
-        pytest.skip("no memory hotplug sysfs on this host")
+    require_live()
     out = tmp_path / "live.mhpt"
     proc = subprocess.Popen(mhp("record", "-o", str(out), "--duration", "60", "--zone-interval", "0.2"), stderr=subprocess.PIPE)
     part = tmp_path / "live.mhpt.part"

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 HARNESSES = {"model": ROOT / "fuzz" / "model_fuzzer.py", "format": ROOT / "fuzz" / "trace_format_fuzzer.py"}
 # Requests the kernel API forbids are the caller's bug, not the kernel's: not worth a regression.
 DEFAULT_IGNORE = ("API-MISUSE:remove",)
+SEED_EVENTS = 32  # model seeds keep their boot snapshot and this many events (trim_seed)
 STATUS = re.compile(r"#(\d+):?\s+(?:\w+\s+)?cov: (\d+) ft: (\d+) corp: (\d+)\S* .*?exec/s:? (\d+)")
 
 
@@ -80,6 +81,33 @@ def known_signatures(regressions: Path) -> set[str]:
     return sigs
 
 
+def trim_seed(data: bytes, events: int) -> bytes | None:
+    """A seed trace cut to its boot snapshot and the ``events`` events after it (None: undecodable).
+
+    Short inputs run several times faster, and libFuzzer's length limit starts from the longest
+    seed, so trimmed seeds keep a campaign among the short inputs where most states are reached.
+    """
+    evs = decode(data)
+    if evs is None:
+        return None
+    boot = next((i for i, ev in enumerate(evs) if ev.KIND != "boot"), len(evs))
+    return encode(evs[: boot + events])
+
+
+def trim_seeds(seeds: Path, out: Path, events: int) -> Path:
+    """The seeds of ``seeds`` trimmed (trim_seed) into ``out``; ``events`` = 0 keeps them whole."""
+    if not events:
+        return seeds
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.mhpt"):
+        old.unlink()
+    for seed in sorted(seeds.glob("*.mhpt")):
+        data = trim_seed(seed.read_bytes(), events)
+        if data is not None:
+            atomic_write(out / seed.name, data)
+    return out
+
+
 def save_regression(regressions: Path, signature: str, mode: Mode, events: list[Any], note: str) -> Path:
     """Write <sig>.mhpt, its text form, a metadata file and a ready-to-paste pytest."""
     name = safe_name(signature)
@@ -117,6 +145,7 @@ def run(
     stop_on_first: bool = False,
     echo: bool = True,
     merge_every: int = 600,
+    seed_events: int = SEED_EVENTS,
 ) -> Summary:
     """One campaign; returns its summary (hits already saved).
 

@@ -7,6 +7,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+from fuzz.campaign import SEED_EVENTS, atomic_write, trim_seed
 from traces.header import CHUNK_MAGIC, INDEX_MAGIC, MAGIC, TRAILER_MAGIC
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,17 +25,22 @@ def dictionary() -> str:
 def package(out: Path) -> list[Path]:
     """Write <target>_seed_corpus.zip, <target>.dict and <target>.options into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    seeds = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt")) + sorted((ROOT / "corpus" / "regressions").glob("*.mhpt"))
+    seeds = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt"))
+    regressions = sorted((ROOT / "corpus" / "regressions").glob("*.mhpt"))
     written = []
     for target in TARGETS:
         z = out / f"{target}_seed_corpus.zip"
         tmp = z.with_suffix(".zip.part")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as f:
             for s in seeds:
+                data = trim_seed(s.read_bytes(), SEED_EVENTS) if target == "model_fuzzer" else s.read_bytes()
+                if data is not None:
+                    f.writestr(s.name, data)
+            for s in regressions:
                 f.write(s, s.name)
         tmp.replace(z)
-        (out / f"{target}.dict").write_text(dictionary())
-        (out / f"{target}.options").write_text(OPTIONS)
+        atomic_write(out / f"{target}.dict", dictionary())
+        atomic_write(out / f"{target}.options", OPTIONS)
         written += [z, out / f"{target}.dict", out / f"{target}.options"]
     return written
 

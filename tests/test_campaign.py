@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.campaign import ROOT, Campaign, _recover, run
+from fuzz.campaign import ROOT, Campaign, _recover, run, trim_seeds
+from fuzz.check import decode
 
 
 def test_untriaged_crash_of_an_interrupted_campaign_is_triaged_once(tmp_path: Path) -> None:
@@ -46,3 +47,18 @@ def test_a_corpus_left_between_the_merge_renames_is_restored(tmp_path: Path) -> 
     (tmp_path / "model.old" / "input").write_bytes(b"x")
     _recover(work)
     assert (work / "input").read_bytes() == b"x"
+
+
+def test_model_seeds_are_trimmed_to_their_boot_snapshot_and_n_events(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    shutil.copy(ROOT / "corpus" / "seeds" / "seed-vmem.mhpt", seeds)
+    (seeds / "junk.mhpt").write_bytes(b"not a trace")
+    whole = decode((seeds / "seed-vmem.mhpt").read_bytes())
+    assert whole is not None
+    boot = [ev for ev in whole if ev.KIND == "boot"]
+    out = trim_seeds(seeds, tmp_path / "trimmed", 5)
+    assert sorted(p.name for p in out.iterdir()) == ["seed-vmem.mhpt"]  # the undecodable seed is left out
+    trimmed = decode((out / "seed-vmem.mhpt").read_bytes())
+    assert trimmed == boot + whole[len(boot) : len(boot) + 5]
+    assert trim_seeds(seeds, tmp_path / "unused", 0) == seeds  # 0 keeps the seeds whole

@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fuzz.campaign import ROOT, run
+from fuzz.campaign import ROOT, SEED_EVENTS, run
 from fuzz.check import Mode, check_events, check_input, decode
 from fuzz.minimize import Minimizer
 from fuzz.mutator import encode
@@ -55,6 +55,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--max-time", type=int, default=300, help="seconds per variant")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument("--seed-events", type=int, default=SEED_EVENTS, help="seeds trimmed to the boot snapshot + N events (0: whole)")
     args = ap.parse_args()
     print(f"harness check on 32-event inputs: {exec_rate():,.0f} exec/s (target >= 10,000)")
     secs, n, minimal = minimise_time()
@@ -67,12 +68,12 @@ def main() -> int:
             shutil.copytree(ROOT / "corpus" / "regressions", t / "r", ignore=shutil.ignore_patterns("DIFF_*"))
             summary = run(
                 "model", seconds=args.max_time, corpus=t / "c", artifacts=t / "a", regressions=t / "r",
-                mode=Mode("6.1", name, "ref"), stop_on_first=True, echo=False, minimize_seconds=5,
+                mode=Mode("6.1", name, "ref"), stop_on_first=True, echo=False, minimize_seconds=5, seed_events=args.seed_events,
             )  # fmt: skip
             hits = [v["first_hit_s"] for s, v in summary.signatures.items() if s.startswith("DIFF:")]
             found[name] = min(hits) if hits else None
         shown = f"{found[name]:.1f} s" if found[name] is not None else f"not found in {args.max_time} s"
-        print(f"variant {name:<4} {shown:>24}  ({summary.execs} execs)", flush=True)
+        print(f"variant {name:<4} {shown:>24}  ({summary.execs} execs, {summary.exec_per_s:.0f}/s under atheris)", flush=True)
     times = [v for v in found.values() if v is not None]
     if times:
         print(f"found {len(times)}/{len(found)}; median {statistics.median(times):.1f} s, max {max(times):.1f} s (targets: all, <= 30 s, <= 300 s)")

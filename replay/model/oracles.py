@@ -93,9 +93,10 @@ class Oracles:
                 continue
             if not d.policy_decided:
                 self.explicit_groups.add(mem.group.mgid)
+        terms: dict[int | None, tuple[int, int]] = {}  # the state after the event: one walk per scope
         for d in out.decisions:
             if d.policy_decided:
-                self._check_ratio(d.block, d.zone, index, emit)
+                self._check_ratio(d.block, d.zone, index, emit, terms)
 
     # -- accounting --------------------------------------------------------------------------------
 
@@ -181,7 +182,7 @@ class Oracles:
         for scope in (None, nid):
             self.dynamic_kernel[scope] = self.dynamic_kernel.get(scope, 0) + pages
 
-    def _check_ratio(self, block: int, zone: ZoneType, index: int, emit: Callable[[Finding], None]) -> None:
+    def _check_ratio(self, block: int, zone: ZoneType, index: int, emit: Callable[[Finding], None], terms: dict[int | None, tuple[int, int]]) -> None:
         m = self.m
         mem = m.blocks.get(block)
         if mem is None:
@@ -192,7 +193,9 @@ class Oracles:
         if m.params.auto_movable_numa_aware:
             scopes.append(("AM-RATIO-NODE", mem.nid))
         for oracle, nid in scopes:
-            movable, kernel = self._ratio_terms(nid)
+            if nid not in terms:
+                terms[nid] = self._ratio_terms(nid)
+            movable, kernel = terms[nid]
             if movable * 100 > ratio * kernel:
                 where = "system" if nid is None else f"node {nid}"
                 emit(

@@ -23,6 +23,7 @@ BLOCK = 128 << 20
 BP = 32768  # pages per 128 MiB block
 GIB = 1 << 30
 AUTO_MOVABLE = "memhp_default_state=online memory_hotplug.online_policy=auto-movable memory_hotplug.auto_movable_ratio=301"
+OFFLINE_AUTO = AUTO_MOVABLE.replace("memhp_default_state=online", "memhp_default_state=offline")  # blocks stay offline after add
 
 
 def boot(events: tuple[Event, ...] | list[Event], cmdline: str = AUTO_MOVABLE, profile: str = "6.1") -> Kernel:

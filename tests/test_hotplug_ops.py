@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from tests.helpers import AUTO_MOVABLE, BLOCK, BP, GIB, block_zone, boot, boot_preset, ideal_events, plug_dimm, zones_of
+from tests.helpers import AUTO_MOVABLE, BLOCK, BP, GIB, OFFLINE_AUTO, block_zone, boot, boot_preset, ideal_events, plug_dimm, zones_of
 from traces.events import (
     AddFlags,
     AddMemory,
@@ -21,8 +21,6 @@ from traces.events import (
     RemoveMemory,
     Source,
 )
-
-OFFLINE_AUTO = AUTO_MOVABLE.replace("memhp_default_state=online", "memhp_default_state=offline")
 
 
 def test_group_registration_rules_and_lowest_free_id() -> None:

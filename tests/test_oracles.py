@@ -9,7 +9,7 @@ import pytest
 from replay.model import memory, memory_hotplug, oracles
 from replay.model.oracles import ORACLE_IDS
 from replay.simulate import simulate
-from tests.helpers import AUTO_MOVABLE, BLOCK, BP, boot, boot_preset, ideal_events, plug_dimm
+from tests.helpers import AUTO_MOVABLE, BLOCK, BP, OFFLINE_AUTO, boot, boot_preset, ideal_events, plug_dimm
 from tests.test_observed import SCENARIOS
 from traces.events import (
     AddFlags,
@@ -30,8 +30,6 @@ from traces.events import (
     ZoneType,
 )
 from traces.scenario import load_scenario
-
-OFFLINE_AUTO = AUTO_MOVABLE.replace("memhp_default_state=online", "memhp_default_state=offline")
 
 
 def oracles_of(out) -> list[str]:  # type: ignore[no-untyped-def]

@@ -8,7 +8,7 @@ import pytest
 
 from replay.model.kernel import Kernel
 from replay.model.memory import valid_zones
-from tests.helpers import AUTO_MOVABLE, BLOCK, BP, block_zone, boot, boot_preset, ideal_events, plug_dimm
+from tests.helpers import AUTO_MOVABLE, BLOCK, BP, OFFLINE_AUTO, block_zone, boot, boot_preset, ideal_events, plug_dimm
 from traces.events import (
     AddFlags,
     AddMemory,
@@ -23,7 +23,6 @@ from traces.events import (
     ZoneType,
 )
 
-OFFLINE_AUTO = AUTO_MOVABLE.replace("memhp_default_state=online", "memhp_default_state=offline")
 VMEM = AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE
 
 

@@ -4,10 +4,11 @@
 from __future__ import annotations
 
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
-from fuzz.campaign import SEED_EVENTS, atomic_write, trim_seed
+from fuzz.campaign import SEED_EVENTS, atomic_write, prepare_seeds, seed_dirs
 from traces.header import CHUNK_MAGIC, INDEX_MAGIC, MAGIC, TRAILER_MAGIC
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,20 +24,16 @@ def dictionary() -> str:
 
 
 def package(out: Path) -> list[Path]:
-    """Write <target>_seed_corpus.zip, <target>.dict and <target>.options into ``out``."""
+    """Write <target>_seed_corpus.zip, <target>.dict and <target>.options into ``out``; the seeds
+    are those ``mhp fuzz`` starts from (fuzz.campaign.prepare_seeds) plus the regressions."""
     out.mkdir(parents=True, exist_ok=True)
-    seeds = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt"))
-    regressions = sorted((ROOT / "corpus" / "regressions").glob("*.mhpt"))
+    dirs = [*seed_dirs("6.1"), ROOT / "corpus" / "regressions"]
     written = []
     for target in TARGETS:
         z = out / f"{target}_seed_corpus.zip"
         tmp = z.with_suffix(".zip.part")
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as f:
-            for s in seeds:
-                data = trim_seed(s.read_bytes(), SEED_EVENTS) if target == "model_fuzzer" else s.read_bytes()
-                if data is not None:
-                    f.writestr(s.name, data)
-            for s in regressions:
+        with tempfile.TemporaryDirectory() as seeds, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as f:
+            for s in sorted(prepare_seeds(dirs, Path(seeds), SEED_EVENTS if target == "model_fuzzer" else 0).iterdir()):
                 f.write(s, s.name)
         tmp.replace(z)
         atomic_write(out / f"{target}.dict", dictionary())

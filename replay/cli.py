@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--runs", type=int, help="stop after N inputs")
     s.add_argument("--jobs", type=int, default=1, help="libFuzzer fork jobs")
     s.add_argument("--merge-every", type=int, default=600, help="merge the working corpus every S seconds (default 600)")
-    s.add_argument("--seed-events", type=int, default=32, help="model seeds: keep the boot snapshot and N events after it (0: whole seeds)")
+    s.add_argument("--seed-events", type=int, default=32, help="model seeds also come cut to their boot snapshot and N events (default 32; 0: whole only)")
     s.add_argument("--corpus", help="working corpus directory (default corpus/fuzz/<target>, resumed)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
     s.add_argument("--regressions", default="corpus/regressions")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
 
-from fuzz.campaign import ROOT, Campaign, _recover, run, trim_seeds
+from fuzz.campaign import ROOT, Campaign, _recover, prepare_seeds, run, seed_dirs
 from fuzz.check import decode
+from fuzz.package import package
 
 
 def test_untriaged_crash_of_an_interrupted_campaign_is_triaged_once(tmp_path: Path) -> None:
@@ -49,7 +51,8 @@ def test_a_corpus_left_between_the_merge_renames_is_restored(tmp_path: Path) -> 
     assert (work / "input").read_bytes() == b"x"
 
 
-def test_model_seeds_are_trimmed_to_their_boot_snapshot_and_n_events(tmp_path: Path) -> None:
+def test_seeds_come_from_the_seed_and_real_traces_whole_and_trimmed(tmp_path: Path) -> None:
+    assert seed_dirs("6.12") == [ROOT / "corpus" / "seeds", ROOT / "corpus" / "real" / "6.12"]
     seeds = tmp_path / "seeds"
     seeds.mkdir()
     shutil.copy(ROOT / "corpus" / "seeds" / "seed-vmem.mhpt", seeds)
@@ -57,8 +60,27 @@ def test_model_seeds_are_trimmed_to_their_boot_snapshot_and_n_events(tmp_path: P
     whole = decode((seeds / "seed-vmem.mhpt").read_bytes())
     assert whole is not None
     boot = [ev for ev in whole if ev.KIND == "boot"]
-    out = trim_seeds(seeds, tmp_path / "trimmed", 5)
-    assert sorted(p.name for p in out.iterdir()) == ["seed-vmem.mhpt"]  # the undecodable seed is left out
-    trimmed = decode((out / "seed-vmem.mhpt").read_bytes())
-    assert trimmed == boot + whole[len(boot) : len(boot) + 5]
-    assert trim_seeds(seeds, tmp_path / "unused", 0) == seeds  # 0 keeps the seeds whole
+    out = prepare_seeds([seeds], tmp_path / "prepared", 5)
+    # the undecodable seed goes in whole (the format fuzzer wants it), not trimmed
+    assert sorted(p.name for p in out.iterdir()) == ["seeds-junk.mhpt", "seeds-seed-vmem.first5.mhpt", "seeds-seed-vmem.mhpt"]
+    assert decode((out / "seeds-seed-vmem.mhpt").read_bytes()) == whole
+    assert decode((out / "seeds-seed-vmem.first5.mhpt").read_bytes()) == boot + whole[len(boot) : len(boot) + 5]
+    assert sorted(p.name for p in prepare_seeds([seeds], tmp_path / "prepared", 0).iterdir()) == ["seeds-junk.mhpt", "seeds-seed-vmem.mhpt"]
+
+
+def test_a_campaign_starts_from_the_prepared_seeds(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "corpus" / "regressions", tmp_path / "r")
+    summary = run("model", runs=20, corpus=tmp_path / "c", artifacts=tmp_path / "a", regressions=tmp_path / "r", echo=False, seed_events=8)
+    prepared = {p.name for p in (tmp_path / "a" / "seeds").iterdir()}
+    assert "real-seed-vmem.mhpt" not in prepared and "6.1-seed-vmem.mhpt" in prepared and "6.1-seed-vmem.first8.mhpt" in prepared
+    assert summary.corpus > 0  # libFuzzer read them into its corpus
+
+
+def test_fuzz_package_zips_the_campaign_seeds(tmp_path: Path) -> None:
+    written = package(tmp_path)
+    assert {p.name for p in written} >= {"model_fuzzer_seed_corpus.zip", "model_fuzzer.options", "trace_format_fuzzer.dict"}
+    model = set(zipfile.ZipFile(tmp_path / "model_fuzzer_seed_corpus.zip").namelist())
+    fmt = set(zipfile.ZipFile(tmp_path / "trace_format_fuzzer_seed_corpus.zip").namelist())
+    assert {"seeds-seed-vmem.mhpt", "seeds-seed-vmem.first32.mhpt", "6.1-memmap-on-memory.mhpt", "regressions-AM-RATIO_state.mhpt"} <= model
+    assert fmt == {n for n in model if ".first" not in n}  # the format fuzzer takes the seeds whole only
+    assert not list(tmp_path.glob("*.part"))

@@ -156,20 +156,28 @@ def run(
 ) -> Summary:
     """One campaign; returns its summary (hits already saved).
 
-    libFuzzer runs in segments of at most ``merge_every`` seconds with a corpus merge after each;
-    crash artifacts are triaged as they appear, and ones an interrupted campaign left untriaged
-    (not in ``artifacts/triaged.txt``) are triaged first. Seeds (default: seed_dirs) are prepared
-    into ``artifacts/seeds`` (prepare_seeds; model seeds also trimmed to ``seed_events``).
+    libFuzzer runs in segments: one job runs in this process's child until a hit (its signature
+    then joins the ignore file and the next segment goes on), several run in fork mode. The corpus
+    is merged every ``merge_every`` seconds and at the end. Crash artifacts are triaged as they
+    appear, and ones an interrupted campaign left untriaged (not in ``artifacts/triaged.txt``)
+    first. Seeds (default: seed_dirs) are prepared into ``artifacts/seeds`` (prepare_seeds; model
+    seeds also trimmed to ``seed_events``).
     """
     mode = mode or Mode()
     seed_dir = prepare_seeds(seed_dirs(mode.profile) if seeds is None else seeds, artifacts / "seeds", seed_events if target == "model" else 0)
     c = Campaign(target, mode, corpus / target, seed_dir, artifacts, regressions, jobs, minimize_seconds, echo)
     c.triage_new(earlier=True)
+    merged = 0.0
     while True:
         left = None if not seconds else seconds - c.elapsed()
         hits = len(c.summary.signatures)
-        c.segment(None if left is None else max(1, round(min(left, merge_every))), runs, stop_on_first)
-        if not seconds or runs or (stop_on_first and len(c.summary.signatures) > hits) or c.elapsed() >= seconds - 1:
+        c.segment(None if left is None else max(1, round(min(left, merge_every - (c.elapsed() - merged)))), runs, stop_on_first)
+        new_hit = len(c.summary.signatures) > hits  # a segment ended by a hit goes on after it
+        done = (c.summary.execs >= runs or not new_hit or stop_on_first) if runs else (not seconds or (stop_on_first and new_hit) or c.elapsed() >= seconds - 1)
+        if done or c.elapsed() - merged >= merge_every - 1:
+            c.merge()
+            merged = c.elapsed()
+        if done:
             break
     c.summary.seconds = c.elapsed()
     c.summary.corpus = len(list(c.work.iterdir()))
@@ -189,7 +197,7 @@ class Campaign:
         artifacts.mkdir(parents=True, exist_ok=True)
         self.known = known_signatures(regressions) | set(DEFAULT_IGNORE)
         self.ignore_file = artifacts / "ignore.txt"
-        atomic_write(self.ignore_file, "\n".join(sorted(self.known)) + "\n")
+        self._write_ignore()
         self.summary = Summary(target, mode.describe())
         self.ledger = Ledger(artifacts / "triaged.txt")
         self.started = time.time()
@@ -198,18 +206,26 @@ class Campaign:
     def elapsed(self) -> float:
         return time.monotonic() - self.t0
 
+    def _write_ignore(self) -> None:
+        """The signatures the harness ignores; it reads them when it starts."""
+        atomic_write(self.ignore_file, "\n".join(sorted(self.known)) + "\n")
+
     def triage_new(self, earlier: bool = False) -> None:
-        """Triage every artifact not in the ledger (``earlier``: left by an interrupted campaign)."""
+        """Triage every artifact not in the ledger (``earlier``: left by an interrupted campaign);
+        new signatures join the ignore file, so harnesses started after a hit skip them."""
+        known = len(self.known)
         for art in sorted(self.ledger.pending(self.artifacts), key=lambda p: p.stat().st_mtime):
             first_hit = -1.0 if earlier else max(0.0, art.stat().st_mtime - self.started)
             _triage(art, self.target, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds)
             self.ledger.add(art)
+        if len(self.known) != known:
+            self._write_ignore()
 
-    def segment(self, seconds: int | None, runs: int | None, stop_on_first: bool) -> None:
-        """Run libFuzzer once, triaging new artifacts while it runs; then triage the rest and merge."""
+    def env(self) -> dict[str, str]:
+        """The harness's environment: this campaign's mode and ignore file; libFuzzer's fork and
+        merge modes re-execute argv[0], whose shebang must find this interpreter."""
         mode = self.mode
-        # libFuzzer's fork and merge modes re-execute argv[0]: its shebang must find this interpreter
-        env = {
+        return {
             **os.environ,
             "PATH": os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", ""))),
             "MHP_FUZZ_PROFILE": mode.profile,
@@ -217,11 +233,13 @@ class Campaign:
             "MHP_FUZZ_DIFF": mode.diff or "",
             "MHP_FUZZ_IGNORE": str(self.ignore_file),
         }
+
+    def segment(self, seconds: int | None, runs: int | None, stop_on_first: bool) -> None:
+        """Run libFuzzer once, triaging new artifacts while it runs, then the rest."""
+        env = self.env()
         cmd = [sys.executable, str(HARNESSES[self.target]), f"-artifact_prefix={self.artifacts}/", "-print_final_stats=1"]
-        if self.jobs > 1:
+        if self.jobs > 1:  # a Python harness starts slowly: one job is faster without fork mode
             cmd += [f"-fork={self.jobs}", "-ignore_crashes=1"]
-        elif not stop_on_first:
-            cmd += ["-fork=1", "-ignore_crashes=1"]
         if seconds:
             cmd.append(f"-max_total_time={seconds}")
         if runs:
@@ -256,8 +274,11 @@ class Campaign:
             print(file=sys.stderr)
         s.execs += execs
         self.triage_new()
-        _merge(self.target, self.work)
-        s.merges += 1
+
+    def merge(self) -> None:
+        """Merge the seeds and the working corpus into a new minimal working corpus."""
+        _merge(self.target, self.work, self.seeds, self.env())
+        self.summary.merges += 1
 
 
 class Ledger:
@@ -288,12 +309,12 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
         summary.signatures.setdefault(f"FORMAT:{art.name}", {"first_hit_s": first_hit, "events": 0, "file": str(art)})
         return
     events = decode(art.read_bytes())
-    hit = None if events is None else check_events(events, mode, frozenset(DEFAULT_IGNORE))
+    hit = None if events is None else check_events(events, mode, frozenset(known))  # what the harness raised
     if hit is None or hit.signature in known:
         return
     known.add(hit.signature)
     assert events is not None
-    result = Minimizer(mode, hit.signature, max_seconds=minimize_seconds, ignore=frozenset(DEFAULT_IGNORE)).run(events)
+    result = Minimizer(mode, hit.signature, max_seconds=minimize_seconds, ignore=frozenset(known - {hit.signature})).run(events)
     note = f"{hit.signature}: found by mhp fuzz ({mode.describe()}); {hit.message}. Minimised to {len(result.events)} events" + (
         " (1-minimal)." if result.one_minimal else "."
     )
@@ -301,12 +322,14 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
     summary.signatures[hit.signature] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": hit.message}
 
 
-def _merge(target: str, work: Path) -> None:
-    """libFuzzer -merge=1 into a fresh directory, then swap it in (keeps the corpus minimal)."""
+def _merge(target: str, work: Path, seeds: Path, env: dict[str, str]) -> None:
+    """libFuzzer -merge=1 of the corpus and the seeds into a fresh directory, then swap it in
+    (keeps the corpus minimal; one job runs without fork mode, which copies no seed into it)."""
     merged = work.with_name(work.name + ".merged")
     shutil.rmtree(merged, ignore_errors=True)
     merged.mkdir()
-    rc = subprocess.run([sys.executable, str(HARNESSES[target]), "-merge=1", str(merged), str(work)], capture_output=True, cwd=ROOT).returncode
+    cmd = [sys.executable, str(HARNESSES[target]), "-merge=1", str(merged), str(work), str(seeds)]
+    rc = subprocess.run(cmd, capture_output=True, cwd=ROOT, env=env).returncode
     if rc == 0 and any(merged.iterdir()):
         old = work.with_name(work.name + ".old")
         shutil.rmtree(old, ignore_errors=True)

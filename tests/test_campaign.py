@@ -29,18 +29,20 @@ def test_untriaged_crash_of_an_interrupted_campaign_is_triaged_once(tmp_path: Pa
     assert "AM-RATIO:state" not in run("model", **kw).signatures  # type: ignore[arg-type]
 
 
-def test_a_campaign_runs_in_segments_of_merge_every_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The loop around libFuzzer: segments of at most merge_every seconds until the time is spent."""
+def test_a_campaign_runs_in_segments_and_merges_every_merge_every_seconds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop around libFuzzer: a segment ends at the next merge point or early at a hit (here
+    after 3 s), and the next one takes the rest of the interval; merges every 10 s and at the end."""
     asked: list[int | None] = []
 
     def segment(self: Campaign, seconds: int | None, runs: int | None, stop_on_first: bool) -> None:
         asked.append(seconds)
-        self.t0 -= seconds or 0  # the segment took its time
-        self.summary.merges += 1
+        self.t0 -= 3 if len(asked) == 2 else seconds or 0  # the second segment ends at a hit after 3 s
 
     monkeypatch.setattr(Campaign, "segment", segment)
-    summary = run("model", seconds=25, merge_every=10, corpus=tmp_path / "c", artifacts=tmp_path / "a", regressions=tmp_path / "r", echo=False)
-    assert asked == [10, 10, 5] and summary.merges == 3
+    monkeypatch.setattr(Campaign, "merge", lambda self: merges.append(round(self.elapsed())))
+    merges: list[int] = []
+    run("model", seconds=25, merge_every=10, corpus=tmp_path / "c", artifacts=tmp_path / "a", regressions=tmp_path / "r", echo=False)
+    assert asked == [10, 10, 7, 5] and merges == [10, 20, 25]
 
 
 def test_a_corpus_left_between_the_merge_renames_is_restored(tmp_path: Path) -> None:

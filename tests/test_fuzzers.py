@@ -34,7 +34,7 @@ def test_sixty_second_smoke_campaign(tmp_path: Path, target: str) -> None:
 
     regressions = tmp_path / "regressions"
     shutil.copytree(ROOT / "corpus" / "regressions", regressions)
-    summary = run(target, seconds=60, corpus=tmp_path / "corpus", artifacts=tmp_path / "artifacts", regressions=regressions, echo=False)
+    summary = run(target, seconds=60, corpus=tmp_path / "corpus", artifacts=tmp_path / "artifacts", regressions=regressions, echo=False, minimize_seconds=5)
     assert summary.execs > 0 and summary.corpus > 0, summary
     assert not [s for s in summary.signatures if s.startswith(("CRASH:", "FORMAT:"))], summary.signatures
 

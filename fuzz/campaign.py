@@ -277,7 +277,7 @@ class Campaign:
 
     def merge(self) -> None:
         """Merge the seeds and the working corpus into a new minimal working corpus."""
-        _merge(self.target, self.work, self.seeds, self.env())
+        _merge(self.target, self.work, self.seeds, self.env(), self.artifacts)
         self.summary.merges += 1
 
 
@@ -322,13 +322,13 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
     summary.signatures[hit.signature] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": hit.message}
 
 
-def _merge(target: str, work: Path, seeds: Path, env: dict[str, str]) -> None:
+def _merge(target: str, work: Path, seeds: Path, env: dict[str, str], artifacts: Path) -> None:
     """libFuzzer -merge=1 of the corpus and the seeds into a fresh directory, then swap it in
     (keeps the corpus minimal; one job runs without fork mode, which copies no seed into it)."""
     merged = work.with_name(work.name + ".merged")
     shutil.rmtree(merged, ignore_errors=True)
     merged.mkdir()
-    cmd = [sys.executable, str(HARNESSES[target]), "-merge=1", str(merged), str(work), str(seeds)]
+    cmd = [sys.executable, str(HARNESSES[target]), "-merge=1", f"-artifact_prefix={artifacts}/", str(merged), str(work), str(seeds)]
     rc = subprocess.run(cmd, capture_output=True, cwd=ROOT, env=env).returncode
     if rc == 0 and any(merged.iterdir()):
         old = work.with_name(work.name + ".old")

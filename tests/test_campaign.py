@@ -19,7 +19,7 @@ def test_untriaged_crash_of_an_interrupted_campaign_is_triaged_once(tmp_path: Pa
     regressions.mkdir()
     shutil.copy(ROOT / "corpus" / "regressions" / "AM-RATIO_state.mhpt", artifacts / "crash-left-behind")
     kw = {"runs": 1, "corpus": tmp_path / "corpus", "artifacts": artifacts, "regressions": regressions}
-    kw |= {"stop_on_first": True, "echo": False, "minimize_seconds": 5}
+    kw |= {"stop_on_first": True, "echo": False, "minimize_seconds": 5, "seeds": [ROOT / "corpus" / "seeds"]}  # seeds quiet on the model
     summary = run("model", **kw)  # type: ignore[arg-type]
     assert summary.signatures["AM-RATIO:state"]["first_hit_s"] == -1.0
     assert "left untriaged by an interrupted campaign" in "\n".join(summary.lines())

@@ -276,9 +276,24 @@ class Campaign:
         self.triage_new()
 
     def merge(self) -> None:
-        """Merge the seeds and the working corpus into a new minimal working corpus."""
-        _merge(self.target, self.work, self.seeds, self.env(), self.artifacts)
+        """libFuzzer -merge=1 of the corpus and the seeds into a fresh directory, swapped in (one
+        job runs without fork mode, which copies no seed into the corpus); inputs that crash the
+        merge become artifacts and are triaged."""
+        work = self.work
+        merged = work.with_name(work.name + ".merged")
+        shutil.rmtree(merged, ignore_errors=True)
+        merged.mkdir()
+        cmd = [sys.executable, str(HARNESSES[self.target]), "-merge=1", f"-artifact_prefix={self.artifacts}/", str(merged), str(work), str(self.seeds)]
+        if subprocess.run(cmd, capture_output=True, cwd=ROOT, env=self.env()).returncode == 0 and any(merged.iterdir()):
+            old = work.with_name(work.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(work, old)
+            os.replace(merged, work)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            shutil.rmtree(merged, ignore_errors=True)
         self.summary.merges += 1
+        self.triage_new()
 
 
 class Ledger:
@@ -320,21 +335,3 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
     )
     path = save_regression(regressions, hit.signature, mode, result.events, note)
     summary.signatures[hit.signature] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": hit.message}
-
-
-def _merge(target: str, work: Path, seeds: Path, env: dict[str, str], artifacts: Path) -> None:
-    """libFuzzer -merge=1 of the corpus and the seeds into a fresh directory, then swap it in
-    (keeps the corpus minimal; one job runs without fork mode, which copies no seed into it)."""
-    merged = work.with_name(work.name + ".merged")
-    shutil.rmtree(merged, ignore_errors=True)
-    merged.mkdir()
-    cmd = [sys.executable, str(HARNESSES[target]), "-merge=1", f"-artifact_prefix={artifacts}/", str(merged), str(work), str(seeds)]
-    rc = subprocess.run(cmd, capture_output=True, cwd=ROOT, env=env).returncode
-    if rc == 0 and any(merged.iterdir()):
-        old = work.with_name(work.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(work, old)
-        os.replace(merged, work)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        shutil.rmtree(merged, ignore_errors=True)

@@ -105,7 +105,8 @@ def test_acct_group_fires() -> None:
 
 def test_acct_early_fires() -> None:
     k = boot_preset()
-    k.m.nodes[0].zones[ZoneType.NORMAL].present_early_pages += 10**7
+    k.apply(Mark("snapshot complete"))
+    k.m.nodes[0].zones[ZoneType.NORMAL].present_early_pages += 10**7  # corrupted behind the model's back
     assert "ACCT-EARLY" in oracles_of(k.apply(OfflineBlock(40, Attr.STATE, Source.USER)))
     assert oracles_of(boot_preset().apply(OfflineBlock(40, Attr.STATE, Source.USER))) == []
 
@@ -191,4 +192,14 @@ def test_snapshot_whose_zones_cannot_hold_their_blocks_is_refused() -> None:
 
     k = boot(inconsistent_snapshot(0))
     with pytest.raises(SnapshotError, match="online blocks"):
+        k.apply(Mark("snapshot complete"))
+
+
+def test_snapshot_counting_a_hot_added_block_as_early_memory_is_refused() -> None:
+    """Found by mhp fuzz (ACCT-EARLY:DMA32 from 3 events): a zone whose pages are all early cannot
+    hold an online hot-added block; offlining it would leave present_early > present."""
+    from replay.model.kernel import SnapshotError
+
+    k = boot([*ideal_events(), BootBlocks(20, 1, 0, BlockState.ONLINE, ZoneType.DMA32, False, -1, 0, BP)])
+    with pytest.raises(SnapshotError, match="32768 hot-added"):
         k.apply(Mark("snapshot complete"))

@@ -98,7 +98,8 @@ class Kernel:
             raise SnapshotError(self.index, f"{type(ev).__name__} after the first request: the boot snapshot comes first")
 
     def _check_snapshot(self) -> None:
-        """A complete snapshot: every zone holds at least the pages of the online blocks in it."""
+        """A complete snapshot: every zone holds at least the pages of the online blocks in it, its
+        early pages those of its early blocks and its later pages those of its hot-added blocks."""
         held: dict[tuple[int, int], list[int]] = {}
         for mem in self.m.blocks.values():
             if mem.zone is not None and mem.state is MEM_ONLINE:
@@ -107,8 +108,11 @@ class Kernel:
                 acc[1] += mem.present_pages if mem.early else 0
         for (nid, zidx), (pages, early) in held.items():
             z = self.m.nodes[nid].zones[zidx]
-            if z.present_pages < pages or z.present_early_pages < early:
-                raise SnapshotError(self.index, f"{z}: present {z.present_pages} (early {z.present_early_pages}) < its online blocks' {pages} (early {early})")
+            if z.present_pages < pages or z.present_early_pages < early or z.present_pages - z.present_early_pages < pages - early:
+                raise SnapshotError(
+                    self.index,
+                    f"{z}: present {z.present_pages} (early {z.present_early_pages}) cannot hold its online blocks' {pages} ({pages - early} hot-added)",
+                )
 
     # --- boot snapshot ----------------------------------------------------------------------------
 

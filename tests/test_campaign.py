@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.campaign import ROOT, Campaign, _recover, prepare_seeds, run, seed_dirs
-from fuzz.check import decode
+from fuzz.campaign import ROOT, Campaign, _recover, prepare_seeds, run, seed_dirs, shadowing
+from fuzz.check import Mode, decode
 from fuzz.package import package
 
 
@@ -86,3 +86,12 @@ def test_fuzz_package_zips_the_campaign_seeds(tmp_path: Path) -> None:
     assert {"seeds-seed-vmem.mhpt", "seeds-seed-vmem.first32.mhpt", "6.1-memmap-on-memory.mhpt", "regressions-AM-RATIO_state.mhpt"} <= model
     assert fmt == {n for n in model if ".first" not in n}  # the format fuzzer takes the seeds whole only
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_regression_lists_the_signatures_its_trace_hits_first() -> None:
+    """On a one-node machine the system-wide ratio check fires before the per-node one."""
+    path = ROOT / "corpus" / "regressions" / "AM-RATIO-NODE_movable-decision.mhpt"
+    events = decode(path.read_bytes())
+    assert events is not None
+    assert shadowing(events, Mode(), "AM-RATIO-NODE:movable-decision") == ["AM-RATIO:movable-decision"]
+    assert shadowing(events, Mode(), "AM-RATIO:movable-decision") == []

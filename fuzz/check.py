@@ -106,9 +106,12 @@ def _decode_plain(data: bytes) -> list[Any] | None:
     return events
 
 
+STATE_FEATURES = 5 * 4 * 2 * 6 * 4  # zone x online type x policy x ratio band x group kind
+
+
 def state_feature(k: Kernel, out: Any) -> int | None:
     """A number for the model state a decision reached: zone x online type x policy x ratio band x
-    group kind (0..719), so the fuzzer can be rewarded for new model states (like kernel signal)."""
+    group kind (0..STATE_FEATURES - 1), so the fuzzer can be rewarded for new model states (like kernel signal)."""
     if not out.decisions:
         return None
     d = out.decisions[-1]

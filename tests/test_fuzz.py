@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import errno
 import io
+import itertools
 import json
 import random
 from pathlib import Path
+from types import SimpleNamespace as NS
 
 import pytest
 
-from fuzz.check import Mode, check_events, check_input, decode
+from fuzz.check import STATE_FEATURES, Mode, check_events, check_input, decode, state_feature
 from fuzz.minimize import Minimizer
 from fuzz.mutator import (
     PARAM_POOLS,
@@ -33,7 +35,21 @@ from replay.model.profiles import get_profile
 from replay.replayer import replay_events
 from tests.test_variants import SEQUENCES
 from traces.errors import TraceFormatError
-from traces.events import AddFlags, AddMemory, BootParams, GroupRegister, GroupUnregister, InjectFailure, Op, Param, ParamWrite, RemoveMemory
+from traces.events import (
+    AddFlags,
+    AddMemory,
+    BootParams,
+    GroupRegister,
+    GroupUnregister,
+    InjectFailure,
+    OnlineType,
+    Op,
+    Param,
+    ParamWrite,
+    Policy,
+    RemoveMemory,
+    ZoneType,
+)
 from traces.reader import TraceReader
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +61,16 @@ def test_seeds_are_quiet_on_the_reference_model() -> None:
     for seed in SEEDS:
         hit = check_input(seed.read_bytes(), Mode(), frozenset({"AM-RATIO:state", "AM-RATIO-NODE:state"}))
         assert hit is None, (seed.name, hit)
+
+
+def test_state_features_number_every_decision_state_once() -> None:
+    """zone x online type x policy x ratio band x group kind: each combination its own feature."""
+    groups = [None, NS(is_dynamic=False, pages=8), NS(is_dynamic=True, pages=4), NS(is_dynamic=True, pages=8)]
+    seen = set()
+    for zone, otype, policy, ratio, group in itertools.product(ZoneType, OnlineType, Policy, (0, 50, 200, 301, 400, 2**31), groups):
+        k = NS(m=NS(blocks={7: NS(group=group)}, block_pages=4, params=NS(auto_movable_ratio=ratio, online_policy=policy)))
+        seen.add(state_feature(k, NS(decisions=[NS(block=7, zone=zone, online_type=otype)])))  # type: ignore[arg-type]
+    assert seen == set(range(STATE_FEATURES))
 
 
 def test_mutants_are_almost_all_valid_traces() -> None:

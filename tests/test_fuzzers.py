@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -37,6 +38,15 @@ def test_sixty_second_smoke_campaign(tmp_path: Path, target: str) -> None:
     summary = run(target, seconds=60, corpus=tmp_path / "corpus", artifacts=tmp_path / "artifacts", regressions=regressions, echo=False, minimize_seconds=5)
     assert summary.execs > 0 and summary.corpus > 0, summary
     assert not [s for s in summary.signatures if s.startswith(("CRASH:", "FORMAT:"))], summary.signatures
+
+
+def test_model_harness_rewards_every_state_feature_with_its_own_leaf() -> None:
+    code = "import model_fuzzer as h; print(all(h.feature(k) == k for k in range(h.STATE_FEATURES)), h.STATE_FEATURES)"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT / "fuzz", env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["True", "960"]
 
 
 def test_harness_is_executable() -> None:

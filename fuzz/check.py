@@ -98,7 +98,7 @@ def _decode_plain(data: bytes) -> list[Any] | None:
             cols = decode_payload(payload, count, pos + hs, len(events))
         except TraceFormatError:
             return None
-        if cols.seqs != list(range(first_seq, first_seq + count)):
+        if cols.seqs != range(first_seq, first_seq + count):
             return None
         events += cols.events
         next_seq = first_seq + count

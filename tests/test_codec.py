@@ -6,6 +6,7 @@ import io
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -85,11 +86,20 @@ def test_fast_and_construct_agree_on_damaged_payloads(items: list, data: st.Data
 
     def run(fn):  # type: ignore[no-untyped-def]
         try:
-            return fn(bytes(payload), count)
+            return list(fn(bytes(payload), count).records())
         except TraceFormatError as e:
             return str(e)
 
     assert run(decode_payload) == run(decode_payload_construct)
+
+
+def test_fast_path_numbers_records_by_range_and_keeps_every_jump() -> None:
+    def seqs(numbers: list[int]) -> Any:
+        return decode_chunk_fast(b"".join(encode_record(Record(n, 0, 0, Mark(""))) for n in numbers)).seqs
+
+    assert seqs([7, 8, 9]) == range(7, 10)
+    assert seqs([5, 6, 9, 10, 3, 4]) == [5, 6, 9, 10, 3, 4]
+    assert seqs([2, 2]) == [2, 2]
 
 
 def test_identical_bodies_share_one_event_and_the_intern_cache_is_bounded() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import construct as cs
@@ -48,7 +48,7 @@ class Columns(NamedTuple):
     """The records of one chunk, column-wise: cheaper to build than one Record per event."""
 
     events: list[Any]
-    seqs: list[int]
+    seqs: Sequence[int]  # a range when the records are numbered one by one (the usual case)
     ts: list[int]
     flags: dict[int, int]  # record index -> flags, for records with any flag set (rare)
     extras: dict[int, bytes]  # record index -> bytes after the known fields (rare)
@@ -292,13 +292,14 @@ def decode_chunk_fast(buf: bytes) -> Columns:
     result), and a dictionary hit is cheaper than unpacking and converting the fields.
     """
     out: list[Any] = []
-    seqs: list[int] = []
     tss: list[int] = []
     flags: dict[int, int] = {}
-    append, seq_append, ts_append = out.append, seqs.append, tss.append
+    jumps: dict[int, int] = {}  # record index -> its seq, where numbering does not go on by one
+    append, ts_append = out.append, tss.append
     header, interned, hs = RECORD_HEADER.unpack_from, _INTERNED, RECORD_HEADER_SIZE
     off = 0
     size = len(buf)
+    first = nxt = header(buf, 0)[3] if size >= hs else 0
     while off < size:
         t, fl, ln, seq, ts = header(buf, off)
         end = off + ln
@@ -308,15 +309,28 @@ def decode_chunk_fast(buf: bytes) -> Columns:
             if ln < hs:
                 _bad()
             ev = _decode_body(t, body)
+        if seq != nxt:
+            jumps[len(out)] = nxt = seq
+        nxt += 1
         append(ev)
-        seq_append(seq)
         ts_append(ts)
         if fl:
             flags[len(out) - 1] = fl
         off = end
     if off != size:  # only the last record can run past the end: every earlier one ended inside
         _bad()
-    return Columns(out, seqs, tss, flags, {})
+    return Columns(out, _numbering(first, len(out), jumps) if jumps else range(first, nxt), tss, flags, {})
+
+
+def _numbering(first: int, count: int, jumps: dict[int, int]) -> list[int]:
+    """The sequence numbers of ``count`` records from ``first`` on, with their jumps."""
+    seqs = []
+    seq = first
+    for i in range(count):
+        seq = jumps.get(i, seq)
+        seqs.append(seq)
+        seq += 1
+    return seqs
 
 
 def decode_payload(payload: bytes, count: int, base_offset: int = 0, first_record: int = 0) -> Columns:

@@ -171,7 +171,7 @@ class TraceReader:
                 continue
             if next_seq is not None and first_seq != next_seq:
                 self._sequence_gap(at, next_seq, first_seq, last_loss)
-            if seqs[-1] - first_seq != count - 1 or seqs != list(range(first_seq, first_seq + count)):  # look closer
+            if type(seqs) is not range or seqs[-1] - first_seq != count - 1:  # look closer
                 prev = first_seq
                 last_loss = events[0] if type(events[0]) is Loss else None
                 for seq, ev in zip(seqs[1:], events[1:], strict=True):

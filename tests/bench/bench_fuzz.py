@@ -11,14 +11,17 @@ Targets (issue 6): every variant found, median <= 30 s, max <= 300 s; >= 10k exe
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from fuzz.campaign import ROOT, SEED_EVENTS, run
+from fuzz.campaign import DEFAULT_IGNORE, HARNESSES, ROOT, SEED_EVENTS, known_signatures, prepare_seeds, run
 from fuzz.check import Mode, check_events, check_input, decode
 from fuzz.minimize import Minimizer
 from fuzz.mutator import encode
@@ -34,6 +37,24 @@ def exec_rate(seconds: float = 5.0) -> float:
         check_input(inputs[n % len(inputs)], Mode(), frozenset({"AM-RATIO:state", "AM-RATIO-NODE:state"}))
         n += 1
     return n / (time.perf_counter() - t0)
+
+
+def atheris_rate(runs: int = 3000) -> float:
+    """libFuzzer's exec/s on the model harness as campaigns run it (atheris-instrumented, with the
+    custom mutator), from the seeds trimmed to 32 events; known findings are ignored."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        seeds = prepare_seeds([ROOT / "corpus" / "seeds"], t / "s", 32)
+        for whole in [p for p in seeds.iterdir() if ".first" not in p.name]:
+            whole.unlink()
+        (t / "ignore").write_text("\n".join(known_signatures(ROOT / "corpus" / "regressions") | set(DEFAULT_IGNORE)))
+        (t / "c").mkdir()
+        cmd = [sys.executable, str(HARNESSES["model"]), f"-runs={runs}", "-seed=1", "-print_final_stats=1", f"-artifact_prefix={t}/", str(t / "c"), str(seeds)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MHP_FUZZ_IGNORE": str(t / "ignore")}, check=False)
+        rate = re.search(r"^stat::average_exec_per_sec:\s*(\d+)", proc.stderr, re.M)
+        if rate is None:
+            raise RuntimeError(f"the model harness did not finish: {proc.stderr[-2000:]}")
+        return float(rate.group(1))
 
 
 def minimise_time() -> tuple[float, int, bool]:
@@ -58,6 +79,7 @@ def main() -> int:
     ap.add_argument("--seed-events", type=int, default=SEED_EVENTS, help="seeds trimmed to the boot snapshot + N events (0: whole)")
     args = ap.parse_args()
     print(f"harness check on 32-event inputs: {exec_rate():,.0f} exec/s (target >= 10,000)")
+    print(f"libFuzzer on the atheris-instrumented harness, 32-event seeds: {atheris_rate():,.0f} exec/s")
     secs, n, minimal = minimise_time()
     print(f"minimising a 1,000-event failing trace: {secs:.1f} s to {n} events, {'1-minimal' if minimal else 'NOT 1-minimal'} (target <= 10 s)")
     found: dict[str, float | None] = {}

@@ -42,6 +42,7 @@ class Replayer:
         self.index = -1
         self.last_request: tuple[int, int, int, Any, Outcome] | None = None
         self.last_decision: dict[int, Decision] = {}
+        self.block_request: dict[int, tuple[int, int, int, Any, Outcome]] = {}  # block -> request that last decided or changed it
         self.after_loss = False
         self.compare: dict[type, Callable[[Any], list[Mismatch]]] = {
             Result: self._cmp_result,
@@ -79,9 +80,12 @@ class Replayer:
         except SnapshotError as e:
             raise TraceFormatError(str(e).split(": ", 1)[-1], record=self.index) from None
         if kind == "request":
-            self.last_request = (self.index, seq, ts, ev, out)
-        for d in out.decisions:
-            self.last_decision[d.block] = d
+            req = self.last_request = (self.index, seq, ts, ev, out)
+            for d in out.decisions:
+                self.last_decision[d.block] = d
+                self.block_request[d.block] = req
+            for ch in out.changes:
+                self.block_request[ch.block] = req
         if out.findings:
             self._findings(out)
         self.recent.append((seq, ts, ev, out.rc if kind == "request" else None))
@@ -162,14 +166,15 @@ class Replayer:
 
     def _divergence(self, kind: str, seq: int, ts: int, ev: Any, mismatches: list[Mismatch]) -> Divergence:
         m = self.kernel.m
+        block = getattr(ev, "block", None)
         request = None
-        if self.last_request is not None:
-            _, rseq, rts, rev, _ = self.last_request
+        req = self.block_request.get(block, self.last_request) if block is not None else self.last_request
+        if req is not None:  # the request that last decided or changed the block, else the last one
+            _, rseq, rts, rev, _ = req
             request = format_record(Record(rseq, rts, 0, rev))
         earlier = list(self.recent)[:-1][-self.context :] if self.context else []
         context = [format_record(Record(s, t, 0, e)) + ("" if rc is None else f"   # model rc {rc}") for s, t, e, rc in earlier]
         d = Divergence(kind, self.index, seq, ts, format_record(Record(seq, ts, 0, ev)), request, mismatches, context)
-        block = getattr(ev, "block", None)
         if block is not None:
             dec = self.last_decision.get(block)
             if dec is not None:

@@ -12,7 +12,8 @@ from replay.cli import main
 from replay.replayer import replay_file
 from tests.test_observed import SCENARIOS
 
-SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT / "corpus" / "seeds"
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -64,6 +65,17 @@ def test_one_flipped_zone_is_one_decision_divergence(tmp_path: Path, capsys: pyt
     assert "decision divergence at event" in out and "valid_zones: model 'Normal', kernel 'Movable'" in out
     assert "limit 3155819 -> kernel zone" in out
     assert out.rstrip().endswith("FAILED: 809 events, 537 matched, 1 divergences, 0 findings")
+
+
+def test_divergence_names_the_request_that_decided_the_block(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Block 48 was onlined by the add at seq 49; 95 adds came after it before the observation."""
+    rc, text, _ = run(["dump", str(ROOT / "corpus" / "real" / "6.1" / "seed-vmem.mhpt")], capsys)
+    assert rc == 0
+    src = tmp_path / "t.txt"
+    src.write_text(text.replace("block=48 state=online node=0 valid_zones=Movable", "block=48 state=online node=0 valid_zones=Normal", 1))
+    assert run(["compile", str(src), "-o", str(tmp_path / "t.mhpt")], capsys)[0] == 0
+    (d,) = replay_file(str(tmp_path / "t.mhpt")).divergences
+    assert d.request is not None and d.request.startswith("49 ") and "add_memory start=0x180000000" in d.request
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from fuzz.campaign import SEED_EVENTS, atomic_write, prepare_seeds, seed_dirs
-from traces.header import CHUNK_MAGIC, INDEX_MAGIC, MAGIC, TRAILER_MAGIC
-
 ROOT = Path(__file__).resolve().parent.parent
+# This checkout's packages and corpus, also when an installed copy (ClusterFuzzLite's
+# `pip3 install .`, which carries no corpus) would come first on the path.
+sys.path.insert(0, str(ROOT))
+
+from fuzz.campaign import SEED_EVENTS, atomic_write, prepare_seeds, seed_dirs  # noqa: E402
+from traces.header import CHUNK_MAGIC, INDEX_MAGIC, MAGIC, TRAILER_MAGIC  # noqa: E402
+
 TARGETS = ("model_fuzzer", "trace_format_fuzzer")
 OPTIONS = "[libfuzzer]\nmax_len = 65536\ntimeout = 25\n"
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,21 @@ def test_model_harness_rewards_every_state_feature_with_its_own_leaf() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split() == ["True", "960"]
+
+
+def test_fuzz_package_script_takes_seeds_from_its_checkout_beside_an_installed_copy(tmp_path: Path) -> None:
+    """ClusterFuzzLite's build.sh installs the packages (no corpus), then runs fuzz/package.py."""
+    site = tmp_path / "site"
+    for pkg in ("fuzz", "replay", "traces"):
+        shutil.copytree(ROOT / pkg, site / pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "fuzz" / "package.py"), str(tmp_path / "out")], capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(tmp_path / "out" / "model_fuzzer_seed_corpus.zip") as z:
+        names = z.namelist()
+    assert "seeds-seed-vmem.mhpt" in names and "6.1-seed-vmem.mhpt" in names
 
 
 def test_harness_is_executable() -> None:

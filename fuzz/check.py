@@ -4,6 +4,8 @@ An input is a .mhpt trace. Undecodable bytes and impossible snapshots are invali
 A valid trace runs through the model with every oracle; in differential mode a second model
 (another profile, or the reference beside a seeded variant) runs beside it and the first
 behavioural difference counts, as do findings the second model does not raise at the same event.
+The first difference ends the comparison: the two models' states have diverged, so everything
+after it is a consequence of that one cause.
 A Python exception inside the model is a model crash, with its own signature.
 """
 
@@ -126,7 +128,12 @@ def state_feature(k: Kernel, out: Any) -> int | None:
 
 def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozenset(), feedback: Callable[[int], object] | None = None) -> Hit | None:
     """The first hit (finding, difference or crash) whose signature is not in ``ignore``;
-    ``feedback`` gets the state_feature of every zone decision."""
+    ``feedback`` gets the state_feature of every zone decision.
+
+    In differential mode the input is checked up to its first difference only: that difference
+    is the hit, or nothing if it is ignored (the models have diverged; later differences and
+    findings follow from it). Findings of the events before it count.
+    """
     prof = get_profile(mode.profile)
     variants = frozenset({mode.variant}) if mode.variant else frozenset()
     k = Kernel(prof, variants=variants)
@@ -143,8 +150,7 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
                 d = compare_outcomes(i, ev, k, a, other, b)
                 if d is not None:
                     sig = f"{d.signature}:{mode.variant or mode.profile}-vs-{mode.diff}"
-                    if sig not in ignore:
-                        return Hit(sig, i, f"{type(ev).__name__}: {d.what} {d.a!r} vs {d.b!r}")
+                    return None if sig in ignore else Hit(sig, i, f"{type(ev).__name__}: {d.what} {d.a!r} vs {d.b!r}")
                 theirs = {f.signature for f in b.findings}  # differential: only findings the other model lacks
                 findings = [f for f in a.findings if f.signature not in theirs]
             elif kind in ("boot", "request", "inject"):

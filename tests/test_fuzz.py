@@ -267,6 +267,18 @@ def test_variant_hits_minimise_to_one_minimal_traces(name: str) -> None:
     assert check_input(encode(res.events), mode).signature == hit.signature  # type: ignore[union-attr]
 
 
+def test_the_first_difference_ends_a_differential_check() -> None:
+    """6.1 refuses the memmap_on_memory add 6.12 accepts: everything after it is a consequence,
+    so ignoring that difference leaves nothing (not the offline's present pages, say)."""
+    events = decode((ROOT / "corpus" / "real" / "6.12" / "memmap-on-memory.mhpt").read_bytes())
+    assert events is not None
+    mode = Mode("6.1", None, "6.12")
+    hit = check_events(events, mode)
+    assert hit is not None and hit.signature == "DIFF:AddMemory:rc:6.1-vs-6.12"
+    assert check_events(events, mode, frozenset({hit.signature})) is None
+    assert check_events(events[: hit.index], mode) is None  # nothing before it either
+
+
 def long_failing_trace() -> list:
     """1,000 events: M7's sequence with the seed-vmem trace's requests mixed in before its last event."""
     events = list(SEQUENCES["M7"][:-1])

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, TextIO
 
 from replay.replayer import walk
+from traces.atomic import atomic_path
 from traces.events import StateDigest
 from traces.text import CLASS_NAMES, format_record
 
@@ -20,16 +20,8 @@ PID = 1
 
 def export_chrome(path: str, out: str, profile: str | None = None) -> int:
     """Write the trace-event JSON atomically; returns the number of trace events written."""
-    directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            n = _write(path, f, profile)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return n
+    with atomic_path(out) as tmp, open(tmp, "w") as f:
+        return _write(path, f, profile)
 
 
 def _write(path: str, f: TextIO, profile: str | None) -> int:

@@ -6,12 +6,12 @@ matplotlib is an optional extra (``pip install mhp-replay[plot]``).
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
 
 from replay.model.kernel import Kernel
 from replay.model.machine import MEM_ONLINE, ZONE_MOVABLE
 from replay.replayer import walk
+from traces.atomic import atomic_path
 from traces.events import Mark
 from traces.reader import TraceReader
 
@@ -124,13 +124,8 @@ def plot(path: str, out: str, profile: str | None = None, title: str | None = No
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out))
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=os.path.splitext(out)[1] or ".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            fig.savefig(tmp, dpi=110, format=os.path.splitext(out)[1][1:] or "png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 from replay.cli import main
 from replay.plot import ABSENT, OFFLINE, sample
+from traces.atomic import atomic_path
 
 SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
 
@@ -38,3 +40,24 @@ def test_export_chrome_trace_events(tmp_path: Path, capsys: pytest.CaptureFixtur
     adds = [e for e in events if e["ph"] == "i" and e["name"] == "add_memory"]
     assert len(adds) == 5 and "add_memory start=0x180000000" in adds[0]["args"]["record"]
     assert sum(1 for e in events if e["name"] == "mark") == 5
+
+
+def test_outputs_get_the_umask_mode_and_a_missing_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "trace.json"
+    old = os.umask(0o022)
+    try:
+        assert main(["export", "--format", "chrome", str(SEEDS / "seed-dimm.mhpt"), "-o", str(out)]) == 0
+        assert out.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(old)
+    missing = tmp_path / "nowhere" / "x.png"
+    assert main(["plot", str(SEEDS / "seed-dimm.mhpt"), "-o", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and ".part" not in err and "tmp" not in err.replace(str(tmp_path), "")
+
+
+def test_atomic_path_leaves_nothing_when_the_writer_fails(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "out.bin") as tmp:
+        Path(tmp).write_bytes(b"half")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []

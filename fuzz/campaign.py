@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuzz.check import Mode, check_events, decode
+from fuzz.check import Mode, check_events, decode, shadowing
 from fuzz.minimize import Minimizer
 from fuzz.mutator import encode
+from replay.model.profiles import get_profile
+from traces.header import Capture, TraceHeader
 from traces.reader import read_trace
 from traces.text import dump
 
@@ -115,20 +117,12 @@ def prepare_seeds(dirs: list[Path], out: Path, events: int) -> Path:
     return out
 
 
-def shadowing(events: list[Any], mode: Mode, signature: str) -> list[str]:
-    """The signatures a trace hits before ``signature``: they must be ignored to see it (the
-    per-node ratio oracle, say, fires after the system-wide one on a one-node machine)."""
-    ignore = set(DEFAULT_IGNORE)
-    while (hit := check_events(events, mode, frozenset(ignore))) is not None and hit.signature != signature:
-        ignore.add(hit.signature)
-    return sorted(ignore - set(DEFAULT_IGNORE))
-
-
 def save_regression(regressions: Path, signature: str, mode: Mode, events: list[Any], note: str) -> Path:
-    """Write <sig>.mhpt, its text form, a metadata file and a ready-to-paste pytest; the metadata's
-    ``ignore`` lists the signatures the trace hits first (shadowing)."""
+    """Write <sig>.mhpt (its header names the profile's kernel release, so ``mhp replay`` picks that
+    profile), its text form, a metadata file and a ready-to-paste pytest; the metadata's ``ignore``
+    lists the signatures the trace hits first (shadowing)."""
     name = safe_name(signature)
-    data = encode(events)
+    data = encode(events, TraceHeader(writer="mhp fuzz", kernel_release=get_profile(mode.profile).release, source=Capture.FUZZER))
     trace = regressions / f"{name}.mhpt"
     atomic_write(trace, data)
     header, records = read_trace(data)
@@ -154,7 +148,7 @@ def run(
     seconds: int | None = 60,
     runs: int | None = None,
     jobs: int = 1,
-    corpus: Path = ROOT / "corpus" / "fuzz",
+    corpus: Path | None = None,
     seeds: list[Path] | None = None,
     artifacts: Path = ROOT / "fuzz-artifacts",
     regressions: Path = ROOT / "corpus" / "regressions",
@@ -169,14 +163,15 @@ def run(
 
     libFuzzer runs in segments: one job runs in this process's child until a hit (its signature
     then joins the ignore file and the next segment goes on), several run in fork mode. The corpus
-    is merged every ``merge_every`` seconds and at the end. Crash artifacts are triaged as they
+    is merged every ``merge_every`` seconds and at the end; it is ``corpus`` (default
+    corpus/fuzz/<target>), resumed. Crash artifacts are triaged as they
     appear, and ones an interrupted campaign left untriaged (not in ``artifacts/triaged.txt``)
     first. Seeds (default: seed_dirs) are prepared into ``artifacts/seeds`` (prepare_seeds; model
     seeds also trimmed to ``seed_events``).
     """
     mode = mode or Mode()
     seed_dir = prepare_seeds(seed_dirs(mode.profile) if seeds is None else seeds, artifacts / "seeds", seed_events if target == "model" else 0)
-    c = Campaign(target, mode, corpus / target, seed_dir, artifacts, regressions, jobs, minimize_seconds, echo)
+    c = Campaign(target, mode, corpus or ROOT / "corpus" / "fuzz" / target, seed_dir, artifacts, regressions, jobs, minimize_seconds, echo)
     c.triage_new(earlier=True)
     merged = 0.0
     while True:
@@ -341,8 +336,8 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
     known.add(hit.signature)
     assert events is not None
     result = Minimizer(mode, hit.signature, max_seconds=minimize_seconds, ignore=frozenset(known - {hit.signature})).run(events)
-    note = f"{hit.signature}: found by mhp fuzz ({mode.describe()}); {hit.message}. Minimised to {len(result.events)} events" + (
+    note = f"{hit.signature}: found by mhp fuzz ({mode.describe()}); {result.hit.message}. Minimised to {len(result.events)} events" + (
         " (1-minimal)." if result.one_minimal else "."
-    )
+    )  # the message of the minimised trace: the numbers a replay of the saved file shows
     path = save_regression(regressions, hit.signature, mode, result.events, note)
-    summary.signatures[hit.signature] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": hit.message}
+    summary.signatures[hit.signature] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": result.hit.message}

@@ -46,6 +46,22 @@ class Mode:
         return ", ".join(parts)
 
 
+def parse_mode(profile: str, variant: str | None, diff: str | None) -> Mode:
+    """The Mode of the ``--profile``, ``--variant`` and ``--diff`` options (``mhp fuzz``, ``mhp
+    minimize``): ``--diff A,B`` runs profile A (its variant, if any) against profile B and sets the
+    profile to A; ``--diff ref`` runs the variant against the reference model of ``profile``."""
+    if not diff:
+        return Mode(profile, variant)
+    if diff == "ref":
+        if not variant:
+            raise ValueError("--diff ref compares a --variant with the reference model: give --variant")
+        return Mode(profile, variant, "ref")
+    a, comma, b = diff.partition(",")
+    if not comma:
+        raise ValueError(f"--diff {diff!r}: give two profiles A,B (e.g. 6.1,6.12) or ref")
+    return Mode(get_profile(a).name, variant, get_profile(b).name)
+
+
 @dataclass(frozen=True, slots=True)
 class Hit:
     """A problem the input exposes: its signature and the event index where it shows."""
@@ -177,3 +193,20 @@ def check_input(data: bytes, mode: Mode, ignore: frozenset[str] = frozenset(), f
     """check_events on raw bytes (None for invalid inputs)."""
     events = decode(data)
     return None if events is None else check_events(events, mode, ignore, feedback)
+
+
+def shadowing(events: list[Any], mode: Mode, signature: str, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """The signatures past ``ignore`` a trace hits before ``signature``: they must be ignored to see
+    it (the per-node ratio oracle, say, fires after the system-wide one on a one-node machine).
+    ValueError if the trace never hits ``signature``."""
+    seen: list[str] = []
+    while (hit := check_events(events, mode, ignore | frozenset(seen))) is not None and hit.signature != signature:
+        seen.append(hit.signature)
+    if hit is None:
+        why = (
+            "; a differential check ends at its first difference: without --diff, later findings count"
+            if mode.diff and any(s.startswith("DIFF:") for s in seen)
+            else ""
+        )
+        raise ValueError(f"the input does not produce {signature} (it hits {', '.join(seen) or 'nothing'}{why})")
+    return sorted(seen)

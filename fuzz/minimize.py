@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from fuzz.check import Hit, Mode, check_events
+from fuzz.check import Hit, Mode, check_events, shadowing
 from traces.events import BOOL, STR, ZONES, Res, fields_of
 
 BLOCK = 128 << 20
@@ -25,10 +25,14 @@ class Result:
     """The minimised events and how we got there."""
 
     events: list[Any]
-    signature: str
+    hit: Hit  # what the minimised events produce
     replays: int
     seconds: float
     one_minimal: bool  # the one-by-one pass completed within the budget
+
+    @property
+    def signature(self) -> str:
+        return self.hit.signature
 
 
 def resources(ev: Any, block_size: int = BLOCK) -> set[tuple[str, int]]:
@@ -54,7 +58,8 @@ def resources(ev: Any, block_size: int = BLOCK) -> set[tuple[str, int]]:
 
 
 class Minimizer:
-    """Shrinks an event list while ``check`` keeps returning the same signature."""
+    """Shrinks an event list while ``check`` keeps returning the same signature (``signature``, by
+    default the first; any with ``accept_any``); the signatures the input hits before it are ignored."""
 
     def __init__(
         self,
@@ -92,11 +97,11 @@ class Minimizer:
 
     def run(self, events: list[Any], progress: Callable[[str, int], object] | None = None) -> Result:
         t0 = time.monotonic()
+        if self.signature is not None and not self.accept_any:
+            self.ignore |= frozenset(shadowing(events, self.mode, self.signature, self.ignore))
         first = self.hit(events)
-        if first is not None and self.signature is None:
-            self.signature = first.signature
-        if first is None or not (self.accept_any or first.signature == self.signature):
-            raise ValueError(f"the input does not produce {self.signature or 'any signature'} (got {first.signature if first else 'nothing'})")
+        if first is None:
+            raise ValueError("the input does not produce any signature")
         self.signature = self.signature or first.signature
         cur = events[: first.index + 1]  # the tail after the failing event cannot matter
         one_minimal = False
@@ -109,7 +114,8 @@ class Minimizer:
                 cur, one_minimal = self._one_by_one(cur, progress)
         except Budget:
             pass
-        return Result(cur, self.signature or "", self.replays, time.monotonic() - t0, one_minimal)
+        hit = self.cache.get(tuple(cur)) or first  # not checked: the tail cut, which hits what the input does
+        return Result(cur, hit, self.replays, time.monotonic() - t0, one_minimal)
 
     def _closure(self, events: list[Any], failing: int) -> list[Any]:
         """Keep the boot snapshot and events sharing a resource with the failing event (transitively)."""

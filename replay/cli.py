@@ -186,24 +186,18 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
     """A fuzzing campaign (atheris/libFuzzer); exit 1 if it found new signatures."""
-    from fuzz.campaign import ROOT, run
-    from fuzz.check import Mode
+    from fuzz.campaign import run
+    from fuzz.check import parse_mode
 
-    diff = None
-    if args.diff:
-        a, _, b = args.diff.partition(",")
-        diff = b or "ref"
-        args.profile = a if a in ("6.1", "6.12") else args.profile
-    mode = Mode(args.profile, args.variant, diff)
     summary = run(
         args.target,
         seconds=args.time,
         runs=args.runs,
         jobs=args.jobs,
-        corpus=Path(args.corpus) if args.corpus else ROOT / "corpus" / "fuzz",
+        corpus=Path(args.corpus) if args.corpus else None,
         artifacts=Path(args.artifacts),
         regressions=Path(args.regressions),
-        mode=mode,
+        mode=parse_mode(args.profile, args.variant, args.diff),
         echo=sys.stderr.isatty() and not args.json,
         merge_every=args.merge_every,
         seed_events=args.seed_events,
@@ -218,25 +212,27 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 
 def cmd_minimize(args: argparse.Namespace) -> int:
-    """Minimise a failing trace, keeping its signature."""
-    from fuzz.check import Mode, decode
+    """Minimise a failing trace, keeping its signature and its header (profile as replay picks it)."""
+    from dataclasses import replace
+
+    from fuzz.campaign import atomic_write
+    from fuzz.check import parse_mode
     from fuzz.minimize import Minimizer
     from fuzz.mutator import encode
+    from replay.model.profiles import profile_for_release
+    from traces.header import MAJOR, MINOR
 
-    try:
-        data = Path(args.trace).read_bytes()
-    except OSError as e:
-        raise ValueError(f"{args.trace}: cannot read: {e.strerror}") from None
-    events = decode(data)
-    if events is None:
-        list(TraceReader(args.trace))  # raises the precise TraceFormatError
-    assert events is not None
-    mode = Mode(args.profile, args.variant, args.diff)
-    res = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any).run(events)
-    from fuzz.campaign import atomic_write
-
-    atomic_write(Path(args.output), encode(res.events))
-    print(f"{args.output}: {len(events)} -> {len(res.events)} events, signature {res.signature}, {res.replays} replays in {res.seconds:.1f} s")
+    with TraceReader(args.trace) as r:
+        header = r.header
+        events = list(r.events())
+    mode = parse_mode(args.profile or profile_for_release(header.kernel_release or "6.1").name, args.variant, args.diff)
+    mini = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any)
+    res = mini.run(events)
+    atomic_write(Path(args.output), encode(res.events, replace(header, writer="mhp minimize", major=MAJOR, minor=MINOR)))
+    print(f"{args.output}: {len(events)} -> {len(res.events)} events ({mode.describe()}), {res.replays} replays in {res.seconds:.1f} s")
+    print(f"signature {res.signature}: {res.hit.message}")
+    if mini.ignore:
+        print(f"past the signatures it hits first: {', '.join(sorted(mini.ignore))}")
     print("1-minimal: removing any single event loses the signature" if res.one_minimal else "budget exhausted before the 1-minimal pass finished")
     return 0
 
@@ -316,22 +312,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jobs", type=int, default=1, help="libFuzzer fork jobs")
     s.add_argument("--merge-every", type=int, default=600, help="merge the working corpus every S seconds (default 600)")
     s.add_argument("--seed-events", type=int, default=32, help="model seeds also come cut to their boot snapshot and N events (default 32; 0: whole only)")
-    s.add_argument("--corpus", help="working corpus directory (default corpus/fuzz/<target>, resumed)")
+    s.add_argument("--corpus", help="working corpus directory, used as given and resumed (default corpus/fuzz/<target>)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
     s.add_argument("--regressions", default="corpus/regressions")
     s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
-    s.add_argument("--diff", help="differential: A,B profiles (e.g. 6.1,6.12) or 'ref' against the reference model")
+    s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_fuzz)
     s = sub.add_parser("minimize", help="shrink a failing trace to a 1-minimal one with the same signature")
     s.add_argument("trace")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--signature", help="signature to keep (default: the trace's first)")
-    s.add_argument("--accept-any", action="store_true", help="keep any signature, not just the original")
-    s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
-    s.add_argument("--variant")
-    s.add_argument("--diff")
+    s.add_argument("--signature", help="signature to keep (default: the trace's first; the ones it hits before are ignored)")
+    s.add_argument("--accept-any", action="store_true", help="keep any signature, not just the original (the output names the one kept)")
+    s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
+    s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
+    s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
     s.add_argument("--time", type=float, default=60.0, help="time budget in seconds")
     s.add_argument("--max-replays", type=int, default=50000)
     s.set_defaults(func=cmd_minimize)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from fuzz.campaign import ROOT, Campaign, _recover, prepare_seeds, run, seed_dirs, shadowing
-from fuzz.check import Mode, decode
+from fuzz.campaign import DEFAULT_IGNORE, ROOT, Campaign, Summary, _recover, _triage, prepare_seeds, run, seed_dirs
+from fuzz.check import Mode, check_events, check_input, decode, shadowing
 from fuzz.package import package
+from replay.replayer import replay_file
 
 
 def test_untriaged_crash_of_an_interrupted_campaign_is_triaged_once(tmp_path: Path) -> None:
@@ -76,6 +78,7 @@ def test_a_campaign_starts_from_the_prepared_seeds(tmp_path: Path) -> None:
     prepared = {p.name for p in (tmp_path / "a" / "seeds").iterdir()}
     assert "real-seed-vmem.mhpt" not in prepared and "6.1-seed-vmem.mhpt" in prepared and "6.1-seed-vmem.first8.mhpt" in prepared
     assert summary.corpus > 0  # libFuzzer read them into its corpus
+    assert len(list((tmp_path / "c").iterdir())) == summary.corpus  # --corpus DIR is used as given
 
 
 def test_fuzz_package_zips_the_campaign_seeds(tmp_path: Path) -> None:
@@ -95,3 +98,21 @@ def test_a_regression_lists_the_signatures_its_trace_hits_first() -> None:
     assert events is not None
     assert shadowing(events, Mode(), "AM-RATIO-NODE:movable-decision") == ["AM-RATIO:movable-decision"]
     assert shadowing(events, Mode(), "AM-RATIO:movable-decision") == []
+
+
+def test_a_saved_regression_replays_on_its_profile_and_quotes_the_minimised_trace(tmp_path: Path) -> None:
+    """A 6.12 hit: ``mhp replay`` of the saved trace picks 6.12 from its header, and the note
+    quotes the minimised trace's numbers, not the 823-event input's."""
+    art = tmp_path / "crash-ratio"
+    shutil.copy(ROOT / "corpus" / "real" / "6.12" / "ratio-runtime.mhpt", art)
+    mode = Mode("6.12")
+    found = check_events(decode(art.read_bytes()) or [], mode)
+    summary = Summary("model", mode.describe())
+    _triage(art, "model", mode, summary, tmp_path / "r", set(DEFAULT_IGNORE), 0.0, 30)
+    saved = tmp_path / "r" / "AM-RATIO_state.mhpt"
+    result = replay_file(str(saved))
+    assert result.profile == "6.12" and "AM-RATIO:state" in result.finding_signatures
+    hit = check_input(saved.read_bytes(), mode)
+    note = json.loads(saved.with_suffix(".json").read_text())["note"]
+    assert found is not None and hit is not None and hit.message != found.message
+    assert hit.message in note and summary.signatures["AM-RATIO:state"]["message"] == hit.message

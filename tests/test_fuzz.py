@@ -7,12 +7,13 @@ import io
 import itertools
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace as NS
 
 import pytest
 
-from fuzz.check import STATE_FEATURES, Mode, check_events, check_input, decode, state_feature
+from fuzz.check import STATE_FEATURES, Mode, check_events, check_input, decode, parse_mode, state_feature
 from fuzz.minimize import Minimizer
 from fuzz.mutator import (
     PARAM_POOLS,
@@ -31,8 +32,9 @@ from fuzz.mutator import (
     solve_boundary,
     solve_group_term,
 )
+from replay.cli import main
 from replay.model.profiles import get_profile
-from replay.replayer import replay_events
+from replay.replayer import replay_events, replay_file
 from tests.test_variants import SEQUENCES
 from traces.errors import TraceFormatError
 from traces.events import (
@@ -277,6 +279,55 @@ def test_the_first_difference_ends_a_differential_check() -> None:
     assert hit is not None and hit.signature == "DIFF:AddMemory:rc:6.1-vs-6.12"
     assert check_events(events, mode, frozenset({hit.signature})) is None
     assert check_events(events[: hit.index], mode) is None  # nothing before it either
+
+
+def minimize(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """``mhp minimize ARGV``: exit code and the signature it reports (stderr if it failed)."""
+    rc = main(["minimize", *argv, "--time", "60"])
+    out, err = capsys.readouterr()
+    sig = next((line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("signature ")), err)
+    return rc, sig
+
+
+def test_minimize_replays_like_replay_and_keeps_the_trace_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A 6.12 trace minimises on 6.12 (its kernel release), and the result replays there by itself."""
+    src, out = ROOT / "corpus" / "real" / "6.12" / "ratio-runtime.mhpt", tmp_path / "x.mhpt"
+    assert minimize([str(src), "-o", str(out)], capsys) == (0, "AM-RATIO:state")
+    with TraceReader(src) as a, TraceReader(out) as b:
+        assert b.header.writer == "mhp minimize"
+        assert replace(b.header, writer=a.header.writer) == a.header
+    result = replay_file(str(out))
+    assert result.profile == "6.12" and "AM-RATIO:state" in result.finding_signatures
+
+
+def test_minimize_reaches_a_signature_the_trace_hits_later(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = ROOT / "corpus" / "real" / "6.1" / "ratio-runtime.mhpt", tmp_path / "y.mhpt"
+    assert minimize([str(src), "-o", str(out), "--signature", "AM-STATIC-MIXED:Normal"], capsys) == (0, "AM-STATIC-MIXED:Normal")
+    assert "AM-STATIC-MIXED:Normal" in replay_file(str(out)).finding_signatures
+    rc, err = minimize([str(src), "-o", str(out), "--signature", "AM-RATIO:nothing"], capsys)
+    assert rc == 2 and "does not produce AM-RATIO:nothing (it hits AM-RATIO:state" in err
+
+
+def test_minimize_accept_any_reports_the_signature_it_kept(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src, out = ROOT / "corpus" / "real" / "6.1" / "ratio-runtime.mhpt", tmp_path / "z.mhpt"
+    rc, sig = minimize([str(src), "-o", str(out), "--accept-any"], capsys)
+    hit = check_input(out.read_bytes(), Mode("6.1"))
+    assert rc == 0 and hit is not None and sig == hit.signature
+
+
+def test_fuzz_and_minimize_take_diff_as_two_profiles_or_ref(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_mode("6.1", None, "6.1,6.12") == Mode("6.1", None, "6.12")
+    assert parse_mode("6.1", None, "6.12,6.1") == Mode("6.12", None, "6.1")
+    assert parse_mode("6.12", "M1", "ref") == Mode("6.12", "M1", "ref")
+    for args in ((None, "6.12"), (None, "ref"), (None, "6.1,6.13")):
+        with pytest.raises(ValueError):
+            parse_mode("6.1", *args)
+    assert main(["fuzz", "--diff", "6.12", "--time", "1", "--corpus", str(tmp_path)]) == 2
+    assert "give two profiles A,B" in capsys.readouterr().err and not any(tmp_path.iterdir())
+    src, out = ROOT / "corpus" / "real" / "6.12" / "memmap-on-memory.mhpt", tmp_path / "d.mhpt"
+    assert minimize([str(src), "-o", str(out), "--diff", "6.1,6.12"], capsys) == (0, "DIFF:AddMemory:rc:6.1-vs-6.12")
+    rc, err = minimize([str(src), "-o", str(out), "--diff", "6.1,6.12", "--signature", "AM-RATIO:state"], capsys)
+    assert rc == 2 and "ends at its first difference" in err
 
 
 def long_failing_trace() -> list:

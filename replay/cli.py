@@ -132,7 +132,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 first = next(f for f in r.findings if f["signature"] == sig)
                 print(f"finding {sig} x{n}: first at event {first['event_index']}: {first['message']}")
             if r.error:
-                print(f"error: {r.error}", file=sys.stderr)
+                print(f"mhp replay: {r.error}", file=sys.stderr)
             print(r.verdict)
         if len(results) > 1:
             print("\n".join(summary_table(results)))
@@ -141,16 +141,37 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
+def natural(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _at_least(text, 0)
+
+
+def positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _at_least(text, 1)
+
+
+def _at_least(text: str, low: int) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"{value} is below {low}")
+    return value
+
+
 def cmd_layout(args: argparse.Namespace) -> int:
     """The seed-style layout of the model at any event of a trace."""
-    m = model_at(args.trace, args.at, args.profile).m
-    runs = block_runs(m)
+    at, kernel = model_at(args.trace, args.at, args.profile)
+    runs = block_runs(kernel.m)
     if args.json:
-        json.dump({"at": args.at, "runs": [r.to_json() for r in runs], "zones": zone_table(m)}, sys.stdout, indent=1)
+        json.dump({"at": at, "runs": [r.to_json() for r in runs], "zones": zone_table(kernel.m)}, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        print("\n".join(format_runs(runs, len({r.node for r in runs}) > 1)))
-        print("\n".join(format_zones(m)))
+        print(f"after event {at}:")
+        print("\n".join(format_runs(runs, len({r.node for r in runs}) > 1) or ["(no memory blocks yet)"]))
+        print("\n".join(format_zones(kernel.m) or ["(no populated zones yet)"]))
     return 0
 
 
@@ -263,21 +284,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="run a scenario file through the model and print layouts")
     s.add_argument("scenario", help="scenario TOML file")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--step", type=int, help="print only the state after step N (0 = boot)")
+    s.add_argument("--step", type=natural, help="print only the state after step N (0 = boot)")
     s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: the scenario's, else 6.1)")
     s.add_argument("-o", "--trace", help="also write the events, with model-filled observations, as a .mhpt trace")
     s.set_defaults(func=cmd_simulate)
     s = sub.add_parser("replay", help="replay traces through the model, report divergences and findings")
     s.add_argument("traces", nargs="+")
-    s.add_argument("-j", "--jobs", type=int, default=1, help="traces replayed in parallel processes")
+    s.add_argument("-j", "--jobs", type=positive, default=1, help="traces replayed in parallel processes")
     s.add_argument("--json", action="store_true", help="the stable JSON report (docs/replay-json.md)")
-    s.add_argument("--context", type=int, default=8, help="events shown before a divergence")
-    s.add_argument("--max-divergences", type=int, default=20, help="divergences reported in full per trace")
+    s.add_argument("--context", type=natural, default=8, help="events shown before a divergence")
+    s.add_argument("--max-divergences", type=natural, default=20, help="divergences reported in full per trace")
     s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
     s.set_defaults(func=cmd_replay)
     s = sub.add_parser("layout", help="the block layout at any event of a trace")
     s.add_argument("trace")
-    s.add_argument("--at", type=int, help="after event N (default: the end)")
+    s.add_argument("--at", type=natural, help="after event N (default: the end)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--profile", choices=("6.1", "6.12"))
     s.set_defaults(func=cmd_layout)
@@ -294,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("gen", help="generate a realistic workload trace (outcomes filled in by the model)")
     s.add_argument("--seed", type=int, default=1)
-    s.add_argument("--events", type=int, default=10_000)
+    s.add_argument("--events", type=positive, default=10_000)
     s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_gen)

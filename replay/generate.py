@@ -7,15 +7,15 @@ The generator drives the same Simulation (scenario steps -> drivers -> events ->
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import random
 from collections.abc import Callable
-from importlib.metadata import version
 
 from replay.model.profiles import Profile, get_profile
-from replay.simulate import Simulation
+from replay.simulate import Simulation, trace_header
 from traces.events import Event, OnlineType
-from traces.header import Capture, TraceHeader
+from traces.header import Capture
 from traces.machines import PRESETS
 from traces.scenario import Scenario, Step, VirtioMemSpec
 from traces.writer import TraceWriter
@@ -150,13 +150,9 @@ def generate_trace(path: str, seed: int, events: int, profile: str = "6.1") -> i
     prof = get_profile(profile)
     rng = random.Random(seed)
     scenario = random_scenario(rng)
-    header = TraceHeader(
-        writer=f"mhp-replay {version('mhp-replay')}",
-        kernel_release=prof.release,
-        cmdline=scenario.cmdline,
-        source=Capture.GENERATOR,
-        source_detail=f"mhp gen --seed {seed} --profile {prof.name}",
-    )
+    booted = Simulation(scenario, prof)  # the header states the booted machine's geometry and parameters
+    booted.boot()
+    header = dataclasses.replace(trace_header(booted), source=Capture.GENERATOR, source_detail=f"mhp gen --seed {seed} --profile {prof.name}")
     with TraceWriter(path, header) as w:
         ts = 0
 

@@ -283,16 +283,18 @@ def _bar(total: int, desc: str, enabled: bool, unit: str = "B") -> Any:
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=unit == "B", leave=False, file=sys.stderr)
 
 
-def model_at(path: str, at: int | None = None, profile: str | None = None) -> Kernel:
-    """The model after event ``at`` of a trace (default: the end); no oracles."""
-    kernel = None
+def model_at(path: str, at: int | None = None, profile: str | None = None) -> tuple[int, Kernel]:
+    """(event index, model after it) at event ``at`` of a trace (default: the end); no oracles."""
+    last, kernel = -1, None
     for index, _, k in walk(path, profile):
-        kernel = k
+        last, kernel = index, k
         if at is not None and index >= at:
             break
     if kernel is None:
         raise TraceFormatError("the trace has no events", path=path)
-    return kernel
+    if at is not None and last < at:
+        raise TraceFormatError(f"event {at} is past the trace's last event {last}", path=path)
+    return last, kernel
 
 
 def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, Kernel]]:

@@ -11,6 +11,7 @@ import pytest
 from replay.cli import main
 from replay.replayer import replay_file
 from tests.test_observed import SCENARIOS
+from traces.reader import TraceReader
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "corpus" / "seeds"
@@ -131,8 +132,20 @@ def test_layout_at_an_event(capsys: pytest.CaptureFixture[str]) -> None:
     doc = json.loads(out)
     runs = [(r["first"], r["last"], r["zone"]) for r in doc["runs"] if r["first"] >= 48]
     assert rc == 0 and runs == [(48, 79, "Movable"), (80, 111, "Movable")]
+    assert doc["at"] == 60
     rc, out, _ = run(["layout", str(SEEDS / "seed-dimm.mhpt")], capsys)
-    assert "Memory block 176-207:   Normal (group4)" in out
+    assert "Memory block 176-207:   Normal (group4)" in out and out.startswith("after event 224:")
+    rc, out, _ = run(["layout", str(SEEDS / "seed-dimm.mhpt"), "--at", "0"], capsys)
+    assert rc == 0 and "(no memory blocks yet)" in out
+    rc, _, err = run(["layout", str(SEEDS / "seed-dimm.mhpt"), "--at", "225"], capsys)
+    assert rc == 2 and "event 225 is past the trace's last event 224" in err
+
+
+@pytest.mark.parametrize("argv", [["layout", "--at", "-1"], ["replay", "--context", "-3"], ["replay", "--max-divergences", "-1"], ["replay", "-j", "0"]])
+def test_negative_counts_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main([*argv, str(SEEDS / "seed-dimm.mhpt")])
+    assert e.value.code == 2 and "is below" in capsys.readouterr().err
 
 
 def test_scenario_traces_of_both_profiles_replay_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,3 +167,5 @@ def test_generated_traces_replay_without_divergence_and_are_deterministic(tmp_pa
     r = replay_file(str(a))
     assert r.error is None and r.events == 3000 and r.divergence_count == 0 and r.matched > 1000
     assert set(r.finding_signatures) <= {"AM-RATIO:state", "AM-RATIO-NODE:state", "AM-STATIC-MIXED:Normal", "AM-STATIC-MIXED:DMA32"}
+    header = TraceReader(str(a)).header
+    assert header.block_size == 1 << 27 and "online_policy=" in header.params and "auto_movable_ratio=" in header.params

@@ -19,11 +19,13 @@ from tests.test_observed import SCENARIOS
 from traces.codec import INTERN_MAX, Record, Unknown, decode_chunk_fast, decode_payload, decode_payload_construct, encode_record, interned_count
 from traces.errors import TraceFormatError
 from traces.events import BlockObserved, BlockState, Loss, Mark, OnlineBlock, ZoneType
-from traces.files import cat, compile_text, repair, verify
+from traces.files import cat, compile_text, dump_trace, repair, verify
 from traces.header import CHUNK_HEADER, TraceHeader
 from traces.reader import TraceReader, read_trace
 from traces.text import dump, parse_text
 from traces.writer import TraceWriter
+
+CORPUS = Path(__file__).resolve().parent.parent / "corpus"
 
 
 def write(recs: list[Record], header: TraceHeader | None = None, chunk: int = 7) -> bytes:
@@ -33,6 +35,17 @@ def write(recs: list[Record], header: TraceHeader | None = None, chunk: int = 7)
         w.write_record(r)
     w.close()
     return buf.getvalue()
+
+
+def text_round_trip(trace: Path, tmp_path: Path) -> str:
+    """``mhp dump`` then ``mhp compile`` of ``trace``: asserts the result is byte-exact, returns the text."""
+    text = io.StringIO()
+    dump_trace(str(trace), text)
+    src, again = tmp_path / "round.txt", tmp_path / "round.mhpt"
+    src.write_text(text.getvalue())
+    compile_text(str(src), str(again))
+    assert again.read_bytes() == trace.read_bytes()
+    return text.getvalue()
 
 
 def scenario_trace(tmp_path: Path, name: str, profile: str = "6.1") -> Path:
@@ -59,6 +72,42 @@ def test_round_trips_on_every_corpus_scenario(tmp_path: Path, path: Path) -> Non
     (tmp_path / "t.txt").write_text(text)
     compile_text(str(tmp_path / "t.txt"), str(tmp_path / "again.mhpt"))
     assert (tmp_path / "again.mhpt").read_bytes() == data  # binary -> text -> binary is byte-exact
+
+
+@pytest.mark.parametrize("path", sorted(CORPUS.rglob("*.mhpt")), ids=lambda p: str(p.relative_to(CORPUS)))
+def test_every_corpus_trace_round_trips_through_text_byte_exact(tmp_path: Path, path: Path) -> None:
+    text_round_trip(path, tmp_path)
+
+
+def test_corpus_has_traces_without_index() -> None:
+    """The regressions are written without an index footer: the round trip above covers that layout."""
+    assert not verify(str(sorted((CORPUS / "regressions").glob("*.mhpt"))[0])).stats.has_index
+
+
+@pytest.mark.parametrize("index", [True, False])
+def test_text_form_keeps_chunk_boundaries_and_index_presence(tmp_path: Path, index: bool) -> None:
+    trace = tmp_path / "t.mhpt"
+    with TraceWriter(trace, TraceHeader(writer="test"), chunk_records=7, index=index) as w:
+        for i in range(30):
+            w.write_record(Record(i, i, 0, Mark(f"m{i}")))
+            if i == 9:
+                w.flush()  # an explicit flush ends a 3-record chunk
+    with TraceReader(trace) as r:
+        assert [len(c.cols.seqs) for c in r.chunks()] == [7, 3, 7, 7, 6]
+    text = text_round_trip(trace, tmp_path)
+    assert text.count("%chunk\n") == 5 and ("%index absent\n" in text) is not index
+    plain = tmp_path / "plain.txt"  # hand-written text without the directives: default layout
+    plain.write_text("".join(ln for ln in text.splitlines(True) if ln not in ("%chunk\n", "%index absent\n")))
+    compile_text(str(plain), str(tmp_path / "plain.mhpt"))
+    assert (tmp_path / "plain.mhpt").read_bytes() == write([Record(i, i, 0, Mark(f"m{i}")) for i in range(30)], TraceHeader(writer="test"), chunk=4096)
+
+
+def test_chunk_lines_open_chunks_where_they_stand(tmp_path: Path) -> None:
+    src = tmp_path / "t.txt"
+    src.write_text('%mhpt 1.0\n0 0.000000000 mark text="a"\n%chunk\n%chunk\nmark text="b"\nmark text="c"\n%chunk\n')
+    compile_text(str(src), str(tmp_path / "t.mhpt"))
+    with TraceReader(tmp_path / "t.mhpt") as r:
+        assert [list(c.cols.seqs) for c in r.chunks()] == [[0], [1, 2]] and r.stats.has_index
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -11,8 +11,8 @@ from traces.codec import Record
 from traces.errors import TraceFormatError
 from traces.events import Loss
 from traces.reader import Problem, Stats, TraceReader
-from traces.text import CLASS_NAMES, dump, parse_text
-from traces.writer import TraceWriter
+from traces.text import CLASS_NAMES, dump_chunks, parse_text_layout
+from traces.writer import CHUNK_RECORDS, TraceWriter
 
 
 @dataclass(slots=True)
@@ -129,9 +129,10 @@ def cat(paths: list[str], out: str) -> int:
 
 
 def dump_trace(path: str, out: TextIO) -> None:
-    """Write the text form of a trace."""
+    """Write the text form of a trace, keeping its chunks and whether it has an index."""
     with TraceReader(path) as r:
-        for line in dump(r.header, r):
+        chunks = (chunk.cols.records() for chunk in r.chunks())
+        for line in dump_chunks(r.header, chunks, index=r.index_offset() is not None):
             out.write(line)
 
 
@@ -143,9 +144,12 @@ def compile_text(path: str, out: str, *, strict: bool = True) -> int:
         raise TraceFormatError(f"cannot read: {e.strerror}", path=path) from None
     except UnicodeDecodeError as e:
         raise TraceFormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
-    header, records = parse_text(text, strict=strict, path=path)
-    with TraceWriter(out, header) as w:
-        for rec in records:
+    header, records, layout = parse_text_layout(text, strict=strict, path=path)
+    starts = None if layout.chunk_starts is None else set(layout.chunk_starts)
+    with TraceWriter(out, header, chunk_records=CHUNK_RECORDS if starts is None else None, index=layout.index) as w:
+        for i, rec in enumerate(records):
+            if starts is not None and i in starts:
+                w.flush()
             try:
                 w.write_record(rec)
             except ValueError as e:

@@ -207,7 +207,7 @@ class TraceReader:
             block = self.f.read(SCAN_BLOCK + CHUNK_HEADER.size)
             for m in _MAGICS.finditer(block):
                 cand = pos + m.start()
-                if self._chunk_intact(cand) if m.group() == CHUNK_MAGIC else self._is_index(cand):
+                if self._chunk_intact(cand) if m.group() == CHUNK_MAGIC else self.index_offset() == cand:
                     self.f.seek(cand)
                     self.pos = cand
                     return True
@@ -215,14 +215,20 @@ class TraceReader:
                 return False
             pos += len(block) - CHUNK_HEADER.size
 
-    def _is_index(self, at: int) -> bool:
-        self.f.seek(0, io.SEEK_END)
-        end = self.f.tell()
-        if end - at < 8 + TRAILER.size:
-            return False
-        self.f.seek(end - TRAILER.size)
-        where, magic = TRAILER.unpack(self.f.read(TRAILER.size))
-        return magic == TRAILER_MAGIC and where == at
+    def index_offset(self) -> int | None:
+        """Where the index footer starts, if the trailer points back to one (the read position is kept)."""
+        pos = self.f.tell()
+        end = self.f.seek(0, io.SEEK_END)
+        where = None
+        if end - self.data_offset >= 8 + TRAILER.size:
+            self.f.seek(end - TRAILER.size)
+            at, magic = TRAILER.unpack(self.f.read(TRAILER.size))
+            if magic == TRAILER_MAGIC and self.data_offset <= at <= end - 8 - TRAILER.size:
+                self.f.seek(at)
+                if self.f.read(4) == INDEX_MAGIC:
+                    where = at
+        self.f.seek(pos)
+        return where
 
     def _chunk_intact(self, at: int) -> bool:
         self.f.seek(at)

@@ -11,7 +11,9 @@ block_observed block=48 state=offline node=0 valid_zones=Movable,Normal @flags=0
 A record line is ``[SEQ TIME] NAME FIELD=VALUE ...`` plus optional ``@flags=N`` and ``@extra=HEX``;
 without SEQ TIME a line takes the previous sequence number + 1 and the previous time. Strict
 parsing (the default) wants every field exactly once; lenient parsing gives missing fields their
-zero value. Binary -> text -> binary is lossless.
+zero value. ``%chunk`` lines (a chunk opens before the next record) and ``%index absent`` carry
+the binary layout, so binary -> text -> binary is byte-exact; text without them compiles with the
+writer's default chunking and an index.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import enum
 import json
 import re
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from traces.codec import Record, Unknown, convert_field, raw_field
@@ -121,11 +124,23 @@ def format_header(h: TraceHeader) -> list[str]:
 
 
 def dump(header: TraceHeader, records: Iterable[Record]) -> Iterator[str]:
-    """The text form, line by line (with newlines)."""
+    """The text form, line by line (with newlines); compiles with the writer's default layout."""
     for line in format_header(header):
         yield line + "\n"
     for rec in records:
         yield format_record(rec) + "\n"
+
+
+def dump_chunks(header: TraceHeader, chunks: Iterable[Iterable[Record]], *, index: bool) -> Iterator[str]:
+    """The text form keeping the binary layout: ``%index absent`` without an index footer, a
+    ``%chunk`` line opening every chunk."""
+    yield from dump(header, ())
+    if not index:
+        yield "%index absent\n"
+    for chunk in chunks:
+        yield "%chunk\n"
+        for rec in chunk:
+            yield format_record(rec) + "\n"
 
 
 # --- parsing ------------------------------------------------------------------------------------------
@@ -223,10 +238,26 @@ def _parse_enum(cls: type[enum.Enum], text: str) -> Any:
     return member
 
 
+@dataclass(slots=True)
+class Layout:
+    """The binary layout a text form asks for: the record positions where ``%chunk`` lines open a
+    chunk (None: no ``%chunk`` line, the writer's default chunking) and whether an index follows."""
+
+    chunk_starts: list[int] | None = None
+    index: bool = True
+
+
 def parse_text(text: str | Iterable[str], *, strict: bool = True, path: str | None = None) -> tuple[TraceHeader, list[Record]]:
     """Header and records from the text form; TraceFormatError naming line:column on bad input."""
+    header, records, _ = parse_text_layout(text, strict=strict, path=path)
+    return header, records
+
+
+def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: str | None = None) -> tuple[TraceHeader, list[Record], Layout]:
+    """Header, records and layout (``%chunk``, ``%index``) from the text form."""
     header = TraceHeader(writer="", unknown_sections=[])
     records: list[Record] = []
+    layout = Layout()
     lines = text.splitlines() if isinstance(text, str) else text
     seq, ts = -1, 0
     for lineno, raw in enumerate(lines, 1):
@@ -234,6 +265,9 @@ def parse_text(text: str | Iterable[str], *, strict: bool = True, path: str | No
         if not line.tokens:
             continue
         col, word, value = line.tokens[0]
+        if word in ("%chunk", "%index"):
+            _parse_layout_line(layout, line, len(records))
+            continue
         if word.startswith("%"):
             _parse_header_line(header, line)
             continue
@@ -250,7 +284,23 @@ def parse_text(text: str | Iterable[str], *, strict: bool = True, path: str | No
         else:
             seq += 1
         records.append(_parse_record(line, rest, seq, ts, strict))
-    return header, records
+    return header, records, layout
+
+
+def _parse_layout_line(layout: Layout, line: _Line, position: int) -> None:
+    """``%chunk`` (a chunk opens before the next record) or ``%index present|absent``."""
+    col, word, _ = line.tokens[0]
+    args = line.tokens[1:]
+    if word == "%chunk":
+        if args:
+            raise line.error(args[0][0], "%chunk takes nothing after it")
+        if layout.chunk_starts is None:
+            layout.chunk_starts = []
+        layout.chunk_starts.append(position)
+    elif len(args) == 1 and args[0][1] in ("present", "absent") and args[0][2] is None:
+        layout.index = args[0][1] == "present"
+    else:
+        raise line.error(args[0][0] if args else col, "%index: expected present or absent")
 
 
 def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: int, ts: int, strict: bool) -> Record:

@@ -11,9 +11,12 @@ from typing import Any, BinaryIO
 from traces.codec import ENCODERS, Record, check_event, encode_record
 from traces.header import INDEX, TRAILER, TRAILER_MAGIC, TraceHeader, build_chunk
 
+CHUNK_RECORDS = 4096
+
 
 class TraceWriter:
-    """Writes records in chunks of ``chunk_records``; every flushed chunk is readable on its own.
+    """Writes records in chunks of ``chunk_records`` (None: a chunk ends only at ``flush()``); every
+    flushed chunk is readable on its own.
 
     A path is written as ``PATH.part`` and renamed to PATH by ``close()``; a writer killed before
     that leaves ``PATH.part``, valid up to its last flushed chunk (``mhp verify``/``repair`` read it).
@@ -25,10 +28,9 @@ class TraceWriter:
         target: str | Path | BinaryIO,
         header: TraceHeader,
         *,
-        chunk_records: int = 4096,
+        chunk_records: int | None = CHUNK_RECORDS,
         fsync: bool = False,
         index: bool = True,
-        first_seq: int = 0,
     ) -> None:
         self.final: Path | None = None
         self.part: Path | None = None
@@ -43,11 +45,11 @@ class TraceWriter:
         self.chunk_records = chunk_records
         self.fsync = fsync
         self.index_enabled = index
-        self.seq = first_seq
+        self.seq = 0  # a trace starts at seq 0 (readers count records missing before it as a gap)
         self.offset = 0
         self.t0 = time.monotonic_ns()
         self.pending: list[bytes] = []
-        self.pending_first_seq = first_seq
+        self.pending_first_seq = 0
         self.pending_first_ts = 0
         self.index: list[dict[str, int]] = []
         self.closed = False
@@ -84,7 +86,7 @@ class TraceWriter:
             self.pending_first_ts = ts
         self.pending.append(data)
         self.seq = seq + 1
-        if len(self.pending) >= self.chunk_records:
+        if self.chunk_records is not None and len(self.pending) >= self.chunk_records:
             self.flush()
 
     def flush(self) -> None:

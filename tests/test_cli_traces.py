@@ -82,3 +82,18 @@ def test_cat(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert run(["cat", str(trace), str(trace), "-o", str(out)], capsys)[0] == 0
     rc, text, _ = run(["info", str(out), "--json"], capsys)
     assert rc == 0 and json.loads(text)["records"] == 2 * json.loads(run(["info", str(trace), "--json"], capsys)[1])["records"]
+
+
+def test_repair_of_a_damaged_first_chunk_reports_the_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    gen = tmp_path / "g.mhpt"
+    assert run(["gen", "--seed", "1", "--events", "5000", "-o", str(gen)], capsys)[0] == 0
+    data = bytearray(gen.read_bytes())
+    data[2000] ^= 0xFF  # inside the first chunk (seq 0..4095)
+    bad, fixed = tmp_path / "bad.mhpt", tmp_path / "fixed.mhpt"
+    bad.write_bytes(data)
+    rc, out, _ = run(["verify", str(bad)], capsys)
+    assert rc == 1 and "4096 records missing from seq 0" in out
+    assert run(["repair", str(bad), "-o", str(fixed)], capsys)[0] == 0
+    assert run(["verify", str(fixed)], capsys)[0] == 0
+    facts = json.loads(run(["info", str(fixed), "--json"], capsys)[1])
+    assert (facts["losses"], facts["records"], facts["events"]["loss"]) == (4096, 905, 1) and facts["time_span_s"] > 0

@@ -19,7 +19,7 @@ from tests.test_observed import SCENARIOS
 from traces.codec import INTERN_MAX, Record, Unknown, decode_chunk_fast, decode_payload, decode_payload_construct, encode_record, interned_count
 from traces.errors import TraceFormatError
 from traces.events import BlockObserved, BlockState, Loss, Mark, OnlineBlock, ZoneType
-from traces.files import cat, compile_text, dump_trace, repair, verify
+from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.header import CHUNK_HEADER, TraceHeader
 from traces.reader import TraceReader, read_trace
 from traces.text import dump, parse_text
@@ -212,6 +212,27 @@ def test_truncation_yields_every_complete_chunk(tmp_path: Path) -> None:
     out = tmp_path / "out.mhpt"
     assert repair(str(cut), str(out)).kept == 40
     assert verify(str(out)).clean
+    _, back = read_trace(out.read_bytes())
+    assert [(r.seq, r.ts, r.event.count) for r in back if isinstance(r.event, Loss)] == [(40, 39, 10)]  # the cut chunk's header count
+    report, facts = info(str(out))
+    assert report.clean and facts["losses"] == 10 and facts["time_span_s"] == 39e-9
+
+
+def test_repair_marks_records_lost_before_the_first_intact_chunk(tmp_path: Path) -> None:
+    data = bytearray(write([Record(i, i, 0, Mark(f"m{i}")) for i in range(30)], chunk=10))
+    data[data.find(b"m5") + 1] ^= 0x40  # damage the first chunk
+    bad = tmp_path / "bad.mhpt"
+    bad.write_bytes(data)
+    assert verify(str(bad)).stats.gaps == [(0, 10)]
+    fixed = tmp_path / "fixed.mhpt"
+    assert repair(str(bad), str(fixed)).kept == 20
+    _, back = read_trace(fixed.read_bytes())
+    assert [(r.seq, r.ts, r.event.count) for r in back if isinstance(r.event, Loss)] == [(0, 10, 10)]
+    assert verify(str(fixed)).clean
+    unmarked = tmp_path / "unmarked.mhpt"  # the same records without the loss record start at seq 10
+    unmarked.write_bytes(write([r for r in back if not isinstance(r.event, Loss)]))
+    report = verify(str(unmarked))
+    assert not report.clean and report.stats.gaps == [(0, 10)] and "10 records missing from seq 0" in "\n".join(report.lines())
 
 
 def test_killed_writer_leaves_a_readable_part_file(tmp_path: Path) -> None:

@@ -92,10 +92,10 @@ def repair(path: str, out: str) -> Report:
     reader, records = _full_read(path)
     kept = 0
     with reader, TraceWriter(out, reader.header) as w:
-        expected: int | None = None
+        expected = 0  # a trace starts at seq 0
         last: Record | None = None
         for rec in records:
-            gap = 0 if expected is None else rec.seq - expected
+            gap = rec.seq - expected
             explained = last is not None and type(last.event) is Loss and gap <= last.event.count
             if gap > 0 and not explained:
                 w.write_record(Record(expected, rec.ts, 0, Loss(gap, "mhp repair: damaged chunks dropped")))
@@ -104,7 +104,9 @@ def repair(path: str, out: str) -> Report:
             expected = rec.seq + 1
             last = rec
         if reader.problems and reader.problems[-1].kind == "truncated":
-            w.write_record(Record(expected or 0, 0, 0, Loss(0, f"mhp repair: file cut short, {reader.problems[-1].lost_bytes} bytes lost")))
+            cut = reader.problems[-1]
+            ts = 0 if last is None else last.ts
+            w.write_record(Record(expected, ts, 0, Loss(cut.lost_records, f"mhp repair: file cut short, {cut.lost_bytes} bytes lost")))
     return Report(path, reader.stats, reader.problems, kept)
 
 

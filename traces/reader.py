@@ -39,6 +39,7 @@ class Problem:
     kind: str  # crc | framing | truncated | records | sequence | index
     message: str
     lost_bytes: int = 0
+    lost_records: int = 0  # sequence numbers a truncated chunk took, as its header says (0: unknown)
 
     def __str__(self) -> str:
         return f"byte {self.offset}: {self.kind}: {self.message}"
@@ -113,7 +114,7 @@ class TraceReader:
     def chunks(self) -> Iterator[Chunk]:
         """Every intact chunk in file order."""
         st = self.stats
-        next_seq: int | None = None
+        next_seq = 0  # a trace starts at seq 0: records missing before its first chunk are a gap
         last_loss: Loss | None = None
         while True:
             at = self.pos
@@ -139,15 +140,9 @@ class TraceReader:
                 continue
             payload = self.f.read(length)
             if len(payload) < length:
-                self._fail(
-                    Problem(
-                        at,
-                        "truncated",
-                        f"file ends inside a chunk: {len(payload)} of {length} payload bytes ({count} records) lost",
-                        CHUNK_HEADER.size + len(payload),
-                    ),
-                    st.records,
-                )
+                message = f"file ends inside a chunk: {len(payload)} of {length} payload bytes ({count} records) lost"
+                lost = first_seq + count - next_seq if first_seq >= next_seq else 0  # header not plausible: unknown
+                self._fail(Problem(at, "truncated", message, CHUNK_HEADER.size + len(payload), lost), st.records)
                 return
             if chunk_crc(head[:20], payload) != crc:
                 self._fail(Problem(at, "crc", f"chunk CRC mismatch: {count} records (seq {first_seq}..) damaged", CHUNK_HEADER.size + length), st.records)
@@ -169,7 +164,7 @@ class TraceReader:
             if seqs[0] != first_seq:
                 self._fail(Problem(at + 4, "framing", f"chunk says first seq {first_seq}, its first record has {seqs[0]}"), st.records)
                 continue
-            if next_seq is not None and first_seq != next_seq:
+            if first_seq != next_seq:
                 self._sequence_gap(at, next_seq, first_seq, last_loss)
             if type(seqs) is not range or seqs[-1] - first_seq != count - 1:  # look closer
                 prev = first_seq

@@ -310,7 +310,10 @@ def test_text_errors_name_line_and_column() -> None:
     cases = [
         ("online_block block=1 online_type=sideways attr=state source=user", 1, 34, "expected one of offline, online"),
         ("online_block block=1 attr=state source=user", 1, 1, "missing field online_type"),
-        ('mark text="a" color=red', 1, 15, "mark has no field color"),
+        ('mark text="a" color=red', 1, 15, "mark: unknown field color"),
+        ("online_block blokc=5 online_type=online attr=state source=user", 1, 14, "online_block: unknown field blokc"),
+        ("%chunk 7", 1, 8, "%chunk takes nothing"),
+        ("%index maybe", 1, 8, "%index: expected present or absent"),
         ("teleport x=1", 1, 1, "unknown event 'teleport'"),
         ('mark text="a"\n3 0.5 mark text="b"', 2, 3, "time like"),
         ('4 0.000000000 mark text="a"\n2 0.000000000 mark text="b"', 2, 1, "does not increase"),
@@ -323,6 +326,11 @@ def test_text_errors_name_line_and_column() -> None:
         assert msg in str(e.value) and str(e.value).startswith(f"t.txt:{line}:{col}")
     _, lenient = parse_text("online_block block=3", strict=False)
     assert lenient[0].event.block == 3 and lenient[0].event.online_type == 0
+
+
+def test_geometry_sizes_take_unit_suffixes() -> None:
+    header, _ = parse_text("%geometry page_size=4K section_size=128M block_size=2G\n")
+    assert (header.page_size, header.section_size, header.block_size) == (4096, 128 << 20, 2 << 30)
 
 
 def test_cat_joins_and_renumbers(tmp_path: Path) -> None:

@@ -334,6 +334,10 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
     cls = NAMES.get(name)
     if cls is None:
         raise line.error(col, f"unknown event {name!r}; known: {', '.join(sorted(NAMES))}")
+    names = [f.name for f in fields_of(cls)]
+    for key, (c, _) in given.items():
+        if key not in names:
+            raise line.error(c, f"{name}: unknown field {key} (fields: {', '.join(names)})", key)
     values = []
     for f in fields_of(cls):
         if f.name not in given:
@@ -341,14 +345,11 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
                 raise line.error(col, f"{name}: missing field {f.name}", f.name)
             values.append(convert_field(f, _zero(f)))
             continue
-        c, val = given.pop(f.name)
+        c, val = given[f.name]
         try:
             values.append(parse_value(f, val))
         except (ValueError, json.JSONDecodeError) as e:
             raise line.error(c + len(f.name) + 1, f"{name}.{f.name}: {e}", f.name) from None
-    if given:
-        key, (c, _) = next(iter(given.items()))
-        raise line.error(c, f"{name} has no field {key}; fields: {', '.join(f.name for f in fields_of(cls))}", key)
     return Record(seq, ts, flags, cls._make(values), extra)
 
 
@@ -400,7 +401,7 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
         elif key == "arch":
             h.arch = s(pos[0][1] if pos else None)
         elif key == "geometry":
-            h.page_size, h.section_size, h.block_size = (parse_int(kv[k]) for k in ("page_size", "section_size", "block_size"))
+            h.page_size, h.section_size, h.block_size = (parse_int(kv[k], units=True) for k in ("page_size", "section_size", "block_size"))
         elif key == "params":
             h.params = s(pos[0][1] if pos else None)
         elif key == "source":

@@ -8,13 +8,13 @@ atomically, so a killed campaign loses nothing: its untriaged crashes are triage
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +24,9 @@ from fuzz.check import Mode, check_events, decode, shadowing
 from fuzz.minimize import Minimizer
 from fuzz.mutator import encode
 from replay.model.profiles import get_profile
+from traces.atomic import atomic_write as write_whole
+from traces.files import dump_trace
 from traces.header import Capture, TraceHeader
-from traces.reader import read_trace
-from traces.text import dump
 
 ROOT = Path(__file__).resolve().parent.parent
 HARNESSES = {"model": ROOT / "fuzz" / "model_fuzzer.py", "format": ROOT / "fuzz" / "trace_format_fuzzer.py"}
@@ -69,11 +69,9 @@ def safe_name(signature: str) -> str:
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
+    """traces.atomic.atomic_write, creating the directory first (campaign directories may be new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    write_whole(path, data)
 
 
 def known_signatures(regressions: Path) -> set[str]:
@@ -125,8 +123,9 @@ def save_regression(regressions: Path, signature: str, mode: Mode, events: list[
     data = encode(events, TraceHeader(writer="mhp fuzz", kernel_release=get_profile(mode.profile).release, source=Capture.FUZZER))
     trace = regressions / f"{name}.mhpt"
     atomic_write(trace, data)
-    header, records = read_trace(data)
-    atomic_write(regressions / f"{name}.txt", "".join(dump(header, records)))
+    text = io.StringIO()
+    dump_trace(str(trace), text)  # the layout kept: `mhp compile` of the .txt gives the .mhpt back
+    atomic_write(regressions / f"{name}.txt", text.getvalue())
     ignore = shadowing(events, mode, signature)
     meta = {"signature": signature, "profile": mode.profile, "variant": mode.variant, "diff": mode.diff, "ignore": ignore, "note": note}
     atomic_write(regressions / f"{name}.json", json.dumps(meta, indent=1) + "\n")

@@ -70,12 +70,32 @@ def test_acct_underflow_fires_and_the_model_continues_wrapped() -> None:
 
 
 def test_acct_overflow_fires() -> None:
-    events = [e for e in ideal_events() if not (isinstance(e, BootZone) and e.zone is ZoneType.NORMAL)]
-    events.insert(3, BootZone(0, ZoneType.NORMAL, 32 * BP, 2**64 - 1, 2**64 - 1, 16 * BP, 0))
-    k = boot(events, OFFLINE_AUTO)
+    """No snapshot holds a counter near 2^64 (the snapshot check refuses it): a model bug would."""
+    k = boot(ideal_events(), OFFLINE_AUTO)
     k.apply(AddMemory(48 * BLOCK, BLOCK, 0, AddFlags.NONE))
+    k.m.nodes[0].zones[ZoneType.NORMAL].present_pages = 2**64 - 1
     out = k.apply(OnlineBlock(48, OnlineType.ONLINE_KERNEL, Attr.STATE, Source.USER))
     assert "ACCT-OVERFLOW" in oracles_of(out)
+
+
+def test_snapshot_present_pages_must_lie_in_online_blocks() -> None:
+    """A zone present at boot with no memory blocks: a hot-add would land on its memory."""
+    from replay.model.kernel import SnapshotError
+
+    events = [e for e in ideal_events() if not (isinstance(e, BootBlocks) and e.first == 32)]
+    k = boot(events, OFFLINE_AUTO)
+    with pytest.raises(SnapshotError, match="its online blocks hold only 0 pages"):
+        k.apply(AddMemory(40 * BLOCK, BLOCK, 0, AddFlags.NONE))
+
+
+def test_snapshot_kernel_zones_do_not_overlap() -> None:
+    from replay.model.kernel import SnapshotError
+
+    events = [e for e in ideal_events() if not (isinstance(e, BootZone) and e.zone is ZoneType.DMA32)]
+    events.insert(2, BootZone(0, ZoneType.DMA32, 0, 16 * BP, 16 * BP - 4096, 16 * BP - 4096, 0))
+    k = boot(events, OFFLINE_AUTO)
+    with pytest.raises(SnapshotError, match="inside zone DMA"):
+        k.apply(AddMemory(40 * BLOCK, BLOCK, 0, AddFlags.NONE))
 
 
 def test_zone_and_node_present_fire_on_a_forgotten_vmemmap_adjustment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,6 +7,7 @@ through this one method.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 
 from replay.model.add_remove import add_memory, offline_and_remove_memory, try_remove_memory
 from replay.model.machine import (
@@ -99,20 +100,37 @@ class Kernel:
 
     def _check_snapshot(self) -> None:
         """A complete snapshot: every zone holds at least the pages of the online blocks in it, its
-        early pages those of its early blocks and its later pages those of its hot-added blocks."""
+        early pages those of its early blocks and its later pages those of its hot-added blocks;
+        its present pages lie in its online blocks or in the multi-zone blocks across its span
+        (present memory always has memory blocks: a hot-add cannot land on it); and the kernel
+        zones of a node follow each other without overlapping."""
         held: dict[tuple[int, int], list[int]] = {}
+        mixed: dict[int, list[tuple[int, int]]] = {}  # node -> [start, end) pfns of its online multi-zone blocks
         for mem in self.m.blocks.values():
-            if mem.zone is not None and mem.state is MEM_ONLINE:
-                acc = held.setdefault((mem.zone.nid, int(mem.zone.idx)), [0, 0])
-                acc[0] += mem.present_pages
-                acc[1] += mem.present_pages if mem.early else 0
-        for (nid, zidx), (pages, early) in held.items():
-            z = self.m.nodes[nid].zones[zidx]
-            if z.present_pages < pages or z.present_early_pages < early or z.present_pages - z.present_early_pages < pages - early:
-                raise SnapshotError(
-                    self.index,
-                    f"{z}: present {z.present_pages} (early {z.present_early_pages}) cannot hold its online blocks' {pages} ({pages - early} hot-added)",
-                )
+            if mem.state is not MEM_ONLINE:
+                continue
+            if mem.zone is None:
+                mixed.setdefault(mem.nid, []).append((mem.start_pfn, mem.start_pfn + self.m.block_pages))
+                continue
+            acc = held.setdefault((mem.zone.nid, int(mem.zone.idx)), [0, 0])
+            acc[0] += mem.present_pages
+            acc[1] += mem.present_pages if mem.early else 0
+        for node in self.m.nodes.values():
+            kernel = [z for z in node.zones if z.idx is not ZONE_MOVABLE and z.spanned_pages]
+            for lower, upper in pairwise(kernel):
+                if upper.zone_start_pfn < lower.zone_end_pfn:
+                    raise SnapshotError(self.index, f"{upper} starts at {upper.zone_start_pfn}, inside {lower} (which ends at {lower.zone_end_pfn})")
+            for z in node.zones:
+                pages, early = held.get((node.nid, int(z.idx)), (0, 0))
+                if z.present_pages < pages or z.present_early_pages < early or z.present_pages - z.present_early_pages < pages - early:
+                    raise SnapshotError(
+                        self.index,
+                        f"{z}: present {z.present_pages} (early {z.present_early_pages}) cannot hold its online blocks' {pages} ({pages - early} hot-added)",
+                    )
+                start, end = z.zone_start_pfn, z.zone_start_pfn + z.spanned_pages
+                covered = pages + sum(max(0, min(e, end) - max(s, start)) for s, e in mixed.get(node.nid, ()))
+                if z.present_pages > covered:
+                    raise SnapshotError(self.index, f"{z}: present {z.present_pages} but its online blocks hold only {covered} pages")
 
     # --- boot snapshot ----------------------------------------------------------------------------
 

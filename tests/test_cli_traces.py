@@ -75,6 +75,9 @@ def test_compile_errors_and_missing_files(tmp_path: Path, capsys: pytest.Capture
     assert rc == 2 and f"{src}:3:" in err and not (tmp_path / "o.mhpt").exists() and not (tmp_path / "o.mhpt.part").exists()
     rc, _, err = run(["verify", str(tmp_path / "nope.mhpt")], capsys)
     assert rc == 2 and "cannot open" in err
+    src.write_text('%mhpt 1.0\nmark text="ok"\n')
+    rc, _, err = run(["compile", str(src), "-o", str(tmp_path / "nowhere" / "o.mhpt")], capsys)
+    assert rc == 2 and f"no such directory for the output file: '{tmp_path / 'nowhere'}'" in err
 
 
 def test_cat(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

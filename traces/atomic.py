@@ -13,14 +13,20 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def output_directory(path: str | os.PathLike[str]) -> str:
+    """The directory an output file goes to; FileNotFoundError naming it if it does not exist."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, "no such directory for the output file", directory)
+    return directory
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[str]:
     """A temporary file beside ``path`` to write; renamed to ``path`` when the block ends without
     an exception, removed otherwise. The file gets the mode open() would give (0666 less umask)."""
     target = os.path.abspath(path)
-    directory = os.path.dirname(target)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, "no such directory for the output file", directory)
+    directory = output_directory(target)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".part")
     os.close(fd)
     try:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from traces.atomic import output_directory
 from traces.codec import ENCODERS, Record, check_event, encode_record
 from traces.header import INDEX, TRAILER, TRAILER_MAGIC, TraceHeader, build_chunk
 
@@ -38,6 +39,7 @@ class TraceWriter:
             self.f: BinaryIO = sys.stdout.buffer
         elif isinstance(target, (str, Path)):
             self.final = Path(target)
+            output_directory(self.final)
             self.part = self.final.with_name(self.final.name + ".part")
             self.f = open(self.part, "wb")  # noqa: SIM115 - closed by close()/abort()
         else:

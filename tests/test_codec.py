@@ -235,6 +235,18 @@ def test_repair_marks_records_lost_before_the_first_intact_chunk(tmp_path: Path)
     assert not report.clean and report.stats.gaps == [(0, 10)] and "10 records missing from seq 0" in "\n".join(report.lines())
 
 
+def test_repair_marks_records_lost_in_a_damaged_last_chunk(tmp_path: Path) -> None:
+    data = bytearray(write([Record(i, i, 0, Mark(f"m{i}")) for i in range(25)], chunk=10))
+    data[data.find(b"m22") + 1] ^= 0x40  # damage the last chunk (records 20-24)
+    bad = tmp_path / "bad.mhpt"
+    bad.write_bytes(data)
+    fixed = tmp_path / "fixed.mhpt"
+    assert repair(str(bad), str(fixed)).kept == 20
+    _, back = read_trace(fixed.read_bytes())
+    assert [(r.seq, r.ts, r.event.count) for r in back if isinstance(r.event, Loss)] == [(20, 19, 5)]
+    assert verify(str(fixed)).clean
+
+
 def test_killed_writer_leaves_a_readable_part_file(tmp_path: Path) -> None:
     target = tmp_path / "t.mhpt"
     w = TraceWriter(target, TraceHeader(), chunk_records=5)

@@ -94,7 +94,9 @@ def repair(path: str, out: str) -> Report:
     with reader, TraceWriter(out, reader.header) as w:
         expected = 0  # a trace starts at seq 0
         last: Record | None = None
+        seen = 0  # problems found before the last intact chunk
         for rec in records:
+            seen = len(reader.problems)
             gap = rec.seq - expected
             explained = last is not None and type(last.event) is Loss and gap <= last.event.count
             if gap > 0 and not explained:
@@ -103,10 +105,11 @@ def repair(path: str, out: str) -> Report:
             kept += 1
             expected = rec.seq + 1
             last = rec
-        if reader.problems and reader.problems[-1].kind == "truncated":
-            cut = reader.problems[-1]
-            ts = 0 if last is None else last.ts
-            w.write_record(Record(expected, ts, 0, Loss(cut.lost_records, f"mhp repair: file cut short, {cut.lost_bytes} bytes lost")))
+        tail = [p for p in reader.problems[seen:] if p.kind in ("crc", "truncated")]  # damage after the last intact chunk
+        if tail:
+            lost = sum(p.lost_records for p in tail)
+            what = "file cut short" if tail[-1].kind == "truncated" else "damaged chunks at the end dropped"
+            w.write_record(Record(expected, 0 if last is None else last.ts, 0, Loss(lost, f"mhp repair: {what}, {sum(p.lost_bytes for p in tail)} bytes lost")))
     return Report(path, reader.stats, reader.problems, kept)
 
 

@@ -39,7 +39,7 @@ class Problem:
     kind: str  # crc | framing | truncated | records | sequence | index
     message: str
     lost_bytes: int = 0
-    lost_records: int = 0  # sequence numbers a truncated chunk took, as its header says (0: unknown)
+    lost_records: int = 0  # records a damaged or truncated chunk held, as its header says (0: unknown)
 
     def __str__(self) -> str:
         return f"byte {self.offset}: {self.kind}: {self.message}"
@@ -145,7 +145,8 @@ class TraceReader:
                 self._fail(Problem(at, "truncated", message, CHUNK_HEADER.size + len(payload), lost), st.records)
                 return
             if chunk_crc(head[:20], payload) != crc:
-                self._fail(Problem(at, "crc", f"chunk CRC mismatch: {count} records (seq {first_seq}..) damaged", CHUNK_HEADER.size + length), st.records)
+                damaged = Problem(at, "crc", f"chunk CRC mismatch: {count} records (seq {first_seq}..) damaged", CHUNK_HEADER.size + length, count)
+                self._fail(damaged, st.records)
                 if not self._resync(at + 1):
                     return
                 continue

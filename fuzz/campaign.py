@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fuzz.check import Mode, check_events, decode, shadowing
-from fuzz.minimize import Minimizer
+from fuzz.minimize import Minimizer, reproducer_header
 from fuzz.mutator import encode
 from replay.model.profiles import get_profile
 from traces.atomic import atomic_write as write_whole
@@ -120,7 +120,8 @@ def save_regression(regressions: Path, signature: str, mode: Mode, events: list[
     profile), its text form, a metadata file and a ready-to-paste pytest; the metadata's ``ignore``
     lists the signatures the trace hits first (shadowing)."""
     name = safe_name(signature)
-    data = encode(events, TraceHeader(writer="mhp fuzz", kernel_release=get_profile(mode.profile).release, source=Capture.FUZZER))
+    profile = get_profile(mode.profile)
+    data = encode(events, reproducer_header(TraceHeader(kernel_release=profile.release, source=Capture.FUZZER), events, profile, "mhp fuzz"))
     trace = regressions / f"{name}.mhpt"
     atomic_write(trace, data)
     text = io.StringIO()

@@ -166,7 +166,7 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
                 d = compare_outcomes(i, ev, k, a, other, b)
                 if d is not None:
                     sig = f"{d.signature}:{mode.variant or mode.profile}-vs-{mode.diff}"
-                    return None if sig in ignore else Hit(sig, i, f"{type(ev).__name__}: {d.what} {d.a!r} vs {d.b!r}")
+                    return None if sig in ignore else Hit(sig, i, d.describe())
                 theirs = {f.signature for f in b.findings}  # differential: only findings the other model lacks
                 findings = [f for f in a.findings if f.signature not in theirs]
             elif kind in ("boot", "request", "inject"):

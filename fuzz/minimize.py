@@ -7,13 +7,28 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fuzz.check import Hit, Mode, check_events, shadowing
+from replay.model.kernel import Kernel
+from replay.model.params import params_text
+from replay.model.profiles import Profile
 from traces.events import BOOL, STR, ZONES, Res, fields_of
+from traces.header import MAJOR, MINOR, TraceHeader
 
 BLOCK = 128 << 20
+
+
+def reproducer_header(base: TraceHeader, events: list[Any], profile: Profile, writer: str) -> TraceHeader:
+    """``base`` as the header of a reproducer made of ``events``: block size and parameters as its
+    snapshot boots them, and no command line (the original machine's would contradict them)."""
+    k = Kernel(profile, oracles=False)
+    for ev in events:
+        if ev.KIND != "boot":
+            break
+        k.apply(ev)
+    return replace(base, writer=writer, cmdline="", block_size=k.m.block_size, params=params_text(k.m.params), major=MAJOR, minor=MINOR)
 
 
 class Budget(Exception):

@@ -151,6 +151,17 @@ def positive(text: str) -> int:
     return _at_least(text, 1)
 
 
+def seconds(text: str) -> float:
+    """argparse type: a duration in seconds, > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
 def _at_least(text: str, low: int) -> int:
     try:
         value = int(text, 0)
@@ -234,14 +245,11 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
 
 def cmd_minimize(args: argparse.Namespace) -> int:
     """Minimise a failing trace, keeping its signature and its header (profile as replay picks it)."""
-    from dataclasses import replace
-
-    from fuzz.campaign import atomic_write
     from fuzz.check import parse_mode
-    from fuzz.minimize import Minimizer
+    from fuzz.minimize import Minimizer, reproducer_header
     from fuzz.mutator import encode
-    from replay.model.profiles import profile_for_release
-    from traces.header import MAJOR, MINOR
+    from replay.model.profiles import get_profile, profile_for_release
+    from traces.atomic import atomic_write
 
     with TraceReader(args.trace) as r:
         header = r.header
@@ -249,7 +257,7 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     mode = parse_mode(args.profile or profile_for_release(header.kernel_release or "6.1").name, args.variant, args.diff)
     mini = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any)
     res = mini.run(events)
-    atomic_write(Path(args.output), encode(res.events, replace(header, writer="mhp minimize", major=MAJOR, minor=MINOR)))
+    atomic_write(args.output, encode(res.events, reproducer_header(header, res.events, get_profile(mode.profile), "mhp minimize")))
     print(f"{args.output}: {len(events)} -> {len(res.events)} events ({mode.describe()}), {res.replays} replays in {res.seconds:.1f} s")
     print(f"signature {res.signature}: {res.hit.message}")
     if mini.ignore:
@@ -322,17 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("record", help="record this host: a boot snapshot, then uevents until SIGINT/SIGTERM or --duration")
     s.add_argument("-o", "--output", required=True, help="trace file, or - for standard output")
     s.add_argument("--snapshot", action="store_true", help="take the snapshot and exit (works unprivileged)")
-    s.add_argument("--duration", type=float, help="stop after S seconds")
+    s.add_argument("--duration", type=seconds, help="stop after S seconds")
     s.add_argument("--fsync", action="store_true", help="fsync every chunk")
-    s.add_argument("--zone-interval", type=float, default=10.0, help="seconds between /proc/zoneinfo samples")
+    s.add_argument("--zone-interval", type=seconds, default=10.0, help="seconds between /proc/zoneinfo samples")
     s.set_defaults(func=cmd_record)
     s = sub.add_parser("fuzz", help="fuzz the model (or the trace format) with atheris; new hits become regressions")
     s.add_argument("--target", choices=("model", "format"), default="model")
-    s.add_argument("--time", type=int, default=60, help="seconds (default 60)")
-    s.add_argument("--runs", type=int, help="stop after N inputs")
-    s.add_argument("--jobs", type=int, default=1, help="libFuzzer fork jobs")
-    s.add_argument("--merge-every", type=int, default=600, help="merge the working corpus every S seconds (default 600)")
-    s.add_argument("--seed-events", type=int, default=32, help="model seeds also come cut to their boot snapshot and N events (default 32; 0: whole only)")
+    s.add_argument("--time", type=positive, default=60, help="seconds (default 60)")
+    s.add_argument("--runs", type=positive, help="stop after N inputs")
+    s.add_argument("--jobs", type=positive, default=1, help="libFuzzer fork jobs")
+    s.add_argument("--merge-every", type=positive, default=600, help="merge the working corpus every S seconds (default 600)")
+    s.add_argument("--seed-events", type=natural, default=32, help="model seeds also come cut to their boot snapshot and N events (default 32; 0: whole only)")
     s.add_argument("--corpus", help="working corpus directory, used as given and resumed (default corpus/fuzz/<target>)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
     s.add_argument("--regressions", default="corpus/regressions")
@@ -349,8 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
     s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
-    s.add_argument("--time", type=float, default=60.0, help="time budget in seconds")
-    s.add_argument("--max-replays", type=int, default=50000)
+    s.add_argument("--time", type=seconds, default=60.0, help="time budget in seconds")
+    s.add_argument("--max-replays", type=positive, default=50000)
     s.set_defaults(func=cmd_minimize)
     s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")

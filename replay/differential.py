@@ -24,6 +24,25 @@ class Difference:
     def signature(self) -> str:
         return f"DIFF:{type(self.event).__name__}:{self.what}"
 
+    def describe(self) -> str:
+        """The difference in words: the event, the aspect, then the first model's and the second's."""
+        return f"{type(self.event).__name__}: {self.what} {_text(self.what, self.a)} vs {_text(self.what, self.b)}"
+
+
+def _text(what: str, value: Any) -> str:
+    """One model's side of an aspect, readable."""
+    if what == "rc":
+        return str(value)
+    if what == "decision":
+        parts = [f"memory{block} {zone.label}" for block, zone in value]
+    elif what == "numbers":
+        parts = ["; ".join(" ".join(f"{k}={v}" for k, v in s.to_json().items()) for s in stats) for stats in value]
+    elif what == "changes":
+        parts = [f"memory{block} {state.name.lower()} {zone.label}" for block, state, zone in value]
+    else:
+        parts = [f"node {nid} {zone} {pages}" for nid, zone, pages in value]
+    return "[" + ", ".join(parts) + "]"
+
 
 ASPECTS = ("rc", "decision", "numbers", "changes", "present")
 
@@ -36,7 +55,7 @@ def behaviour(k: Kernel, out: Outcome) -> tuple[Any, ...]:
         tuple((d.block, d.zone) for d in out.decisions),
         tuple(d.stats for d in out.decisions),
         tuple((c.block, c.state, c.zone) for c in out.changes),
-        tuple(z.present_pages for n in k.m.nodes.values() for z in n.zones),
+        tuple((n.nid, z.idx.label, z.present_pages) for n in k.m.nodes.values() for z in n.zones),
     )
 
 

@@ -11,7 +11,7 @@ from replay.model.drivers import AcpiDimm, VirtioMem
 from replay.model.findings import Finding
 from replay.model.kernel import Kernel
 from replay.model.outcome import Outcome
-from replay.model.params import boot_params_from_cmdline, read_param
+from replay.model.params import boot_params_from_cmdline, params_text
 from replay.model.profiles import Profile, get_profile
 from replay.observe import model_digest, observe_outcome, observe_zones
 from traces.events import Attr, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
@@ -20,7 +20,6 @@ from traces.scenario import Scenario, ScenarioError, Step
 from traces.writer import TraceWriter
 
 PARAM_IDS = {"online_policy": Param.ONLINE_POLICY, "auto_movable_ratio": Param.AUTO_MOVABLE_RATIO, "auto_movable_numa_aware": Param.AUTO_MOVABLE_NUMA_AWARE}
-PARAM_NAMES = {**PARAM_IDS, "auto_online_blocks": Param.AUTO_ONLINE_BLOCKS}
 
 
 @dataclass(slots=True)
@@ -177,8 +176,7 @@ def simulate(scenario: Scenario, profile: str | None = None, sim: Simulation | N
 
 def trace_header(sim: Simulation) -> TraceHeader:
     """The header of a trace written from a simulation."""
-    p = sim.kernel.m.params
-    params = " ".join(f"{name}={read_param(p, param)}" for name, param in PARAM_NAMES.items())
+    params = params_text(sim.kernel.m.params)
     return TraceHeader(
         writer=f"mhp-replay {version('mhp-replay')}",
         kernel_release=sim.profile.release,

@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from replay.cli import main
+from replay.replayer import replay_file
 from tests.test_observed import SCENARIOS
+from traces.reader import read_trace
+from traces.writer import TraceWriter
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -80,11 +83,19 @@ def test_compile_errors_and_missing_files(tmp_path: Path, capsys: pytest.Capture
     assert rc == 2 and f"no such directory for the output file: '{tmp_path / 'nowhere'}'" in err
 
 
-def test_cat(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "two.mhpt"
-    assert run(["cat", str(trace), str(trace), "-o", str(out)], capsys)[0] == 0
-    rc, text, _ = run(["info", str(out), "--json"], capsys)
-    assert rc == 0 and json.loads(text)["records"] == 2 * json.loads(run(["info", str(trace), "--json"], capsys)[1])["records"]
+def test_cat_joins_the_parts_of_one_recording(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header, records = read_trace(trace.read_bytes())
+    parts = [tmp_path / "a.mhpt", tmp_path / "b.mhpt"]
+    for part, recs in zip(parts, (records[:300], records[300:]), strict=True):  # a recording split after its snapshot
+        with TraceWriter(part, header) as w:
+            for rec in recs:
+                w.write_record(rec)
+    out = tmp_path / "joined.mhpt"
+    assert run(["cat", *map(str, parts), "-o", str(out)], capsys)[0] == 0
+    assert read_trace(out.read_bytes())[1] == records
+    assert replay_file(str(out)).divergence_count == 0
+    rc, _, err = run(["cat", str(trace), str(trace), "-o", str(tmp_path / "two.mhpt")], capsys)
+    assert rc == 2 and "record 0: starts with a boot snapshot" in err and not (tmp_path / "two.mhpt").exists()
 
 
 def test_repair_of_a_damaged_first_chunk_reports_the_loss(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

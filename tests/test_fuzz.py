@@ -294,8 +294,10 @@ def test_minimize_replays_like_replay_and_keeps_the_trace_header(tmp_path: Path,
     src, out = ROOT / "corpus" / "real" / "6.12" / "ratio-runtime.mhpt", tmp_path / "x.mhpt"
     assert minimize([str(src), "-o", str(out)], capsys) == (0, "AM-RATIO:state")
     with TraceReader(src) as a, TraceReader(out) as b:
-        assert b.header.writer == "mhp minimize"
-        assert replace(b.header, writer=a.header.writer) == a.header
+        assert b.header.writer == "mhp minimize" and b.header.cmdline == ""  # the original command line no longer holds
+        boot = next(ev for ev in b.events() if isinstance(ev, BootParams))
+        assert f"auto_movable_ratio={boot.auto_movable_ratio} " in b.header.params  # the parameters the reproducer boots
+        assert replace(b.header, writer=a.header.writer, cmdline=a.header.cmdline, params=a.header.params) == a.header
     result = replay_file(str(out))
     assert result.profile == "6.12" and "AM-RATIO:state" in result.finding_signatures
 
@@ -354,7 +356,8 @@ def test_model_crash_has_its_own_signature(monkeypatch: pytest.MonkeyPatch) -> N
     from replay.model import add_remove
 
     monkeypatch.setattr(add_remove, "try_online_node", lambda m, nid: 1 / 0)
-    hit = check_events([GroupRegister(False, 0, 8), AddMemory(48 << 27, 1 << 27, 0, AddFlags.NID_IS_MGID)], Mode())
+    boot = [ev for ev in decode((ROOT / "corpus" / "seeds" / "seed-dimm.mhpt").read_bytes()) or [] if ev.KIND == "boot"]
+    hit = check_events([*boot, GroupRegister(False, 0, 8), AddMemory(48 << 27, 1 << 27, 0, AddFlags.NID_IS_MGID)], Mode())
     assert hit is not None and hit.signature == "CRASH:ZeroDivisionError:<lambda>"
 
 

@@ -88,6 +88,15 @@ def test_snapshot_present_pages_must_lie_in_online_blocks() -> None:
         k.apply(AddMemory(40 * BLOCK, BLOCK, 0, AddFlags.NONE))
 
 
+def test_requests_without_a_boot_snapshot_are_refused() -> None:
+    """A trace whose first chunk (the snapshot) was lost must not replay against an empty machine."""
+    from replay.model.kernel import Kernel, SnapshotError
+    from replay.model.profiles import get_profile
+
+    with pytest.raises(SnapshotError, match="no boot snapshot"):
+        Kernel(get_profile("6.1")).apply(AddMemory(48 * BLOCK, BLOCK, 0, AddFlags.NONE))
+
+
 def test_snapshot_kernel_zones_do_not_overlap() -> None:
     from replay.model.kernel import SnapshotError
 

@@ -141,11 +141,26 @@ def test_layout_at_an_event(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2 and "event 225 is past the trace's last event 224" in err
 
 
-@pytest.mark.parametrize("argv", [["layout", "--at", "-1"], ["replay", "--context", "-3"], ["replay", "--max-divergences", "-1"], ["replay", "-j", "0"]])
-def test_negative_counts_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["layout", "--at", "-1"],
+        ["replay", "--context", "-3"],
+        ["replay", "--max-divergences", "-1"],
+        ["replay", "-j", "0"],
+        ["minimize", "-o", "x.mhpt", "--max-replays", "0"],
+        ["minimize", "-o", "x.mhpt", "--time", "-1"],
+        ["fuzz", "--runs", "-5"],
+        ["fuzz", "--time", "0"],
+        ["fuzz", "--merge-every", "0"],
+        ["fuzz", "--seed-events", "-1"],
+        ["record", "--duration", "-1", "-o", "x.mhpt"],
+    ],
+)
+def test_counts_out_of_range_are_usage_errors(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
-        main([*argv, str(SEEDS / "seed-dimm.mhpt")])
-    assert e.value.code == 2 and "is below" in capsys.readouterr().err
+        main([*argv, str(SEEDS / "seed-dimm.mhpt")] if argv[0] in ("layout", "replay", "minimize") else argv)
+    assert e.value.code == 2 and ("is below" in (err := capsys.readouterr().err) or "is not above 0" in err)
 
 
 def test_scenario_traces_of_both_profiles_replay_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -127,6 +127,8 @@ def cat(paths: list[str], out: str) -> int:
                 shift: int | None = None
                 for rec in r:
                     if shift is None:
+                        if n and rec.event.KIND == "boot":
+                            raise TraceFormatError("starts with a boot snapshot: a new recording, not a continuation of the first trace", path=p, record=0)
                         shift = max(0, w.seq - rec.seq)
                     w.write_record(rec._replace(seq=rec.seq + shift))
                     n += 1

@@ -104,6 +104,8 @@ class Kernel:
         its present pages lie in its online blocks or in the multi-zone blocks across its span
         (present memory always has memory blocks: a hot-add cannot land on it); and the kernel
         zones of a node follow each other without overlapping."""
+        if not any(node.online for node in self.m.nodes.values()):
+            raise SnapshotError(self.index, "no boot snapshot: requests come before any boot zone (was the trace's first chunk lost?)")
         held: dict[tuple[int, int], list[int]] = {}
         mixed: dict[int, list[tuple[int, int]]] = {}  # node -> [start, end) pfns of its online multi-zone blocks
         for mem in self.m.blocks.values():

@@ -202,7 +202,8 @@ class Oracles:
                     Finding(
                         oracle,
                         index,
-                        f"after memory{block} went to {zone.label}: {where} MOVABLE {movable} > {ratio}% of KERNEL {kernel}",
+                        f"at the policy's decision for memory{block} ({zone.label}): {where} MOVABLE {movable} > {ratio}% of KERNEL {kernel} "
+                        "(early kernel pages plus dynamic groups' kernel pages)",
                         (what,),
                         {"block": block, "movable": movable, "kernel": kernel, "ratio": ratio},
                     )

@@ -91,6 +91,19 @@ def write_param(params: Params, param: Param, value: str) -> int:
     return 0
 
 
+PARAM_NAMES = {
+    "online_policy": Param.ONLINE_POLICY,
+    "auto_movable_ratio": Param.AUTO_MOVABLE_RATIO,
+    "auto_movable_numa_aware": Param.AUTO_MOVABLE_NUMA_AWARE,
+    "auto_online_blocks": Param.AUTO_ONLINE_BLOCKS,
+}
+
+
+def params_text(params: Params) -> str:
+    """A trace header's ``params``: every run-time parameter as its sysfs file reads."""
+    return " ".join(f"{name}={read_param(params, param)}" for name, param in PARAM_NAMES.items())
+
+
 def read_param(params: Params, param: Param) -> str:
     """What reading the parameter's sysfs file prints (without the newline)."""
     if param is Param.ONLINE_POLICY:

@@ -11,7 +11,7 @@ from traces.lab.setup import KERNELS, LabSetupError, setup
 
 def build_parser() -> argparse.ArgumentParser:
     """The lab's argument parser."""
-    p = argparse.ArgumentParser(prog="python -m traces.lab", description="Run scenarios against Debian's real kernels under QEMU (TCG).")
+    p = argparse.ArgumentParser(prog="mhp lab", description="Run scenarios against Debian's real kernels under QEMU (TCG).")
     p.add_argument("--setup", action="store_true", help="install QEMU, busybox, cpio, xz (apt-get, as root) and fetch the kernels")
     p.add_argument("--refresh", action="store_true", help="with --setup: look for newer kernel packages even when some are cached")
     p.add_argument("scenario", nargs="*", help="scenario TOML file(s)")

@@ -142,6 +142,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
+def trace_path(text: str) -> str:
+    """argparse type: a trace to read; ``-`` is standard input."""
+    return "/dev/stdin" if text == "-" else text
+
+
 def natural(text: str) -> int:
     """argparse type: an integer >= 0."""
     return _at_least(text, 0)
@@ -299,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--trace", help="also write the events, with model-filled observations, as a .mhpt trace")
     s.set_defaults(func=cmd_simulate)
     s = sub.add_parser("replay", help="replay traces through the model, report divergences and findings")
-    s.add_argument("traces", nargs="+")
+    s.add_argument("traces", nargs="+", type=trace_path, help="trace files (- : standard input)")
     s.add_argument("-j", "--jobs", type=positive, default=1, help="traces replayed in parallel processes")
     s.add_argument("--json", action="store_true", help="the stable JSON report (docs/replay-json.md)")
     s.add_argument("--context", type=natural, default=8, help="events shown before a divergence")
@@ -307,18 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
     s.set_defaults(func=cmd_replay)
     s = sub.add_parser("layout", help="the block layout at any event of a trace")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("--at", type=natural, help="after event N (default: the end)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--profile", choices=("6.1", "6.12"))
     s.set_defaults(func=cmd_layout)
     s = sub.add_parser("plot", help="picture: blocks over events by zone, MOVABLE:KERNEL against the ratio (needs matplotlib)")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("-o", "--output", required=True, help="PNG (or any format matplotlib writes)")
     s.add_argument("--profile", choices=("6.1", "6.12"))
     s.set_defaults(func=cmd_plot)
     s = sub.add_parser("export", help="Chrome/Perfetto trace-event JSON (zone counters, hotplug events)")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("--format", choices=("chrome",), default="chrome")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--profile", choices=("6.1", "6.12"))
@@ -352,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_fuzz)
     s = sub.add_parser("minimize", help="shrink a failing trace to a 1-minimal one with the same signature")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--signature", help="signature to keep (default: the trace's first; the ones it hits before are ignored)")
     s.add_argument("--accept-any", action="store_true", help="keep any signature, not just the original (the output names the one kept)")
@@ -369,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     s.set_defaults(func=cmd_bench)
     s = sub.add_parser("dump", help="print a trace in its text form")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.set_defaults(func=cmd_dump)
     s = sub.add_parser("compile", help="build a binary trace from its text form")
     s.add_argument("text")
@@ -377,18 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lenient", action="store_true", help="give missing fields their zero value")
     s.set_defaults(func=cmd_compile)
     s = sub.add_parser("info", help="header, counts per event type, time span, losses")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_info)
     s = sub.add_parser("verify", help="check CRCs, sequence numbers and structure (exit 0 clean, 1 damaged)")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.set_defaults(func=cmd_verify)
     s = sub.add_parser("repair", help="copy every intact chunk of a damaged trace")
-    s.add_argument("trace")
+    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_repair)
     s = sub.add_parser("cat", help="join traces of one recording")
-    s.add_argument("traces", nargs="+")
+    s.add_argument("traces", nargs="+", type=trace_path, help="trace files (- : standard input)")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_cat)
     return p

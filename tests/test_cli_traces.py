@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -111,3 +113,11 @@ def test_repair_of_a_damaged_first_chunk_reports_the_loss(tmp_path: Path, capsys
     assert run(["verify", str(fixed)], capsys)[0] == 0
     facts = json.loads(run(["info", str(fixed), "--json"], capsys)[1])
     assert (facts["losses"], facts["records"], facts["events"]["loss"]) == (4096, 905, 1) and facts["time_span_s"] > 0
+
+
+@pytest.mark.parametrize(("command", "expect"), [("replay", "PASSED: 225 events"), ("dump", "224 0.000224000 state_digest"), ("verify", "clean")])
+def test_a_trace_reads_from_standard_input(command: str, expect: str) -> None:
+    """``-`` is standard input: ``mhp record -o - | mhp replay -`` (dump reads a pipe into memory)."""
+    seed = Path(__file__).resolve().parent.parent / "corpus" / "seeds" / "seed-dimm.mhpt"
+    proc = subprocess.run([sys.executable, "-m", "replay.cli", command, "-"], input=seed.read_bytes(), capture_output=True, timeout=120)  # a pipe
+    assert proc.returncode == 0 and expect in proc.stdout.decode(), proc.stderr.decode()

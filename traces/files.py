@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +137,16 @@ def cat(paths: list[str], out: str) -> int:
 
 
 def dump_trace(path: str, out: TextIO) -> None:
-    """Write the text form of a trace, keeping its chunks and whether it has an index."""
-    with TraceReader(path) as r:
+    """Write the text form of a trace, keeping its chunks and whether it has an index (read first
+    from the end: a pipe is read into memory)."""
+    source: str | io.BytesIO = path
+    try:
+        with open(path, "rb") as f:
+            if not f.seekable():
+                source = io.BytesIO(f.read())
+    except OSError:
+        pass  # TraceReader says what is wrong with the path
+    with TraceReader(source) as r:
         chunks = (chunk.cols.records() for chunk in r.chunks())
         for line in dump_chunks(r.header, chunks, index=r.index_offset() is not None):
             out.write(line)

@@ -60,8 +60,11 @@ def test_simulate_json_and_step(tmp_path: Path, capsys: pytest.CaptureFixture[st
     [
         ("[machine\npreset = 1", ":1:"),
         ("[machine]\npreset = 'nope'", "machine.preset: expected one of qemu-q35-4G"),
-        ("[machine]\npreset = 'qemu-q35-4G'\n\n[[step]]\ndimm = '4Q'", ":4: step[0].dimm: expected a size"),
-        ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\ndimm = '4G'\n[[step]]\nonline = 48\nkind = 'x'", ":5: step[1]: unknown key(s) kind"),
+        ("[machine]\npreset = 'qemu-q35-4G'\n\n[[step]]\ndimm = '4Q'", ":5: step[0].dimm: expected a size"),
+        ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\ndimm = '4G'\n[[step]]\nonline = 48\nkind = 'x'", ":7: step[1]: unknown key(s) kind"),
+        ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\ndimm = '4G'\n[[step]]\nonline = 48\n\ntype = 'sideways'", ":8: step[1].type: expected one of"),
+        ("name = 'x'\nbogus = 1\n[machine]\npreset = 'qemu-q35-4G'", ":2: bogus: unknown top-level key"),
+        ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\n\nonline = '9-3'", ":5: step[0].online: expected a block id or a range"),
         ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\nvmem = 'vm9'\nsize = '1G'", "step[0].vmem: expected one of"),
         ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\noffline = 48\nfails = 'EWHAT'", "expected an errno name"),
         ("[machine]\npreset = 'qemu-q35-4G'\n[[step]]\nonline = '9-3'", "expected a block id or a range"),

@@ -111,6 +111,17 @@ class _Reader:
         hits = [i + 1 for i, ln in enumerate(self.lines) if pat.match(ln)]
         return hits[nth] if nth < len(hits) else 0
 
+    def key_line(self, key: str, table_line: int) -> int:
+        """Line number of ``key = ...`` in the table whose header is at ``table_line`` (0: the
+        top level, before any table); the table's line if the key is not written there."""
+        pat = re.compile(r"^\s*" + re.escape(key) + r"\s*=")
+        for i in range(table_line, len(self.lines)):  # index table_line is the line after the header
+            if self.lines[i].lstrip().startswith("["):
+                break
+            if pat.match(self.lines[i]):
+                return i + 1
+        return table_line
+
     def fail(self, where: str, line: int, msg: str) -> ScenarioError:
         loc = f"{self.path}:{line}" if line else self.path
         return ScenarioError(f"{loc}: {where}: {msg}")
@@ -138,7 +149,7 @@ class _Reader:
                 if allow
                 else {"size": "a size like '4G' or a byte count", "int": "an integer", "str": "a string", "bool": "true or false"}[kind]
             )
-            raise self.fail(f"{where}.{key}", line, f"expected {expected}, got {v!r}")
+            raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected {expected}, got {v!r}")
         return ok
 
 
@@ -167,7 +178,7 @@ def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
     known = {"name", "description", "machine", "kernel", "device", "step", "expect_findings"}
     for key in doc:
         if key not in known:
-            raise r.fail(key, 0, f"unknown top-level key; expected one of {', '.join(sorted(known))}")
+            raise r.fail(key, r.key_line(key, 0), f"unknown top-level key; expected one of {', '.join(sorted(known))}")
     machine_t = doc.get("machine")
     if not isinstance(machine_t, dict):
         raise r.fail("machine", 0, "missing [machine] table")
@@ -234,7 +245,7 @@ def _step(r: _Reader, s: dict[str, Any], i: int, vmem_ids: set[str]) -> Step:
     action = actions[0]
     extra = set(s) - {action} - STEP_KEYS[action]
     if extra:
-        raise r.fail(where, line, f"unknown key(s) {', '.join(sorted(extra))} for a {action} step")
+        raise r.fail(where, r.key_line(min(extra), line), f"unknown key(s) {', '.join(sorted(extra))} for a {action} step")
     args: dict[str, Any] = {}
     if action == "dimm":
         args["dimm"] = r.get(s, "dimm", "size", where, line)
@@ -246,7 +257,7 @@ def _step(r: _Reader, s: dict[str, Any], i: int, vmem_ids: set[str]) -> Step:
         args["vmem"] = r.get(s, "vmem", "str", where, line, allow=tuple(sorted(vmem_ids)) or ("<no virtio-mem device declared>",))
         args["size"] = r.get(s, "size", "size", where, line)
     elif action in ("online", "offline"):
-        first, last = _block_range(r, s[action], f"{where}.{action}", line)
+        first, last = _block_range(r, s[action], f"{where}.{action}", r.key_line(action, line))
         args[action] = (first, last)
         args["attr"] = r.get(s, "attr", "str", where, line, "state", ("state", "online"))
         if action == "online":
@@ -272,9 +283,9 @@ def _block_range(r: _Reader, v: object, where: str, line: int) -> tuple[int, int
     if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
         return v, v
     if isinstance(v, str):
-        m = re.fullmatch(r"\s*(\d+)\s*-\s*(\d+)\s*", v)
-        if m and int(m.group(1)) <= int(m.group(2)):
-            return int(m.group(1)), int(m.group(2))
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", v)  # "48" or "48-55"
+        if m and int(m.group(1)) <= int(m.group(2) or m.group(1)):
+            return int(m.group(1)), int(m.group(2) or m.group(1))
     raise r.fail(where, line, f"expected a block id or a range 'first-last', got {v!r}")
 
 

@@ -144,3 +144,17 @@ def test_node_hot_add_and_offline() -> None:
     assert k.apply(OfflineBlock(512, Attr.STATE, Source.USER)).rc == 0
     assert k.apply(RemoveMemory(64 * GIB, BLOCK)).rc == 0
     assert not k.m.nodes[2].online
+
+
+def test_span_walks_visit_existing_blocks_only() -> None:
+    """A zone span far wider than its memory is walked over its blocks, not its block-sized steps."""
+    from replay.model.memory_hotplug import blocks_between, find_biggest_section_pfn, find_smallest_section_pfn
+
+    k = boot_preset()
+    m = k.m
+    normal = m.nodes[0].zones[2]  # ZONE_NORMAL
+    huge = 1 << 40
+    assert find_smallest_section_pfn(m, normal, 0, huge) == find_smallest_section_pfn(m, normal, 0, 64 * 32768) == 32 * 32768
+    assert find_biggest_section_pfn(m, normal, 0, huge) == find_biggest_section_pfn(m, normal, 0, 64 * 32768) == 48 * 32768 - 1
+    assert list(blocks_between(m, 30, 34)) == [30, 31, 32, 33]
+    assert list(blocks_between(m, 0, 1 << 30, descending=True))[:2] == [max(m.blocks), max(m.blocks) - 1]

@@ -12,6 +12,7 @@ from itertools import pairwise
 from replay.model.add_remove import add_memory, offline_and_remove_memory, try_remove_memory
 from replay.model.machine import (
     ATTR_ONLINE,
+    MAX_PHYSMEM_BITS,
     MEM_OFFLINE,
     MEM_ONLINE,
     MMOP_OFFLINE,
@@ -164,6 +165,8 @@ class Kernel:
         self._booting(ev)
         if ev.zone is ZONE_NONE:
             raise SnapshotError(self.index, "a boot zone needs a zone type")
+        if ev.start_pfn + ev.spanned > 1 << (MAX_PHYSMEM_BITS - 12):
+            raise SnapshotError(self.index, f"zone {ev.zone.label} node {ev.node}: span ends beyond the {MAX_PHYSMEM_BITS}-bit physical address space")
         if ev.present > ev.spanned or ev.present_early > ev.present:
             raise SnapshotError(
                 self.index, f"zone {ev.zone.label} node {ev.node}: present {ev.present} > spanned {ev.spanned} or early {ev.present_early} > present"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterable
 
 from replay.model.machine import (
     MEM_ONLINE,
@@ -73,11 +74,19 @@ def page_zone_of(block: MemoryBlock, pfn: int, node: Node) -> Zone | None:
     return None
 
 
+def blocks_between(m: Machine, first: int, end: int, descending: bool = False) -> Iterable[int]:
+    """Block ids in [first, end) that may exist, in order: the range itself, or the existing blocks
+    in it when there are fewer of those (a zone span can be far wider than its memory)."""
+    if end - first <= len(m.blocks):
+        return range(end - 1, first - 1, -1) if descending else range(first, end)
+    return sorted((b for b in m.blocks if first <= b < end), reverse=descending)
+
+
 def find_smallest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: int) -> int:
     """mm/memory_hotplug.c:find_smallest_section_pfn (6.1), walked block by block; -1 if none."""
     bp = m.block_pages
     node = m.nodes[zone.nid]
-    for bid in range(start_pfn // bp, (end_pfn + bp - 1) // bp):
+    for bid in blocks_between(m, start_pfn // bp, (end_pfn + bp - 1) // bp):
         b = m.blocks.get(bid)
         if b is None or b.state is not MEM_ONLINE or b.nid != zone.nid:
             continue
@@ -95,7 +104,7 @@ def find_biggest_section_pfn(m: Machine, zone: Zone, start_pfn: int, end_pfn: in
     """mm/memory_hotplug.c:find_biggest_section_pfn (6.1), walked block by block; -1 if none."""
     bp = m.block_pages
     node = m.nodes[zone.nid]
-    for bid in range((end_pfn - 1) // bp, start_pfn // bp - 1, -1):
+    for bid in blocks_between(m, start_pfn // bp, (end_pfn - 1) // bp + 1, descending=True):
         b = m.blocks.get(bid)
         if b is None or b.state is not MEM_ONLINE or b.nid != zone.nid:
             continue

@@ -217,7 +217,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     """Record this host's memory hotplug activity."""
-    n = record(args.output, snapshot_only=args.snapshot, duration=args.duration, fsync=args.fsync, zone_interval=args.zone_interval)
+    n = record(
+        args.output,
+        snapshot_only=args.snapshot,
+        duration=args.duration,
+        fsync=args.fsync,
+        zone_interval=args.zone_interval,
+        control=args.control,
+        detail=args.source_detail,
+    )
     print(f"{args.output}: {n} records", file=sys.stderr)
     return 0
 
@@ -340,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=seconds, help="stop after S seconds")
     s.add_argument("--fsync", action="store_true", help="fsync every chunk")
     s.add_argument("--zone-interval", type=seconds, default=10.0, help="seconds between /proc/zoneinfo samples")
+    s.add_argument("--control", metavar="FIFO", help="create FIFO: each line written to it becomes a mark and a full observation (FIFO.done counts them)")
+    s.add_argument("--source-detail", default="", metavar="TEXT", help="the header's source detail (default: the host name)")
     s.set_defaults(func=cmd_record)
     s = sub.add_parser("fuzz", help="fuzz the model (or the trace format) with atheris; new hits become regressions")
     s.add_argument("--target", choices=("model", "format"), default="model")

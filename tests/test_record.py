@@ -14,9 +14,27 @@ import pytest
 from replay.model.profiles import get_profile
 from replay.replayer import replay_events, replay_file
 from traces.codec import FLAG_INFERRED
-from traces.events import AddMemory, BlockObserved, BlockState, OfflineBlock, OnlineBlock, RemoveMemory, ZoneType
+from traces.events import (
+    AddFlags,
+    AddMemory,
+    Attr,
+    BlockState,
+    BootBlocks,
+    BootGroup,
+    GroupRegister,
+    GroupUnregister,
+    OfflineBlock,
+    OnlineBlock,
+    OnlineType,
+    Param,
+    ParamWrite,
+    RemoveMemory,
+    Source,
+    ZoneType,
+)
 from traces.files import verify
-from traces.record import Host, Recorder, parse_node_list, parse_uevent, parse_zoneinfo, snapshot_events
+from traces.host import Host, parse_node_list, parse_zoneinfo
+from traces.record import Recorder, acpi_memmap_flag, parse_uevent, snapshot_events
 
 ZONEINFO = """Node 0, zone      DMA
   per-node stats
@@ -109,41 +127,97 @@ def test_fake_host_snapshot_matches_the_preset_and_replays_clean(tmp_path: Path)
     assert r.divergence_count == 0 and r.matched == len(snap.blocks) + len(snap.zones) + 1
 
 
-def test_uevents_become_requests_and_observations(tmp_path: Path) -> None:
+def add_block(root: Path, b: int, state: str, zones: str, dimm: str = "") -> None:
+    """A new memoryN directory; with ``dimm``, bound to that ACPI memory device like acpi_bind_memory_blocks does."""
+    d = root / f"sys/devices/system/memory/memory{b}"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "node0").mkdir(exist_ok=True)
+    (d / "state").write_text(state + "\n")
+    (d / "valid_zones").write_text(zones + "\n")
+    if dimm:
+        acpi = root / "sys/bus/acpi/devices" / dimm
+        acpi.mkdir(parents=True, exist_ok=True)
+        n = len(list(acpi.glob("physical_node*")))
+        (acpi / ("physical_node" + (str(n) if n else ""))).symlink_to(f"../../../../system/memory/memory{b}")
+
+
+def ue(action: str, b: int) -> dict[str, str]:
+    return {"ACTION": action, "SUBSYSTEM": "memory", "DEVPATH": f"/devices/system/memory/memory{b}"}
+
+
+class Collect:
+    """A TraceWriter stand-in that keeps what is written."""
+
+    def __init__(self) -> None:
+        self.written: list[tuple[object, int]] = []
+
+    def write(self, ev: object, flags: int = 0) -> None:
+        self.written.append((ev, flags))
+
+    def events(self, kind: str = "") -> list[object]:
+        return [e for e, _ in self.written if not kind or getattr(e, "KIND", "") == kind]
+
+
+def test_dimm_uevents_become_the_acpi_drivers_calls_and_user_onlines(tmp_path: Path) -> None:
     host = fake_host(tmp_path)
-    snap = host.snapshot()
-    written: list[tuple[object, int]] = []
-
-    class W:
-        def write(self, ev: object, flags: int = 0) -> None:
-            written.append((ev, flags))
-
-    rec = Recorder(host, W(), snap)  # type: ignore[arg-type]
-    mem = tmp_path / "sys/devices/system/memory"
+    w = Collect()
+    rec = Recorder(host, w, host.snapshot())  # type: ignore[arg-type]
     for b in (48, 49):
-        d = mem / f"memory{b}"
-        d.mkdir()
-        (d / "node0").mkdir()
-        (d / "state").write_text("online\n")
-        (d / "valid_zones").write_text("Movable\n")
-
-    def ue(action: str, b: int) -> dict[str, str]:
-        return {"ACTION": action, "SUBSYSTEM": "memory", "DEVPATH": f"/devices/system/memory/memory{b}"}
-
-    for action, b in [("add", 48), ("add", 49), ("online", 48), ("online", 49), ("offline", 49), ("online", 49), ("remove", 49)]:
-        rec.uevent(ue(action, b))
-    evs = [e for e, _ in written]
-    assert evs[0] == AddMemory(48 << 27, 2 << 27, 0, 0) and written[0][1] == FLAG_INFERRED
-    assert [type(e).__name__ for e in evs[1:]] == ["BlockObserved"] * 4 + [
-        "OfflineBlock",
-        "BlockObserved",
-        "OnlineBlock",
-        "BlockObserved",
-        "RemoveMemory",
-        "BlockObserved",
+        add_block(tmp_path, b, "online", "Movable", dimm="PNP0C80:00")
+    rec.handle([ue("add", 48), ue("add", 49), ue("online", 48), ue("online", 49)])  # auto-online: no user request
+    assert w.events("request") == [GroupRegister(False, 0, 65536), AddMemory(48 << 27, 2 << 27, 0, AddFlags.NID_IS_MGID)]
+    assert all(f == FLAG_INFERRED for _, f in w.written)
+    assert rec.decisions == rec.decisions_observed == 2
+    w.written.clear()
+    add_block(tmp_path, 49, "offline", "Movable Normal")
+    rec.handle([ue("offline", 49)])
+    add_block(tmp_path, 49, "online", "Normal")
+    rec.handle([ue("online", 49)])  # user space onlined it: the type follows from the zone it went to
+    (tmp_path / "sys/module/memory_hotplug/parameters/auto_movable_ratio").write_text("100\n")
+    rec.handle([ue("offline", 48), ue("offline", 49), ue("remove", 48), ue("remove", 49)])
+    assert w.events("request") == [
+        OfflineBlock(49, Attr.STATE, Source.USER),
+        OnlineBlock(49, OnlineType.ONLINE_KERNEL, Attr.STATE, Source.USER),
+        ParamWrite(Param.AUTO_MOVABLE_RATIO, "100"),
+        OfflineBlock(48, Attr.STATE, Source.USER),
+        OfflineBlock(49, Attr.STATE, Source.USER),
+        RemoveMemory(48 << 27, 2 << 27),
+        GroupUnregister(0),
     ]
-    assert isinstance(evs[5], OfflineBlock) and isinstance(evs[7], OnlineBlock) and isinstance(evs[9], RemoveMemory)
-    assert evs[-1] == BlockObserved(49, BlockState.ABSENT, -1, ())
+
+
+def test_virtio_mem_devices_from_iomem_and_the_kernel_log(tmp_path: Path) -> None:
+    host = fake_host(tmp_path)
+    (tmp_path / "proc/iomem").write_text(IOMEM + "200000000-9ffffffff : virtio1\n  200000000-207ffffff : System RAM (virtio_mem)\n")
+    (tmp_path / "dev").mkdir()
+    log = ("6,512,3128707,-;virtio_mem virtio1: start address: 0x200000000", "6,513,3128931,-;virtio_mem virtio1: big block size: 0x40000000")
+    (tmp_path / "dev/kmsg").write_text("\n".join(log) + "\n")
+    drv = tmp_path / "sys/bus/virtio/devices/virtio1"
+    drv.mkdir(parents=True)
+    (tmp_path / "sys/bus/virtio/drivers/virtio_mem").mkdir(parents=True)
+    (drv / "driver").symlink_to("../../../../bus/virtio/drivers/virtio_mem")
+    add_block(tmp_path, 64, "online", "Movable")
+    snap = host.snapshot()
+    assert [(v.name, v.start, v.size, v.unit, v.unit_known) for v in snap.vmems] == [("virtio1", 0x200000000, 0x800000000, 1 << 30, True)]
+    evs = [e for e, _ in snapshot_events(snap)]
+    assert BootGroup(0, 0, True, (1 << 30) // 4096) in evs
+    assert [e for e in evs if isinstance(e, BootBlocks) and e.first == 64] == [BootBlocks(64, 1, 0, BlockState.ONLINE, ZoneType.MOVABLE, False, 0, 0, 32768)]
+    w = Collect()
+    rec = Recorder(host, w, snap)  # type: ignore[arg-type]
+    for b in range(72, 80):
+        add_block(tmp_path, b, "online", "Movable")
+    rec.handle([ue("add", b) for b in range(72, 80)] + [ue("online", b) for b in range(72, 80)])
+    assert w.events("request") == [AddMemory(72 << 27, 1 << 30, 0, AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE)]
+    rec.handle([ue("offline", 72), ue("remove", 72)] + [ue("remove", b) for b in range(73, 80)])
+    assert w.events("request")[-2:] == [OfflineBlock(72, Attr.STATE, Source.USER), RemoveMemory(72 << 27, 1 << 30)]
+
+
+def test_acpi_memmap_on_memory_flag_by_kernel() -> None:
+    on, off = {"memmap_on_memory": "Y"}, {"memmap_on_memory": "N"}
+    assert acpi_memmap_flag("6.12.117+deb12-amd64", off, 4 << 30, 1 << 27) is AddFlags.MEMMAP_ON_MEMORY  # the core decides
+    assert acpi_memmap_flag("6.1.0-56-amd64", on, 1 << 27, 1 << 27) is AddFlags.MEMMAP_ON_MEMORY
+    assert acpi_memmap_flag("6.1.0-56-amd64", on, 2 << 27, 1 << 27) is AddFlags.NONE
+    assert acpi_memmap_flag("6.1.0-56-amd64", off, 1 << 27, 1 << 27) is AddFlags.NONE
 
 
 def live_ok() -> bool:

@@ -1,21 +1,29 @@
 """``mhp record``: capture memory-hotplug activity on a live Linux host as a .mhpt trace.
 
-The trace starts with a boot snapshot read from sysfs and procfs (blocks, zones, parameters,
-memory devices), followed by events from the kernel's uevent netlink socket (subsystem
-``memory``: add, online, offline, remove), each enriched by sysfs reads, and periodic zone
-samples. What the recorder deduces instead of observing (hot-added blocks' groups, which blocks
-are early, user-space online types) carries the ``inferred`` record flag (FORMAT.md).
+The trace starts with a snapshot read from sysfs and procfs (traces/host.py): blocks, zones, parameters and the
+memory devices (ACPI DIMMs, virtio-mem devices) with the memory groups their drivers registered. Then the
+kernel's uevents (subsystem ``memory``: add, online, offline, remove) become requests, and what sysfs and
+``/proc/zoneinfo`` show once the host is quiet becomes observations.
+
+What the recorder deduces instead of observing carries the ``inferred`` record flag (FORMAT.md): the drivers'
+calls (an ACPI DIMM's group_register + add_memory, a virtio-mem device's add_memory per unit, removals), user
+space's online types (from the zone the block went to: every zone decision comes from the kernel's own sysfs),
+parameter writes (the parameter files changed), which boot blocks are early and the groups of the snapshot.
+Uevents are handled in batches once none arrived for ``QUIET_S``, so the ACPI driver's block bindings exist
+when a DIMM's add is reconstructed; observations are dropped when a uevent arrived while they were read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import re
 import select
 import signal
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -35,10 +43,15 @@ from traces.events import (
     BootParams,
     BootZone,
     Event,
+    GroupRegister,
+    GroupUnregister,
     Loss,
+    Mark,
     OfflineBlock,
     OnlineBlock,
     OnlineType,
+    Param,
+    ParamWrite,
     Policy,
     RemoveMemory,
     Source,
@@ -47,177 +60,97 @@ from traces.events import (
     ZoneType,
 )
 from traces.header import Capture, TraceHeader
+from traces.host import BlockInfo, Host, HostSnapshot, VirtioMem, ZoneInfo, parse_node_list, parse_zoneinfo
 from traces.writer import TraceWriter
 
+__all__ = ["Host", "HostSnapshot", "Recorder", "parse_node_list", "parse_uevent", "parse_zoneinfo", "record", "snapshot_events"]
+
 NETLINK_KOBJECT_UEVENT = 15
-ZONES = {"DMA": ZoneType.DMA, "DMA32": ZoneType.DMA32, "Normal": ZoneType.NORMAL, "Movable": ZoneType.MOVABLE}
-STATES = {"online": BlockState.ONLINE, "offline": BlockState.OFFLINE, "going-offline": BlockState.GOING_OFFLINE}
+PAGE = 4096
+QUIET_S = 0.2  # uevents are handled once none arrived for this long
 ONLINE_TYPES = {name: t for t, name in ONLINE_TYPE_NAMES.items()}
-DRIVER_MANAGED = re.compile(r"System RAM \((.+)\)")
+VMEM_ADD_FLAGS = AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE
+RUNTIME_PARAMS = {  # sysfs name -> the parameter a write to it sets (memmap_on_memory is read-only at run time)
+    "online_policy": Param.ONLINE_POLICY,
+    "auto_movable_ratio": Param.AUTO_MOVABLE_RATIO,
+    "auto_movable_numa_aware": Param.AUTO_MOVABLE_NUMA_AWARE,
+    "auto_online_blocks": Param.AUTO_ONLINE_BLOCKS,
+}
+
+
+def writer_name() -> str:
+    """The header's writer: this recorder and its version."""
+    try:
+        return f"mhp-replay record {version('mhp-replay')}"
+    except PackageNotFoundError:
+        return "mhp-replay record"
+
+
+# --- the drivers ----------------------------------------------------------------------------------------------
+
+
+def release_at_least(release: str, major: int, minor: int) -> bool:
+    """True if a ``uname -r`` string is at least major.minor (False when it names no version)."""
+    parts = release.split(".")
+    try:
+        return (int(parts[0]), int("".join(c for c in parts[1][:3] if c.isdigit()) or 0)) >= (major, minor)
+    except (ValueError, IndexError):
+        return False
+
+
+def acpi_memmap_flag(release: str, params: dict[str, str], size: int, block_size: int) -> AddFlags:
+    """acpi_memory_enable_device's MHP_MEMMAP_ON_MEMORY: 6.6+ always (the core decides); before, one block with the parameter on."""
+    if release_at_least(release, 6, 6) or (size == block_size and params.get("memmap_on_memory", "") in ("Y", "1")):
+        return AddFlags.MEMMAP_ON_MEMORY
+    return AddFlags.NONE
 
 
 @dataclass(slots=True)
-class ZoneInfo:
-    """One zone of /proc/zoneinfo."""
+class Device:
+    """A memory device the recorder tracks: an ACPI DIMM or a virtio-mem device, with the group its driver registered."""
 
+    kind: str  # "dimm" or "vmem"
+    name: str  # PNP0C80:NN or virtioN
     node: int
-    zone: ZoneType
-    present: int
-    spanned: int
-    start_pfn: int  # 0 where zoneinfo prints none (unpopulated zones)
-    managed: int
-    cma: int
+    mgid: int
+    start: int = 0  # DIMM: its range (from the blocks it bound); virtio-mem: the device region
+    size: int = 0
+    unit: int = 0  # virtio-mem: bytes per add_memory / remove_memory call
+    blocks: set[int] = field(default_factory=set)
+
+    def unit_of(self, addr: int) -> int:
+        """The start address of the add/remove unit holding ``addr`` (a DIMM is added and removed whole)."""
+        return self.start if self.kind == "dimm" else self.start + (addr - self.start) // self.unit * self.unit
 
 
-@dataclass(slots=True)
-class BlockInfo:
-    """memoryN as sysfs shows it."""
+class Devices:
+    """The memory devices and groups the recorder knows of; group ids allocated lowest-free (xa_alloc)."""
 
-    state: BlockState
-    valid_zones: tuple[ZoneType, ...]  # () for "none"
-    node: int
+    def __init__(self) -> None:
+        self.by_name: dict[str, Device] = {}
+        self.block_owner: dict[int, Device] = {}
 
+    def alloc(self) -> int:
+        used = {d.mgid for d in self.by_name.values()}
+        mgid = 0
+        while mgid in used:
+            mgid += 1
+        return mgid
 
-@dataclass(slots=True)
-class HostSnapshot:
-    """Everything the recorder reads at start."""
+    def add(self, dev: Device) -> Device:
+        self.by_name[dev.name] = dev
+        for b in dev.blocks:
+            self.block_owner[b] = dev
+        return dev
 
-    release: str
-    cmdline: str
-    block_size: int
-    possible: list[int]
-    cpu_nodes: list[int]
-    params: dict[str, str]
-    blocks: dict[int, BlockInfo]
-    zones: list[ZoneInfo]
-    ram: list[tuple[int, int]] | None  # top-level "System RAM" [start, end) in bytes; None if hidden
-    driver_managed: list[tuple[int, int, str]] = field(default_factory=list)  # virtio_mem, kmem ... ranges
+    def drop(self, dev: Device) -> None:
+        self.by_name.pop(dev.name, None)
+        for b in dev.blocks:
+            if self.block_owner.get(b) is dev:
+                del self.block_owner[b]
 
-
-class Host:
-    """Reads a host's sysfs/procfs below ``root`` (``/`` on a live host; a fake tree in tests)."""
-
-    def __init__(self, root: str | Path = "/") -> None:
-        self.root = Path(root)
-
-    def read(self, rel: str, default: str | None = None) -> str:
-        try:
-            return (self.root / rel).read_text().strip()
-        except OSError:
-            if default is None:
-                raise
-            return default
-
-    def memory_dir(self) -> Path:
-        return self.root / "sys/devices/system/memory"
-
-    def block(self, bid: int) -> BlockInfo | None:
-        """One block, or None if it disappeared."""
-        d = self.memory_dir() / f"memory{bid}"
-        try:
-            state = (d / "state").read_text().strip()
-            zones = (d / "valid_zones").read_text().split()
-            node = next((int(p.name[4:]) for p in d.iterdir() if p.name.startswith("node") and p.name[4:].isdigit()), -1)
-        except OSError:
-            return None
-        return BlockInfo(STATES.get(state, BlockState.GOING_OFFLINE), tuple(ZONES[z] for z in zones if z in ZONES), node)
-
-    def snapshot(self) -> HostSnapshot:
-        """Read the whole state (works unprivileged; /proc/iomem addresses need root)."""
-        mem = self.memory_dir()
-        if not mem.is_dir():
-            raise OSError(f"{mem} does not exist: this kernel has no memory hotplug sysfs")
-        block_size = int(self.read("sys/devices/system/memory/block_size_bytes"), 16)
-        blocks = {}
-        for p in mem.iterdir():
-            m = re.fullmatch(r"memory(\d+)", p.name)
-            if m:
-                info = self.block(int(m.group(1)))
-                if info is not None:
-                    blocks[int(m.group(1))] = info
-        params = {
-            name: self.read(f"sys/module/memory_hotplug/parameters/{name}", "")
-            for name in ("online_policy", "auto_movable_ratio", "auto_movable_numa_aware", "memmap_on_memory")
-        }
-        params["auto_online_blocks"] = self.read("sys/devices/system/memory/auto_online_blocks", "offline")
-        ram, managed = self.iomem()
-        return HostSnapshot(
-            release=self.read("proc/sys/kernel/osrelease", "unknown"),
-            cmdline=self.read("proc/cmdline", ""),
-            block_size=block_size,
-            possible=parse_node_list(self.read("sys/devices/system/node/possible", "0")),
-            cpu_nodes=parse_node_list(self.read("sys/devices/system/node/has_cpu", "0")),
-            params=params,
-            blocks=blocks,
-            zones=parse_zoneinfo(self.read("proc/zoneinfo")),
-            ram=ram,
-            driver_managed=managed,
-        )
-
-    def iomem(self) -> tuple[list[tuple[int, int]] | None, list[tuple[int, int, str]]]:
-        """Top-level System RAM ranges and driver-managed ones from /proc/iomem (None if hidden)."""
-        ram: list[tuple[int, int]] = []
-        managed: list[tuple[int, int, str]] = []
-        for line in self.read("proc/iomem", "").splitlines():
-            m = re.fullmatch(r"(\s*)([0-9a-f]+)-([0-9a-f]+) : (.*)", line)
-            if not m:
-                continue
-            start, end, name = int(m.group(2), 16), int(m.group(3), 16) + 1, m.group(4)
-            dm = DRIVER_MANAGED.fullmatch(name)
-            if dm:
-                managed.append((start, end, dm.group(1)))
-                ram.append((start, end))
-            elif name == "System RAM" and not m.group(1):
-                ram.append((start, end))
-        if ram and all(s == 0 and e == 1 for s, e in ram):
-            return None, []  # unprivileged readers see zeros
-        return sorted(ram), managed
-
-
-def parse_node_list(text: str) -> list[int]:
-    """'0-2,4' -> [0, 1, 2, 4]."""
-    out: list[int] = []
-    for part in text.split(","):
-        if "-" in part:
-            a, b = part.split("-")
-            out.extend(range(int(a), int(b) + 1))
-        elif part.strip():
-            out.append(int(part))
-    return out
-
-
-def parse_zoneinfo(text: str) -> list[ZoneInfo]:
-    """Zones of /proc/zoneinfo (ZONE_DEVICE skipped)."""
-    zones: list[ZoneInfo] = []
-    cur: dict[str, Any] | None = None
-
-    def flush() -> None:
-        if cur is not None and cur["zone"] in ZONES:
-            zones.append(
-                ZoneInfo(
-                    cur["node"],
-                    ZONES[cur["zone"]],
-                    cur.get("present", 0),
-                    cur.get("spanned", 0),
-                    cur.get("start_pfn", 0),
-                    cur.get("managed", 0),
-                    cur.get("cma", 0),
-                )
-            )
-
-    for line in text.splitlines():
-        m = re.match(r"Node (\d+), zone\s+(\S+)", line)
-        if m:
-            flush()
-            cur = {"node": int(m.group(1)), "zone": m.group(2)}
-            continue
-        if cur is None:
-            continue
-        m = re.match(r"\s+(present|spanned|managed|cma)\s+(\d+)$", line) or re.match(r"\s+(start_pfn):\s+(\d+)$", line)
-        if m:
-            cur[m.group(1)] = int(m.group(2))
-    flush()
-    return zones
+    def vmem_at(self, addr: int) -> Device | None:
+        return next((d for d in self.by_name.values() if d.kind == "vmem" and d.start <= addr < d.start + d.size), None)
 
 
 # --- snapshot -> events -------------------------------------------------------------------------------
@@ -225,7 +158,7 @@ def parse_zoneinfo(text: str) -> list[ZoneInfo]:
 
 def present_pages(snap: HostSnapshot, bid: int) -> int:
     """Pages of System RAM inside a block (whole pages); the whole block if /proc/iomem is hidden."""
-    pages = snap.block_size // 4096
+    pages = snap.block_size // PAGE
     if snap.ram is None:
         return pages
     lo, hi = bid * snap.block_size, (bid + 1) * snap.block_size
@@ -233,13 +166,8 @@ def present_pages(snap: HostSnapshot, bid: int) -> int:
     for s, e in snap.ram:
         s, e = max(s, lo), min(e, hi)
         if e > s:
-            n += (e // 4096) - (-(-s // 4096))
+            n += (e // PAGE) - (-(-s // PAGE))
     return n
-
-
-def driver_range(snap: HostSnapshot, bid: int) -> tuple[int, int, str] | None:
-    addr = bid * snap.block_size
-    return next((r for r in snap.driver_managed if r[0] <= addr < r[1]), None)
 
 
 def boot_params(snap: HostSnapshot) -> BootParams:
@@ -255,20 +183,44 @@ def boot_params(snap: HostSnapshot) -> BootParams:
     )
 
 
-def snapshot_events(snap: HostSnapshot) -> list[tuple[Event, int]]:
+def snapshot_devices(snap: HostSnapshot) -> Devices:
+    """The snapshot's memory devices: virtio-mem devices (address order), then the DIMMs bound to blocks."""
+    devs = Devices()
+    bs = snap.block_size
+    for v in sorted(snap.vmems, key=lambda v: v.start):
+        blocks = {b for b in snap.blocks if v.holds(b * bs)}
+        devs.add(Device("vmem", v.name, v.node, devs.alloc(), v.start, v.size, v.unit, blocks))
+    by_dimm: dict[str, set[int]] = {}
+    for b, name in snap.dimms.items():
+        if b in snap.blocks:
+            by_dimm.setdefault(name, set()).add(b)
+    for name, blocks in sorted(by_dimm.items(), key=lambda kv: min(kv[1])):
+        node = max(snap.blocks[min(blocks)].node, 0)
+        devs.add(Device("dimm", name, node, devs.alloc(), min(blocks) * bs, len(blocks) * bs, 0, blocks))
+    return devs
+
+
+def vmemmap_pages(snap: HostSnapshot, dev: Device | None) -> int:
+    """The memmap pages a hot-added block hosts: memmap_on_memory on, a DIMM's blocks (as the ACPI driver adds them)."""
+    if dev is None or dev.kind != "dimm" or not acpi_memmap_flag(snap.release, snap.params, dev.size, snap.block_size):
+        return 0
+    if snap.params.get("memmap_on_memory", "") not in ("Y", "1", "force"):
+        return 0
+    return -(-(snap.block_size // PAGE) * 64 // PAGE)  # PFN_UP(pages * sizeof(struct page))
+
+
+def snapshot_events(snap: HostSnapshot, devs: Devices | None = None) -> list[tuple[Event, int]]:
     """The boot snapshot (with flags) followed by observations of the same moment."""
-    bp = snap.block_size // 4096
+    devs = devs or snapshot_devices(snap)
+    bp = snap.block_size // PAGE
     out: list[tuple[Event, int]] = [
         (BootMachine(snap.block_size, sum(1 << n for n in snap.possible), sum(1 << n for n in snap.cpu_nodes)), 0),
         (boot_params(snap), 0),
     ]
-    # groups: one dynamic group per driver-managed device range (inferred: ids and unit are not visible)
-    groups: dict[tuple[int, int, str], int] = {}
-    for r in snap.driver_managed:
-        node = next((snap.blocks[b].node for b in range(r[0] // snap.block_size, r[1] // snap.block_size) if b in snap.blocks), 0)
-        groups[r] = len(groups)
-        out.append((BootGroup(groups[r], max(node, 0), True, bp), FLAG_INFERRED))
-    hot = {b for b in snap.blocks if driver_range(snap, b) is not None}
+    for d in sorted(devs.by_name.values(), key=lambda d: d.mgid):
+        pages = (d.unit if d.kind == "vmem" else d.size) // PAGE
+        out.append((BootGroup(d.mgid, d.node, d.kind == "vmem", pages), FLAG_INFERRED))
+    hot = set(devs.block_owner)
     for z in snap.zones:
         hot_pages = sum(
             bp for b in hot if snap.blocks[b].state is BlockState.ONLINE and snap.blocks[b].valid_zones == (z.zone,) and snap.blocks[b].node == z.node
@@ -280,44 +232,53 @@ def snapshot_events(snap: HostSnapshot) -> list[tuple[Event, int]]:
         info = snap.blocks[b]
         online = info.state is BlockState.ONLINE
         zone = (info.valid_zones[0] if len(info.valid_zones) == 1 else ZoneType.NONE) if online else ZoneType.NONE
-        r = driver_range(snap, b)
+        dev = devs.block_owner.get(b)
         key = (
             info.node,
             info.state if info.state is not BlockState.GOING_OFFLINE else BlockState.ONLINE,
             zone,
-            r is None,
-            groups[r] if r else -1,
-            present_pages(snap, b),
+            dev is None,
+            dev.mgid if dev else -1,
+            vmemmap_pages(snap, dev) if online else 0,
+            present_pages(snap, b) if online or dev is None else bp,
         )
         if runs and runs[-1][1] == b - runs[-1][0] and runs[-1][2] == key:
             runs[-1][1] += 1
         else:
             runs.append([b, 1, key])
-    for first, count, (node, state, zone, early, mgid, pages) in runs:
+    for first, count, (node, state, zone, early, mgid, vmemmap, pages) in runs:
         flags = FLAG_INFERRED if (mgid >= 0 or snap.ram is None) else 0
-        out.append((BootBlocks(first, count, max(node, 0), state, zone, early, mgid, 0, pages), flags))
-    out += [(BlockObserved(b, i.state, i.node, i.valid_zones), 0) for b, i in sorted(snap.blocks.items())]
-    out += [(ZoneObserved(z.node, z.zone, z.present, z.spanned, z.start_pfn, z.managed), 0) for z in snap.zones]
-    out.append((digest_of(snap), 0))
+        out.append((BootBlocks(first, count, max(node, 0), state, zone, early, mgid, vmemmap, pages), flags))
+    out += [(ev, 0) for ev in observe_all(snap.blocks, snap.zones)]
     return out
 
 
-def digest_of(snap: HostSnapshot) -> StateDigest:
+def observe_all(blocks: dict[int, BlockInfo], zones: list[ZoneInfo], gone: set[int] | None = None) -> list[Event]:
+    """Every block (and those in ``gone`` as absent), every zone, and the state digest."""
+    out: list[Event] = []
+    for b in sorted(set(blocks) | (gone or set())):
+        i = blocks.get(b)
+        out.append(BlockObserved(b, BlockState.ABSENT, -1, ()) if i is None else BlockObserved(b, i.state, i.node, i.valid_zones))
+    out += [ZoneObserved(z.node, z.zone, z.present, z.spanned, z.start_pfn, z.managed) for z in zones]
+    out.append(digest_of(blocks, zones))
+    return out
+
+
+def digest_of(blocks: dict[int, BlockInfo], zones: list[ZoneInfo]) -> StateDigest:
     """traces.digest.state_digest of what the host shows."""
-    blocks = [(b, int(i.state), int(i.valid_zones[0]) if i.state is BlockState.ONLINE and len(i.valid_zones) == 1 else 255) for b, i in snap.blocks.items()]
-    zones = [(z.node, int(z.zone), z.present) for z in snap.zones]
-    return StateDigest(state_digest(blocks, zones))
+    bl = [(b, int(i.state), int(i.valid_zones[0]) if i.state is BlockState.ONLINE and len(i.valid_zones) == 1 else 255) for b, i in blocks.items()]
+    return StateDigest(state_digest(bl, [(z.node, int(z.zone), z.present) for z in zones]))
 
 
-def header_for(snap: HostSnapshot, detail: str = "") -> TraceHeader:
+def header_for(snap: HostSnapshot, detail: str = "", source: Capture = Capture.LIVE) -> TraceHeader:
     params = " ".join(f"{k}={v}" for k, v in snap.params.items() if v)
     return TraceHeader(
-        writer="mhp-replay record",
+        writer=writer_name(),
         kernel_release=snap.release,
         cmdline=snap.cmdline,
         block_size=snap.block_size,
         params=params,
-        source=Capture.LIVE,
+        source=source,
         source_detail=detail or os.uname().nodename,
         wall_ns=time.time_ns(),
     )
@@ -339,67 +300,196 @@ def parse_uevent(data: bytes) -> dict[str, str] | None:
     return env or None
 
 
+def memory_uevent(env: dict[str, str]) -> tuple[str, int] | None:
+    """(action, block) of a memory block uevent, else None."""
+    if env.get("SUBSYSTEM") != "memory":
+        return None
+    path = env.get("DEVPATH", "")
+    prefix = "/devices/system/memory/memory"
+    if not path.startswith(prefix) or not path[len(prefix) :].isdigit():
+        return None
+    return env.get("ACTION", ""), int(path[len(prefix) :])
+
+
 class Recorder:
     """Turns a host's uevents into trace events; see the module doc for what is inferred."""
 
-    def __init__(self, host: Host, writer: TraceWriter, snap: HostSnapshot) -> None:
+    def __init__(self, host: Host, writer: TraceWriter, snap: HostSnapshot, devs: Devices | None = None) -> None:
         self.host = host
         self.w = writer
-        self.block_size = snap.block_size
+        self.snap = snap
+        self.bs = snap.block_size
+        self.devs = devs or snapshot_devices(snap)
+        self.params = {k: v for k, v in snap.params.items() if k in RUNTIME_PARAMS}
+        self.auto_onlining: set[int] = set()  # added while auto_online_blocks was not offline: the kernel onlines them
         self.pending_adds: list[int] = []
-        self.just_added: set[int] = set()
-        self.nodes = {b: i.node for b, i in snap.blocks.items()}
+        self.pending_removes: list[int] = []
+        self.touched: set[int] = set()  # blocks to observe at the next quiet point
+        self.decisions = 0  # online transitions seen
+        self.decisions_observed = 0  # ... whose zone was read from sysfs while the block was online
 
     def write(self, ev: Event, flags: int = 0) -> None:
         self.w.write(ev, flags=flags)
 
-    def uevent(self, env: dict[str, str]) -> None:
-        """One kernel uevent."""
-        if env.get("SUBSYSTEM") != "memory":
-            return
-        m = re.fullmatch(r"/devices/system/memory/memory(\d+)", env.get("DEVPATH", ""))
-        if not m:
-            return
-        bid, action = int(m.group(1)), env.get("ACTION", "")
-        if action == "add":
-            if self.pending_adds and self.pending_adds[-1] != bid - 1:
+    def handle(self, batch: list[dict[str, str]]) -> None:
+        """A batch of uevents, received with no gap of ``QUIET_S``: requests in arrival order."""
+        for env in batch:
+            ue = memory_uevent(env)
+            if ue is None:
+                continue
+            action, bid = ue
+            if action == "add":
+                self.flush_removes()
+                if self.pending_adds and self.pending_adds[-1] != bid - 1:
+                    self.flush_adds()
+                self.pending_adds.append(bid)
+                continue
+            if action == "remove":
                 self.flush_adds()
-            self.pending_adds.append(bid)
-            return
+                self.pending_removes.append(bid)
+                continue
+            self.flush_adds()
+            self.flush_removes()
+            self.sync_params()
+            self.touched.add(bid)
+            if action == "online":
+                self.online(bid)
+            elif action == "offline":
+                self.auto_onlining.discard(bid)
+                self.write(OfflineBlock(bid, Attr.STATE, Source.USER), FLAG_INFERRED)
         self.flush_adds()
-        if action == "online":
-            if bid not in self.just_added:  # not the kernel's auto-online of a new block: user space did it
-                self.write(OnlineBlock(bid, OnlineType.ONLINE, Attr.STATE, Source.USER), FLAG_INFERRED)
-            self.just_added.discard(bid)
-            self.observe(bid)
-        elif action == "offline":
-            self.write(OfflineBlock(bid, Attr.STATE, Source.USER), FLAG_INFERRED)
-            self.observe(bid)
-        elif action == "remove":
-            self.write(RemoveMemory(bid * self.block_size, self.block_size), FLAG_INFERRED)
-            self.write(BlockObserved(bid, BlockState.ABSENT, -1, ()))
+        self.flush_removes()
+
+    def online(self, bid: int) -> None:
+        """An online uevent: the kernel's own onlining of a block it just added, or user space's (type from its zone)."""
+        info = self.host.block(bid)
+        self.decisions += 1
+        observed = info is not None and info.state is BlockState.ONLINE and len(info.valid_zones) == 1
+        self.decisions_observed += observed
+        if bid in self.auto_onlining:
+            self.auto_onlining.discard(bid)
+            return
+        if observed:
+            assert info is not None
+            kind = OnlineType.ONLINE_MOVABLE if info.valid_zones[0] is ZoneType.MOVABLE else OnlineType.ONLINE_KERNEL
+        else:
+            kind = OnlineType.ONLINE  # the block left its zone before it was read: the policy's choice is assumed
+        self.write(OnlineBlock(bid, kind, Attr.STATE, Source.USER), FLAG_INFERRED)
+
+    def sync_params(self) -> None:
+        """Parameter files that changed since the last look: a write happened (inferred)."""
+        now = self.host.params()
+        for name, param in RUNTIME_PARAMS.items():
+            value = now.get(name, "")
+            if value and value != self.params.get(name):
+                self.params[name] = value
+                self.write(ParamWrite(param, value), FLAG_INFERRED)
+
+    def owner(self, bid: int, dimms: dict[int, str], fresh: dict[str, Device]) -> Device | None:
+        """The device a new block belongs to: the ACPI DIMM that bound it (new ones kept in ``fresh`` until their group is
+        registered), the virtio-mem region holding it, or none."""
+        dev = self.devs.block_owner.get(bid)
+        if dev is not None:
+            return dev
+        name = dimms.get(bid)
+        if name is not None:
+            dev = self.devs.by_name.get(name) or fresh.get(name)
+            if dev is None:
+                info = self.host.block(bid)
+                dev = fresh[name] = Device("dimm", name, max(info.node if info else 0, 0), -1)
+            return dev
+        addr = bid * self.bs
+        dev = self.devs.vmem_at(addr)
+        if dev is None:  # a device that appeared after the snapshot
+            for v in self.host.virtio_mems(self.bs, {}):
+                if v.holds(addr) and v.name not in self.devs.by_name:
+                    dev = self.register_vmem(v)
+        return dev
+
+    def register_vmem(self, v: VirtioMem) -> Device:
+        """A virtio-mem device probed while recording: memory_group_register_dynamic(node, unit pages)."""
+        dev = Device("vmem", v.name, v.node, self.devs.alloc(), v.start, v.size, v.unit)
+        self.write(GroupRegister(True, v.node, v.unit // PAGE), FLAG_INFERRED)
+        return self.devs.add(dev)
 
     def flush_adds(self) -> None:
-        """Coalesced add uevents of consecutive blocks become one add_memory request."""
+        """Consecutive add uevents -> the drivers' calls: per DIMM group_register + add_memory, per virtio-mem unit add_memory."""
         if not self.pending_adds:
             return
-        first, n = self.pending_adds[0], len(self.pending_adds)
-        infos = [self.host.block(b) for b in self.pending_adds]
-        node = next((i.node for i in infos if i is not None and i.node >= 0), 0)
-        self.write(AddMemory(first * self.block_size, n * self.block_size, node, AddFlags.NONE), FLAG_INFERRED)
-        self.just_added.update(self.pending_adds)
-        for b, info in zip(self.pending_adds, infos, strict=True):
-            if info is not None:
-                self.write(BlockObserved(b, info.state, info.node, info.valid_zones))
+        self.sync_params()
+        dimms = self.host.acpi_dimms()
+        auto = self.params.get("auto_online_blocks", "offline") != "offline"
+        runs: list[tuple[Device | None, int, list[int]]] = []  # (device, unit start, blocks)
+        fresh: dict[str, Device] = {}
+        for b in self.pending_adds:
+            dev = self.owner(b, dimms, fresh)
+            unit = dev.unit_of(b * self.bs) if dev is not None else -1
+            if runs and runs[-1][0] is dev and (dev is None or dev.kind == "dimm" or runs[-1][1] == unit) and runs[-1][2][-1] == b - 1:
+                runs[-1][2].append(b)
+            else:
+                runs.append((dev, unit, [b]))
+        for dev, _unit, blocks in runs:
+            start, size = blocks[0] * self.bs, len(blocks) * self.bs
+            if dev is None:
+                info = self.host.block(blocks[0])
+                self.write(AddMemory(start, size, max(info.node if info else 0, 0), AddFlags.NONE), FLAG_INFERRED)
+            elif dev.kind == "dimm":
+                if dev.mgid < 0:  # acpi_memory_enable_device: the group spans every block the device bound
+                    bound = sorted(b for b, n in dimms.items() if n == dev.name) or blocks
+                    dev.start, dev.size, dev.mgid = bound[0] * self.bs, len(bound) * self.bs, self.devs.alloc()
+                    self.devs.add(dev)
+                    self.write(GroupRegister(False, dev.node, dev.size // PAGE), FLAG_INFERRED)
+                flags = AddFlags.NID_IS_MGID | acpi_memmap_flag(self.snap.release, self.snap.params, size, self.bs)
+                self.write(AddMemory(start, size, dev.mgid, flags), FLAG_INFERRED)
+            else:
+                self.write(AddMemory(start, size, dev.mgid, VMEM_ADD_FLAGS), FLAG_INFERRED)
+            for b in blocks:
+                if dev is not None:
+                    dev.blocks.add(b)
+                    self.devs.block_owner[b] = dev
+            if auto:
+                self.auto_onlining.update(blocks)
+            self.touched.update(blocks)
         self.pending_adds = []
 
-    def observe(self, bid: int) -> None:
-        info = self.host.block(bid)
-        self.write(BlockObserved(bid, BlockState.ABSENT, -1, ()) if info is None else BlockObserved(bid, info.state, info.node, info.valid_zones))
+    def flush_removes(self) -> None:
+        """Remove uevents -> remove_memory of the DIMM (then its group_unregister), of each virtio-mem unit, or of each block."""
+        if not self.pending_removes:
+            return
+        done: set[int] = set()  # unit starts already removed in this batch
+        owners = [(b, self.devs.block_owner.get(b)) for b in self.pending_removes]  # before any device is dropped
+        for b, dev in owners:
+            self.touched.add(b)
+            self.auto_onlining.discard(b)
+            if dev is None:
+                self.write(RemoveMemory(b * self.bs, self.bs), FLAG_INFERRED)
+                continue
+            unit = dev.unit_of(b * self.bs)
+            if unit in done:
+                continue
+            done.add(unit)
+            if dev.kind == "dimm":
+                self.write(RemoveMemory(dev.start, dev.size), FLAG_INFERRED)
+                self.write(GroupUnregister(dev.mgid), FLAG_INFERRED)
+                self.devs.drop(dev)
+            else:
+                self.write(RemoveMemory(unit, dev.unit), FLAG_INFERRED)
+                for ub in range(unit // self.bs, (unit + dev.unit) // self.bs):
+                    dev.blocks.discard(ub)
+                    self.devs.block_owner.pop(ub, None)
+        self.pending_removes = []
 
-    def sample_zones(self) -> None:
-        for z in parse_zoneinfo(self.host.read("proc/zoneinfo")):
-            self.write(ZoneObserved(z.node, z.zone, z.present, z.spanned, z.start_pfn, z.managed))
+    def observations(self, full: bool) -> list[Event]:
+        """What sysfs and /proc/zoneinfo show now: the touched blocks (``full``: every block, and a digest) and every zone."""
+        if full:
+            blocks = self.host.blocks()
+            return observe_all(blocks, self.host.zones(), gone=self.touched - set(blocks))
+        out: list[Event] = []
+        for b in sorted(self.touched):
+            i = self.host.block(b)
+            out.append(BlockObserved(b, BlockState.ABSENT, -1, ()) if i is None else BlockObserved(b, i.state, i.node, i.valid_zones))
+        out += [ZoneObserved(z.node, z.zone, z.present, z.spanned, z.start_pfn, z.managed) for z in self.host.zones()]
+        return out
 
 
 def open_uevent_socket() -> socket.socket:
@@ -407,11 +497,67 @@ def open_uevent_socket() -> socket.socket:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_KOBJECT_UEVENT)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind((0, 1))
+    s.setblocking(False)
     return s
 
 
+class Control:
+    """``--control PATH``: a FIFO whose lines become marks; ``PATH.done`` holds how many were handled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        if self.path.exists() and not stat.S_ISFIFO(self.path.stat().st_mode):
+            raise FileExistsError(f"{path}: exists and is not a FIFO")
+        if not self.path.exists():
+            os.mkfifo(self.path, 0o600)
+        self.fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
+        self.keep = os.open(self.path, os.O_WRONLY)  # never EOF while no writer has it open
+        self.buf = b""
+        self.handled = 0
+        self.ack()
+
+    def lines(self) -> list[str]:
+        with contextlib.suppress(BlockingIOError):
+            self.buf += os.read(self.fd, 65536)
+        *done, self.buf = self.buf.split(b"\n")
+        return [line.decode(errors="replace").strip() for line in done]
+
+    def ack(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".done.tmp")
+        tmp.write_text(f"{self.handled}\n")
+        tmp.replace(self.path.with_name(self.path.name + ".done"))
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.keep)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+def receive(sock: socket.socket, into: list[dict[str, str]]) -> str | None:
+    """Every uevent waiting on the socket into ``into``; the error text when the kernel dropped some (ENOBUFS)."""
+    while True:
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return None
+        except OSError as e:
+            return e.strerror or str(e)
+        env = parse_uevent(data)
+        if env:
+            into.append(env)
+
+
 def record(
-    output: str, *, snapshot_only: bool = False, duration: float | None = None, fsync: bool = False, zone_interval: float = 10.0, root: str = "/"
+    output: str,
+    *,
+    snapshot_only: bool = False,
+    duration: float | None = None,
+    fsync: bool = False,
+    zone_interval: float = 10.0,
+    root: str = "/",
+    control: str | None = None,
+    detail: str = "",
 ) -> int:
     """Record until SIGINT/SIGTERM or ``duration``; returns the number of records written."""
     host = Host(root)
@@ -424,37 +570,76 @@ def record(
         stop = True
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    ctl: Control | None = None
     try:
-        with TraceWriter(output, header_for(snap), chunk_records=256, fsync=fsync) as w:
-            for ev, flags in snapshot_events(snap):
+        with TraceWriter(output, header_for(snap, detail), chunk_records=256, fsync=fsync) as w:
+            devs = snapshot_devices(snap)
+            for ev, flags in snapshot_events(snap, devs):
                 w.write(ev, flags=flags)
             w.flush()
             if sock is not None:
-                rec = Recorder(host, w, snap)
-                end = None if duration is None else time.monotonic() + duration
-                next_zones = time.monotonic() + zone_interval
-                while not stop and (end is None or time.monotonic() < end):
-                    ready, _, _ = select.select([sock], [], [], 0.2)
-                    if ready:
-                        try:
-                            env = parse_uevent(sock.recv(65536))
-                        except OSError as e:  # ENOBUFS: the kernel dropped uevents
-                            rec.flush_adds()
-                            w.write(Loss(0, f"uevent socket: {e.strerror}"))
-                            continue
-                        if env:
-                            rec.uevent(env)
-                        continue
-                    rec.flush_adds()
-                    if time.monotonic() >= next_zones:
-                        rec.sample_zones()
-                        next_zones = time.monotonic() + zone_interval
-                    w.flush()
-                rec.flush_adds()
-                rec.sample_zones()
+                rec = Recorder(host, w, snap, devs)
+                ctl = Control(control) if control else None
+                loop(rec, sock, ctl, lambda: stop, duration, zone_interval)
             return w.seq
     finally:
         for s, h in old.items():
             signal.signal(s, h)
         if sock is not None:
             sock.close()
+        if ctl is not None:
+            ctl.close()
+
+
+def loop(rec: Recorder, sock: socket.socket, ctl: Control | None, stopped: Any, duration: float | None, zone_interval: float) -> None:
+    """The recorder's main loop: batches of uevents once quiet, marks from the control FIFO, periodic zone samples."""
+    w = rec.w
+    end = None if duration is None else time.monotonic() + duration
+    next_zones = time.monotonic() + zone_interval
+    batch: list[dict[str, str]] = []
+    while not stopped() and (end is None or time.monotonic() < end):
+        waits: list[Any] = [sock] + ([ctl.fd] if ctl else [])
+        ready, _, _ = select.select(waits, [], [], QUIET_S if batch or rec.touched else 1.0)
+        if sock in ready:
+            lost = receive(sock, batch)
+            if lost:
+                rec.handle(batch)
+                batch = []
+                w.write(Loss(0, f"uevent socket: {lost}"))
+            continue
+        if batch:  # quiet: handle what arrived
+            rec.handle(batch)
+            batch = []
+        if ctl is not None and ctl.fd in ready:
+            for text in ctl.lines():
+                settle(rec, sock, batch, full=True, mark=text)
+                ctl.handled += 1
+            ctl.ack()
+            continue
+        if rec.touched or time.monotonic() >= next_zones:
+            settle(rec, sock, batch, full=False)
+            next_zones = time.monotonic() + zone_interval
+        w.flush()
+    rec.handle(batch)
+    settle(rec, sock, [], full=True)
+
+
+def settle(rec: Recorder, sock: socket.socket, batch: list[dict[str, str]], full: bool, mark: str | None = None) -> None:
+    """Observe the quiet host (written only if no uevent arrived meanwhile, else handled first and read again)."""
+    for _ in range(50):
+        rec.sync_params()
+        obs = rec.observations(full)
+        ready, _, _ = select.select([sock], [], [], 0)
+        if not ready:
+            break
+        receive(sock, batch)
+        time.sleep(QUIET_S)
+        receive(sock, batch)
+        rec.handle(batch)
+        batch.clear()
+    if mark is not None:
+        rec.write(Mark(mark))
+    for ev in obs:
+        rec.write(ev)
+    rec.touched.clear()
+    rec.w.flush()

@@ -23,6 +23,7 @@ size = "12G"
 Other steps: `unplug = "dimm0"`, `online = 48` (`type`, `attr = "state"|"online"`),
 `offline = 48` (`attr`); both take `fails = "EBUSY"` (the real kernel's failure, injected), `param = "auto_movable_ratio"` with `value`,
 `auto_online = "offline"`. `online`/`offline` also take a range: `online = "48-55"`.
+`record_from = N` (top level): the lab starts the guest's recorder after N steps, so the trace attaches mid-life.
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ class Scenario:
     devices: list[VirtioMemSpec] = field(default_factory=list)
     steps: list[Step] = field(default_factory=list)
     expect_findings: list[str] = field(default_factory=list)  # signatures the scenario is known to raise
+    record_from: int = 0  # the lab starts `mhp record` in the guest after this many steps (attach mid-life)
 
 
 def parse_size(value: object) -> int | None:
@@ -175,7 +177,7 @@ def load_scenario(path: str | Path) -> Scenario:
 def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
     """Build a Scenario from a decoded TOML document."""
     r = _Reader(path, text)
-    known = {"name", "description", "machine", "kernel", "device", "step", "expect_findings"}
+    known = {"name", "description", "machine", "kernel", "device", "step", "expect_findings", "record_from"}
     for key in doc:
         if key not in known:
             raise r.fail(key, r.key_line(key, 0), f"unknown top-level key; expected one of {', '.join(sorted(known))}")
@@ -215,6 +217,9 @@ def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
         sc.devices.append(dev)
     for i, s in enumerate(_list(r, doc, "step")):
         sc.steps.append(_step(r, s, i, {d.id for d in sc.devices}))
+    sc.record_from = r.get(doc, "record_from", "int", "record_from", 0, 0)
+    if not 0 <= sc.record_from <= len(sc.steps):
+        raise r.fail("record_from", r.key_line("record_from", 0), f"record_from = {sc.record_from} is not a step count 0..{len(sc.steps)}")
     return sc
 
 

@@ -18,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernel", nargs="+", choices=KERNELS, help="kernel series to boot (several with --out-dir)")
     p.add_argument("-o", "--output", help="one scenario, one kernel: OUT.mhpt writes a trace, OUT.json the observation JSON")
     p.add_argument("--out-dir", help="write OUT_DIR/<kernel>/<scenario>.json (with --trace: .mhpt) for every scenario and kernel")
-    p.add_argument("--trace", action="store_true", help="with --out-dir: write .mhpt traces instead of observation JSON")
+    p.add_argument("--trace", action="store_true", help="with --out-dir: write the guest recorder's .mhpt traces instead of observation JSON")
+    p.add_argument("--obs-dir", help="with --trace: also write the host's own samples after every step to OBS_DIR/<kernel>/<scenario>.json")
     p.add_argument("-v", "--verbose", action="store_true", help="print progress and the guest console tail on errors")
     return p
 
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from traces.scenario import ScenarioError
 
         if args.out_dir:
-            summary = run_corpus(args.scenario, tuple(args.kernel), args.out_dir, args.verbose, trace=args.trace)
+            summary = run_corpus(args.scenario, tuple(args.kernel), args.out_dir, args.verbose, trace=args.trace, obs_out_dir=args.obs_dir)
             return 1 if any("error" in s for s in summary) else 0
         if len(args.scenario) != 1 or len(args.kernel) != 1:
             p.error("-o takes one scenario and one kernel; use --out-dir for several")

@@ -2,8 +2,9 @@
 
 The agent (``/agent.sh``, busybox ash) reads one command per line from the virtio-serial port named
 ``mhp.agent`` and answers with the command's output followed by ``@@END <id> <exit status>``. Host and
-guest speak only this line protocol; ``sample`` prints the guest's memory blocks, zones and parameters,
-``snap`` copies the sysfs/procfs files ``mhp record`` reads (traces/lab/trace.py rebuilds them as a tree).
+guest speak only this line protocol; ``sample`` prints the guest's memory blocks, zones and parameters;
+``record_start``/``record_mark``/``record_stop`` run the guest's own ``mhp record`` (Debian's Python and this
+project, traces/lab/userland.py), whose trace streams to the port ``mhp.trace``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from traces.lab.setup import KernelPaths, LabSetupError, cache_dir
+from traces.lab.userland import userland_entries
 
 AGENT_PORT = "mhp.agent"
+TRACE_PORT = "mhp.trace"  # the guest recorder's trace streams out here, into a file on the host
 # Config symbols the lab needs and the module each one builds; =y means built in, =m a module to load.
 NEEDED = (("CONFIG_VIRTIO_PCI", "virtio_pci"), ("CONFIG_VIRTIO_CONSOLE", "virtio_console"), ("CONFIG_VIRTIO_MEM", "virtio_mem"))
 BUILTIN_ONLY = ("CONFIG_MEMORY_HOTPLUG", "CONFIG_MEMORY_HOTREMOVE", "CONFIG_ACPI_HOTPLUG_MEMORY", "CONFIG_DEVTMPFS", "CONFIG_BLK_DEV_INITRD")
 
 INIT = r"""#!/bin/busybox sh
 # mhp-replay lab guest: mount, load modules (parameters MOD.KEY=VAL from the kernel command line), run the agent.
-/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox mkdir -p /proc /sys /dev /tmp /run /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
@@ -61,20 +64,37 @@ sample() {
   v=""; read -r v <$M/auto_online_blocks; echo "P auto_online_blocks $v"
   v=""; read -r v <$M/block_size_bytes; echo "P block_size_bytes $v"
 }
-# snap: the files traces.record.Host reads, as "@@F PATH" + content and "@@D PATH" for each memoryN/nodeK link.
-snap() {
-  for f in /proc/sys/kernel/osrelease /proc/cmdline /proc/zoneinfo /proc/iomem $M/block_size_bytes $M/auto_online_blocks \
-           /sys/devices/system/node/possible /sys/devices/system/node/has_cpu /sys/module/memory_hotplug/parameters/*; do
-    [ -r "$f" ] && echo "@@F $f" && cat "$f"
+# port NAME: the /dev/vportNpM of the virtio-serial port NAME.
+port() {
+  for p in /sys/class/virtio-ports/*; do
+    n=""; read -r n 2>/dev/null <"$p/name"
+    [ "$n" = "$1" ] && [ -e "/dev/${p##*/}" ] && echo "/dev/${p##*/}" && return 0
   done
-  for d in $M/memory[0-9]*; do
-    s=""; z=""
-    read -r s 2>/dev/null <"$d/state" || continue
-    read -r z 2>/dev/null <"$d/valid_zones" || continue
-    printf '@@F %s/state\n%s\n@@F %s/valid_zones\n%s\n' "$d" "$s" "$d" "$z"
-    for l in "$d"/node[0-9]*; do [ -e "$l" ] && echo "@@D $l"; done
-  done
-  :
+  return 1
+}
+# The guest's own `mhp record`, streaming its trace to the port TRACEPORT; marks go through its control FIFO.
+CTL=/run/mhp.ctl
+alive() {  # running, not a zombie (the agent, process 1, reaps nothing)
+  p=$(cat /run/mhp-record.pid); s=""
+  while read -r k v; do [ "$k" = "State:" ] && s=$v; done 2>/dev/null </proc/$p/status
+  [ -n "$s" ] && [ "${s%% *}" != Z ]
+}
+record_start() {
+  out=$(port TRACEPORT) || { echo "no virtio-serial port TRACEPORT"; return 1; }
+  rm -f $CTL $CTL.done
+  mhp record -o - --control $CTL "$@" >"$out" 2>/run/mhp-record.err 3>&- &
+  echo $! >/run/mhp-record.pid
+  while [ ! -e $CTL.done ]; do alive || { cat /run/mhp-record.err; return 1; }; sleep 0.1; done
+}
+record_mark() {
+  read -r n <$CTL.done; n=$((n + 1))
+  echo "$*" >$CTL
+  while :; do read -r d <$CTL.done; [ "$d" = "$n" ] && return 0; alive || { cat /run/mhp-record.err; return 1; }; sleep 0.05; done
+}
+record_stop() {
+  kill -TERM "$(cat /run/mhp-record.pid)"
+  while alive; do sleep 0.1; done
+  cat /run/mhp-record.err
 }
 port=""
 i=0
@@ -98,7 +118,7 @@ while :; do
   rc=$?
   printf '%s\n@@END %s %s\n' "$out" "$id" "$rc" >&3
 done
-""".replace("PORTNAME", AGENT_PORT)
+""".replace("PORTNAME", AGENT_PORT).replace("TRACEPORT", TRACE_PORT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,8 +260,9 @@ def read_newc(blob: bytes) -> list[tuple[str, int, bytes]]:
 DIR, REG, EXE = 0o040755, 0o100644, 0o100755
 
 
-def initramfs_entries(kernel: KernelPaths, busybox: Path) -> list[tuple[str, int, bytes]]:
-    """Everything the guest's initramfs holds: dirs, busybox, /init, /agent.sh, modules and their load order."""
+def initramfs_entries(kernel: KernelPaths, busybox: Path, userland: list[tuple[str, int, bytes]] | None = None) -> list[tuple[str, int, bytes]]:
+    """Everything the guest's initramfs holds: dirs, busybox, /init, /agent.sh, modules and their load order, and the
+    user space (``userland``: traces/lab/userland.py)."""
     plan = module_plan(kernel)
     entries: list[tuple[str, int, bytes]] = [(d, DIR, b"") for d in ("bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules")]
     entries.append(("bin/busybox", EXE, busybox.read_bytes()))
@@ -250,7 +271,8 @@ def initramfs_entries(kernel: KernelPaths, busybox: Path) -> list[tuple[str, int
     entries.append(("agent.sh", EXE, AGENT.encode()))
     entries += [(f"lib/modules/{m.name}.ko", REG, module_bytes(m.path)) for m in plan]
     entries.append(("modules.order", REG, "".join(f"{m.name}\n" for m in plan).encode()))
-    return entries
+    seen = {name for name, _mode, _data in entries}
+    return entries + [e for e in userland or () if e[0] not in seen]
 
 
 def is_static_elf(path: Path) -> bool:
@@ -277,7 +299,7 @@ def find_busybox() -> Path:
 
 def build_initramfs(kernel: KernelPaths, busybox: Path | None = None) -> Path:
     """The gzip-compressed initramfs for a kernel, built once and cached by content."""
-    entries = initramfs_entries(kernel, busybox or find_busybox())
+    entries = initramfs_entries(kernel, busybox or find_busybox(), userland_entries())
     blob = write_newc(entries)
     digest = hashlib.sha256(blob).hexdigest()[:16]
     out = cache_dir() / "initramfs" / f"{kernel.release}-{digest}.cpio.gz"
@@ -285,7 +307,7 @@ def build_initramfs(kernel: KernelPaths, busybox: Path | None = None) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(gzip.compress(blob, compresslevel=6, mtime=0))
+    tmp.write_bytes(gzip.compress(blob, compresslevel=1, mtime=0))
     tmp.rename(out)
     for old in out.parent.glob(f"{kernel.release}-*.cpio.gz"):
         if old != out:

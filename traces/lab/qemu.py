@@ -24,13 +24,15 @@ from typing import Any
 
 from qemu.qmp import EventListener, ExecuteError, Message, QMPClient
 
-from traces.lab.initramfs import AGENT_PORT
+from traces.header import TRAILER_MAGIC
+from traces.lab.initramfs import AGENT_PORT, TRACE_PORT
 from traces.machines import MachinePreset
 from traces.scenario import VirtioMemSpec
 
 QEMU = "qemu-system-x86_64"
 # nokaslr: the kernel image always lands at the same physical address, so zone "managed" counts repeat across boots.
 BASE_APPEND = "console=ttyS0 panic=-1 nokaslr"
+TRACE_FILE = "trace.mhpt"  # in the guest's work folder: what the guest's recorder streamed out
 
 
 class LabError(RuntimeError):
@@ -85,7 +87,7 @@ def qemu_command(cfg: GuestConfig, workdir: Path, qemu: str = QEMU) -> list[str]
     """The full QEMU command line for a guest whose sockets and console log live in ``workdir``."""
     if not cfg.machine.qemu_args:
         raise LabError(f"machine {cfg.machine.name!r} has no QEMU options: only presets (traces/machines.py) can run in the lab")
-    args = [qemu, "-no-user-config", "-display", "none", "-no-reboot"]
+    args = [qemu, "-no-user-config", "-display", "none", "-no-reboot", "-nic", "none"]  # no network in the guest
     args += list(cfg.machine.qemu_args)
     args += ["-kernel", str(cfg.vmlinuz), "-initrd", str(cfg.initrd), "-append", kernel_append(cfg)]
     args += ["-chardev", f"file,id=con,path={workdir / 'console.log'}", "-serial", "chardev:con"]
@@ -93,6 +95,7 @@ def qemu_command(cfg: GuestConfig, workdir: Path, qemu: str = QEMU) -> list[str]
     args += ["-device", "virtio-serial-pci,id=vser"]
     args += ["-chardev", f"socket,id=agent,path={workdir / 'agent.sock'},server=on,wait=off"]
     args += ["-device", f"virtserialport,bus=vser.0,chardev=agent,name={AGENT_PORT}"]
+    args += ["-chardev", f"file,id=trace,path={workdir / TRACE_FILE}", "-device", f"virtserialport,bus=vser.0,chardev=trace,name={TRACE_PORT}"]
     for dev in cfg.devices:
         args += virtio_mem_args(dev)
     args += list(cfg.extra_args)
@@ -246,6 +249,20 @@ class Guest:
         while not self.events.empty():
             out.append(self.loop.run_until_complete(self.events.get()))
         return out
+
+    def streamed_trace(self, timeout: float = 30.0) -> bytes:
+        """What the guest's recorder streamed out, once it ends with the index trailer (FORMAT.md) and stopped growing."""
+        path = self.workdir / TRACE_FILE
+        end = time.monotonic() + timeout
+        last = -1
+        while True:
+            data = path.read_bytes() if path.exists() else b""
+            if data.endswith(TRAILER_MAGIC) and len(data) == last:
+                return data
+            if time.monotonic() > end:
+                raise LabError(f"the guest's trace ({len(data)} bytes) did not end with the index trailer in {timeout:.0f} s{self.console_tail()}")
+            last = len(data)
+            time.sleep(0.2)
 
     # --- agent ---------------------------------------------------------------------------------------
 

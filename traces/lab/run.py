@@ -3,7 +3,8 @@
 The observation has the format of corpus/observed/*.json: ``scenario`` (the set-up) and ``results`` (boot, then
 one entry per step with ``rc``, ``blocks``, ``zones``, ``params``). Guest steps also carry ``writes``: every
 sysfs write of the step as ``[block, exit status, shell message]`` (block is null for parameter writes).
-``run_trace`` writes the same run as a .mhpt trace instead (traces/lab/trace.py), for ``mhp replay``.
+``run_trace`` also runs the guest's own ``mhp record`` for the whole scenario (from step ``record_from`` on)
+and keeps the trace it streamed out: a mark before every step, and the guest's observations at every mark.
 """
 
 from __future__ import annotations
@@ -11,20 +12,19 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from traces.events import Mark
+from traces.atomic import atomic_write
 from traces.lab.initramfs import build_initramfs
 from traces.lab.qemu import Guest, GuestConfig, LabError, QmpCommandError
 from traces.lab.setup import KERNELS, KernelPaths, cached_kernel
-from traces.lab.trace import Performed, TraceBuilder, guest_snapshot, lab_header
 from traces.machines import MachinePreset
-from traces.record import HostSnapshot, snapshot_events
 from traces.scenario import Scenario, ScenarioError, Step, load_scenario
-from traces.writer import TraceWriter
 
 MEM = "/sys/devices/system/memory"
 PARAM_DIR = "/sys/module/memory_hotplug/parameters"
@@ -47,6 +47,16 @@ def size_text(n: int) -> str:
         if n and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
     return str(n)
+
+
+@dataclass(slots=True)
+class Performed:
+    """What doing a step gave: ``rc`` (0, a shell status or QEMU's text); guest steps: each write and when it returned."""
+
+    rc: int | str
+    writes: list[list[Any]] | None = None  # [block or None, exit status, shell message] per sysfs write
+    times: list[int] = field(default_factory=list)  # time.monotonic_ns() after each write
+    device: str = ""  # host steps: the DIMM or virtio-mem device id
 
 
 def step_record(step: Step) -> dict[str, Any]:
@@ -193,20 +203,6 @@ class LabRun:
         self.log(f"  guest still changing after {max_s:.0f} s; recording the last sample")
         return prev
 
-    def settled_snapshot(self, max_s: float = GUEST_SETTLE_MAX_S) -> HostSnapshot:
-        """The guest as ``mhp record`` reads a host, once two snapshots in a row agree (or ``max_s`` passed: the last)."""
-        agent = self.g.agent
-        prev = guest_snapshot(agent)
-        end = time.monotonic() + max_s
-        while time.monotonic() < end:
-            time.sleep(SAMPLE_GAP_S)
-            cur = guest_snapshot(agent)
-            if cur == prev:
-                return cur
-            prev = cur
-        self.log(f"  guest still changing after {max_s:.0f} s; recording the last snapshot")
-        return prev
-
     def boot_result(self) -> dict[str, Any]:
         """The boot entry (``boot_s`` = QEMU start to the agent's first answer)."""
         s = self.settled()
@@ -230,7 +226,7 @@ class LabRun:
         writes: list[list[Any]] = []
         times: list[int] = []
         for block, path, value in guest_writes(step):
-            status, out = self.g.agent(f"echo {value} > {path}")
+            status, out = self.g.agent(f"echo {shlex.quote(value)} > {shlex.quote(path)}")
             times.append(time.monotonic_ns())
             writes.append([block, status, out.strip()])
         return Performed(next((w[1] for w in writes if w[1]), 0), writes, times)
@@ -343,52 +339,60 @@ def run_scenario(
     return obs
 
 
-def run_trace(scenario_path: str | Path, kernel: str, out_path: str | Path, verbose: bool = False, scenario: Scenario | None = None) -> dict[str, Any]:
-    """Boot ``kernel`` under QEMU, run the scenario and write it as a .mhpt trace (traces/lab/trace.py).
+def run_trace(
+    scenario_path: str | Path, kernel: str, out_path: str | Path, verbose: bool = False, scenario: Scenario | None = None, obs_path: str | Path | None = None
+) -> dict[str, Any]:
+    """Boot ``kernel`` under QEMU, run the scenario with the guest's ``mhp record`` running from step ``record_from`` on,
+    and keep the trace it wrote (``out_path``); the host's own samples after every step go to ``obs_path`` (the
+    observation format), an independent check of what the recorder saw.
 
     Returns a summary: ``boot_s`` (QEMU start to the agent's first answer), ``step_s`` (each step until the guest
-    settled), ``wall_s`` (QEMU start to the trace's end), ``records``, ``release``.
+    settled), ``wall_s`` (QEMU start to the trace's end), ``bytes``, ``release``.
     """
     sc, kp, cfg, log = _prepare(scenario_path, kernel, verbose, scenario)
     t0 = time.monotonic()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     step_s: list[float] = []
     with Guest(cfg, verbose=verbose) as g:
         log(f"{sc.name} on {kernel}: booted in {g.boot_s:.1f} s ({g.release})")
         run = LabRun(g, sc, log)
-        snap = run.settled_snapshot()
-        try:
-            builder = TraceBuilder.for_guest(sc, snap, g.execute("query-memory-devices"))
-        except ValueError as e:
-            raise LabError(f"{sc.name}: {e}") from None
-        with TraceWriter(out_path, lab_header(snap, sc.name, f"{kp.package} {kp.version}")) as w:
+        results = [run.boot_result()]
+        for i, step in enumerate(sc.steps, 1):
+            if i == sc.record_from + 1 or (i == 1 and not sc.record_from):
+                start_recorder(g, f"{sc.name} on {kp.package} {kp.version}")
+            if i > sc.record_from:
+                guest_call(g, f"record_mark {shlex.quote(mark_text(i, step))}")
+            ts = time.monotonic()
+            results.append(run.step_result(step))
+            step_s.append(round(time.monotonic() - ts, 1))
+            log(f"  step {i} {step.describe()}: rc {results[-1]['rc']!r} ({step_s[-1]:.1f} s)")
+        if sc.record_from == len(sc.steps):
+            start_recorder(g, f"{sc.name} on {kp.package} {kp.version}")
+        guest_call(g, "record_mark end")
+        guest_call(g, "record_stop")
+        data = g.streamed_trace()
+        obs = {"scenario": header(sc, kp, g.release) | {"record_from": sc.record_from}, "results": results, "wall_s": round(time.monotonic() - t0, 1)}
+    atomic_write(out_path, data)
+    if obs_path is not None:
+        write_json(obs, Path(obs_path))
+    return {"boot_s": round(g.boot_s, 1), "step_s": step_s, "wall_s": obs["wall_s"], "bytes": len(data), "release": g.release}
 
-            def put(ev: Any, flags: int = 0, at: int | None = None) -> None:
-                w.write(ev, ts=None if at is None else max(at - w.t0, 0), flags=flags)
 
-            for ev, flags in snapshot_events(snap):
-                put(ev, flags)
-            for ev, flags in builder.boot_requests():
-                put(ev, flags)
-            for i, step in enumerate(sc.steps, 1):
-                start = time.monotonic_ns()
-                put(Mark(f"step {i}: {step.describe()}"), 0, start)
-                done = run.perform(step)
-                devices = g.execute("query-memory-devices") if step.action in ("dimm", "unplug", "vmem") else None
-                after = run.settled_snapshot()
-                settled = time.monotonic_ns()
-                try:
-                    events = builder.step_events(step, done, snap, after, devices, start, settled)
-                except ValueError as e:
-                    raise LabError(f"{sc.name} step {i} ({step.describe()}): {e}") from None
-                for ev, flags, at in events:
-                    put(ev, flags, at)
-                snap = after
-                step_s.append(round((settled - start) / 1e9, 1))
-                log(f"  step {i} {step.describe()}: rc {done.rc!r} ({step_s[-1]:.1f} s)")
-            records = w.seq
-        return {"boot_s": round(g.boot_s, 1), "step_s": step_s, "wall_s": round(time.monotonic() - t0, 1), "records": records, "release": g.release}
+def mark_text(i: int, step: Step) -> str:
+    """The mark before step ``i`` (a record string holds 255 bytes)."""
+    return f"step {i}: {step.describe()}".encode()[:255].decode(errors="ignore")
+
+
+def start_recorder(g: Guest, detail: str) -> None:
+    """Start the guest's ``mhp record`` (it has taken its snapshot when this returns)."""
+    guest_call(g, f"record_start --source-detail {shlex.quote(detail[:200])}", timeout=180)
+
+
+def guest_call(g: Guest, command: str, timeout: float = 120.0) -> str:
+    """An agent command that must succeed; LabError with its output otherwise."""
+    rc, out = g.agent(command, timeout=timeout)
+    if rc:
+        raise LabError(f"guest: {command.split()[0]} failed (status {rc}): {out[-1500:]}{g.console_tail()}")
+    return out
 
 
 def write_json(obj: Any, path: Path) -> None:
@@ -406,6 +410,7 @@ def run_corpus(
     verbose: bool = False,
     log: Callable[[str], None] = print,
     trace: bool = False,
+    obs_out_dir: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run every scenario on every kernel, one guest at a time, writing OUT_DIR/<kernel>/<name>.json (``trace``:
     <name>.mhpt); one summary per run."""
@@ -417,7 +422,8 @@ def run_corpus(
             entry: dict[str, Any] = {"scenario": name, "kernel": kernel}
             try:
                 if trace:
-                    entry.update(run_trace(path, kernel, Path(out_dir) / kernel / f"{name}.mhpt", verbose))
+                    obs = Path(obs_out_dir) / kernel / f"{name}.json" if obs_out_dir else None
+                    entry.update(run_trace(path, kernel, Path(out_dir) / kernel / f"{name}.mhpt", verbose, obs_path=obs))
                     entry["steps"] = len(entry["step_s"])
                 else:
                     obs = run_scenario(path, kernel, Path(out_dir) / kernel / f"{name}.json", verbose)

@@ -22,8 +22,8 @@ from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.reader import TraceReader
-from traces.record import record
-from traces.scenario import ScenarioError, load_scenario
+from traces.record import SYSTEMD_UNIT, Rotation, record
+from traces.scenario import ScenarioError, load_scenario, parse_size
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -74,7 +74,11 @@ def cmd_info(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         for k, v in facts.items():
-            if k != "events":
+            if k == "decisions":
+                d: dict[str, int] = v  # type: ignore[assignment]
+                share = f" ({100 * d['observed'] / d['total']:.1f}%)" if d["total"] else ""
+                print(f"{'decisions:':<12} {d['total']} zone decisions, {d['observed']} observed directly in sysfs{share}")
+            elif k != "events":
                 print(f"{k + ':':<12} {v}")
         print("events:")
         for name, n in facts["events"].items():  # type: ignore[attr-defined]
@@ -157,6 +161,14 @@ def positive(text: str) -> int:
     return _at_least(text, 1)
 
 
+def size_bytes(text: str) -> int:
+    """argparse type: a size in bytes with an optional K/M/G/T suffix, > 0."""
+    value = parse_size(text)
+    if not value:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 64M")
+    return value
+
+
 def seconds(text: str) -> float:
     """argparse type: a duration in seconds, > 0."""
     try:
@@ -217,6 +229,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_record(args: argparse.Namespace) -> int:
     """Record this host's memory hotplug activity."""
+    if args.print_systemd_unit:
+        sys.stdout.write(SYSTEMD_UNIT)
+        return 0
+    if args.output is None:
+        raise ValueError("-o/--output is required")
+    if (args.rotate_size or args.rotate_count) and (args.output == "-" or not args.rotate_size):
+        raise ValueError("--rotate-size (and --rotate-count) need -o FILE, not standard output")
+    rotation = Rotation(args.output, args.rotate_size, args.rotate_count) if args.rotate_size else None
+    if os.geteuid() != 0:
+        print("mhp record: warning: not root: /proc/iomem hides addresses (present pages per block and virtio-mem devices are unknown) "
+              "and /dev/kmsg may be unreadable", file=sys.stderr)
     n = record(
         args.output,
         snapshot_only=args.snapshot,
@@ -225,8 +248,10 @@ def cmd_record(args: argparse.Namespace) -> int:
         zone_interval=args.zone_interval,
         control=args.control,
         detail=args.source_detail,
+        rotation=rotation,
     )
-    print(f"{args.output}: {n} records", file=sys.stderr)
+    last = f"{rotation.name(rotation.part)} (part {rotation.part})" if rotation else args.output
+    print(f"{last}: {n} records", file=sys.stderr)
     return 0
 
 
@@ -343,8 +368,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_gen)
     s = sub.add_parser("record", help="record this host: a boot snapshot, then uevents until SIGINT/SIGTERM or --duration")
-    s.add_argument("-o", "--output", required=True, help="trace file, or - for standard output")
+    s.add_argument("-o", "--output", help="trace file, or - for standard output")
     s.add_argument("--snapshot", action="store_true", help="take the snapshot and exit (works unprivileged)")
+    s.add_argument("--rotate-size", type=size_bytes, metavar="SIZE", help="parts NAME_00001.mhpt ... of SIZE bytes (4M, 1G), each starting with a snapshot")
+    s.add_argument("--rotate-count", type=positive, metavar="N", help="with --rotate-size: keep only the newest N parts (a ring buffer)")
+    s.add_argument("--print-systemd-unit", action="store_true", help="print a hardened systemd unit that records this host, and exit")
     s.add_argument("--duration", type=seconds, help="stop after S seconds")
     s.add_argument("--fsync", action="store_true", help="fsync every chunk")
     s.add_argument("--zone-interval", type=seconds, default=10.0, help="seconds between /proc/zoneinfo samples")

@@ -18,6 +18,7 @@ from traces.events import (
     AddFlags,
     AddMemory,
     Attr,
+    BlockObserved,
     BlockState,
     BootBlocks,
     BootGroup,
@@ -266,3 +267,50 @@ def test_killed_recorder_leaves_a_readable_file(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert verify(str(out)).clean and not part.exists()
+
+
+def test_decisions_observed_directly() -> None:
+    from traces.codec import Record
+    from traces.decisions import DecisionCount
+    from traces.events import BootMachine, BootParams, OnlineType, Policy
+
+    evs = [
+        BootMachine(1 << 27, 1, 1),
+        BootParams(Policy.AUTO_MOVABLE, 301, True, OnlineType.ONLINE, 0, False),
+        AddMemory(48 << 27, 2 << 27, 0, AddFlags.NONE),  # two decisions by the kernel
+        BlockObserved(48, BlockState.ONLINE, 0, (ZoneType.MOVABLE,)),
+        BlockObserved(49, BlockState.OFFLINE, 0, (ZoneType.MOVABLE,)),  # its zone was never seen
+        ParamWrite(Param.AUTO_ONLINE_BLOCKS, "offline"),
+        AddMemory(50 << 27, 1 << 27, 0, AddFlags.NONE),  # no decision: stays offline
+        OnlineBlock(50, OnlineType.ONLINE_KERNEL, Attr.STATE, Source.USER),
+        BlockObserved(50, BlockState.ONLINE, 0, (ZoneType.NORMAL,)),
+    ]
+    count = DecisionCount()
+    for i, ev in enumerate(evs):
+        count.feed(Record(i, i, 0, ev))
+    assert count.to_json() == {"total": 3, "observed": 2, "share": 0.6667}
+
+
+def test_rotated_parts_each_replay_on_their_own(tmp_path: Path) -> None:
+    require_live()
+    out = tmp_path / "host.mhpt"
+    cmd = mhp("record", "-o", str(out), "--rotate-size", "4K", "--rotate-count", "2", "--duration", "4", "--zone-interval", "0.05")
+    subprocess.run(cmd, check=True, capture_output=True)
+    parts = sorted(tmp_path.glob("host_*.mhpt"))
+    numbers = [int(p.stem.split("_")[1]) for p in parts]
+    assert len(parts) == 2 and numbers[1] == numbers[0] + 1 and numbers[0] > 1  # a ring: the oldest were removed
+    assert not list(tmp_path.glob("*.part")) and not out.exists()
+    for p in parts:
+        assert verify(str(p)).clean
+        r = replay_file(str(p))
+        assert r.error is None and r.divergence_count == 0 and r.matched > 0  # each part starts with a snapshot
+
+
+def test_systemd_unit_is_hardened(capsys: pytest.CaptureFixture[str]) -> None:
+    from replay.cli import main
+
+    assert main(["record", "--print-systemd-unit"]) == 0
+    unit = capsys.readouterr().out
+    for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=mhp-replay", "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYSLOG"):
+        assert line in unit.splitlines()
+    assert "--rotate-size" in unit and "${STATE_DIRECTORY}" in unit

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from traces.codec import Record
+from traces.decisions import DecisionCount
 from traces.errors import TraceFormatError
 from traces.events import Loss
 from traces.reader import Problem, Stats, TraceReader
@@ -64,9 +65,10 @@ def verify(path: str) -> Report:
 def info(path: str) -> tuple[Report, dict[str, object]]:
     """Header facts and counts per event type (a verify plus the header)."""
     reader, records = _full_read(path)
+    decisions = DecisionCount()
     with reader:
-        for _ in records:
-            pass
+        for rec in records:
+            decisions.feed(rec)
     h = reader.header
     s = reader.stats
     facts: dict[str, object] = {
@@ -83,6 +85,7 @@ def info(path: str) -> tuple[Report, dict[str, object]]:
         "chunks": s.chunks,
         "time_span_s": 0 if s.first_ts is None or s.last_ts is None else (s.last_ts - s.first_ts) / 1e9,
         "losses": s.losses,
+        "decisions": decisions.to_json(),
         "events": dict(sorted(s.by_type.items())),
     }
     return Report(path, s, reader.problems), facts

@@ -78,6 +78,47 @@ RUNTIME_PARAMS = {  # sysfs name -> the parameter a write to it sets (memmap_on_
 }
 
 
+SYSTEMD_UNIT = """\
+# mhp-replay: record this host's memory hotplug activity (mhp record --print-systemd-unit > /etc/systemd/system/mhp-record.service)
+[Unit]
+Description=mhp-replay memory-hotplug recorder
+Documentation=https://pypi.org/project/mhp-replay/
+After=local-fs.target
+
+[Service]
+Type=simple
+# Parts of 64 MiB, the newest 16 kept (each starts with a snapshot); SIGTERM closes the open part cleanly.
+ExecStart=/usr/bin/env mhp record --fsync --rotate-size 64M --rotate-count 16 -o ${STATE_DIRECTORY}/%H.mhpt --source-detail %H
+KillSignal=SIGTERM
+Restart=on-failure
+RestartSec=5
+StateDirectory=mhp-replay
+# Root for the addresses in /proc/iomem (CAP_SYS_ADMIN) and the kernel log (CAP_SYSLOG); nothing else.
+CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYSLOG
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+# /dev/kmsg stays readable: no PrivateDevices= and no ProtectKernelLogs= (the virtio-mem unit is read from it).
+PrivateTmp=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+RestrictAddressFamilies=AF_NETLINK AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+MemoryMax=256M
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def writer_name() -> str:
     """The header's writer: this recorder and its version."""
     try:
@@ -548,6 +589,45 @@ def receive(sock: socket.socket, into: list[dict[str, str]]) -> str | None:
             into.append(env)
 
 
+@dataclass(slots=True)
+class Rotation:
+    """``--rotate-size``/``--rotate-count`` (dumpcap's ring buffer): parts NAME_00001.mhpt, NAME_00002.mhpt, ...
+
+    A part is closed once it holds ``size`` bytes (at a quiet moment); the next one is a trace of its own on the same
+    clock (records numbered from 0, timestamps going on) that starts with a snapshot of the host (a checkpoint),
+    so every part replays on its own, and ``mhp cat`` joins them (keeping the first part's snapshot). With
+    ``count``, only the newest ``count`` parts are kept.
+    """
+
+    output: str
+    size: int
+    count: int | None = None
+    part: int = 1
+    header: TraceHeader | None = None  # every part's (the first one's: one clock)
+
+    def name(self, k: int) -> str:
+        p = Path(self.output)
+        return str(p.with_name(f"{p.stem}_{k:05d}{p.suffix or '.mhpt'}"))
+
+    def next(self, rec: Recorder, sock: socket.socket) -> None:
+        """Close the current part and open the next with a checkpoint, if the host is quiet (else try later)."""
+        snap = rec.host.snapshot()
+        if select.select([sock], [], [], 0)[0]:
+            return
+        old = rec.w
+        self.part += 1
+        assert self.header is not None
+        new = TraceWriter(self.name(self.part), self.header, chunk_records=old.chunk_records, fsync=old.fsync)
+        new.t0 = old.t0  # one clock for all parts (the header's wall time is its zero); records number from 0 in each
+        old.close()
+        for ev, flags in snapshot_events(snap, rec.devs):
+            new.write(ev, flags=flags)
+        new.flush()
+        rec.w = new
+        if self.count is not None and self.part > self.count:
+            Path(self.name(self.part - self.count)).unlink(missing_ok=True)
+
+
 def record(
     output: str,
     *,
@@ -558,6 +638,7 @@ def record(
     root: str = "/",
     control: str | None = None,
     detail: str = "",
+    rotation: Rotation | None = None,
 ) -> int:
     """Record until SIGINT/SIGTERM or ``duration``; returns the number of records written."""
     host = Host(root)
@@ -571,17 +652,22 @@ def record(
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     ctl: Control | None = None
+    header = header_for(snap, detail)
+    if rotation is not None:
+        rotation.header = header
+    rec = Recorder(host, TraceWriter(rotation.name(1) if rotation else output, header, chunk_records=256, fsync=fsync), snap)
     try:
-        with TraceWriter(output, header_for(snap, detail), chunk_records=256, fsync=fsync) as w:
-            devs = snapshot_devices(snap)
-            for ev, flags in snapshot_events(snap, devs):
-                w.write(ev, flags=flags)
-            w.flush()
-            if sock is not None:
-                rec = Recorder(host, w, snap, devs)
-                ctl = Control(control) if control else None
-                loop(rec, sock, ctl, lambda: stop, duration, zone_interval)
-            return w.seq
+        for ev, flags in snapshot_events(snap, rec.devs):
+            rec.w.write(ev, flags=flags)
+        rec.w.flush()
+        if sock is not None:
+            ctl = Control(control) if control else None
+            loop(rec, sock, ctl, lambda: stop, duration, zone_interval, rotation)
+        rec.w.close()
+        return rec.w.seq
+    except BaseException:
+        rec.w.abort()
+        raise
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -591,9 +677,10 @@ def record(
             ctl.close()
 
 
-def loop(rec: Recorder, sock: socket.socket, ctl: Control | None, stopped: Any, duration: float | None, zone_interval: float) -> None:
+def loop(
+    rec: Recorder, sock: socket.socket, ctl: Control | None, stopped: Any, duration: float | None, zone_interval: float, rotation: Rotation | None = None
+) -> None:
     """The recorder's main loop: batches of uevents once quiet, marks from the control FIFO, periodic zone samples."""
-    w = rec.w
     end = None if duration is None else time.monotonic() + duration
     next_zones = time.monotonic() + zone_interval
     batch: list[dict[str, str]] = []
@@ -605,7 +692,7 @@ def loop(rec: Recorder, sock: socket.socket, ctl: Control | None, stopped: Any, 
             if lost:
                 rec.handle(batch)
                 batch = []
-                w.write(Loss(0, f"uevent socket: {lost}"))
+                rec.write(Loss(0, f"uevent socket: {lost}"))
             continue
         if batch:  # quiet: handle what arrived
             rec.handle(batch)
@@ -619,11 +706,11 @@ def loop(rec: Recorder, sock: socket.socket, ctl: Control | None, stopped: Any, 
         if rec.touched or time.monotonic() >= next_zones:
             settle(rec, sock, batch, full=False)
             next_zones = time.monotonic() + zone_interval
-        w.flush()
+        rec.w.flush()
+        if rotation is not None and rec.w.offset >= rotation.size and not batch:
+            rotation.next(rec, sock)
     rec.handle(batch)
     settle(rec, sock, [], full=True)
-
-
 def settle(rec: Recorder, sock: socket.socket, batch: list[dict[str, str]], full: bool, mark: str | None = None) -> None:
     """Observe the quiet host (written only if no uevent arrived meanwhile, else handled first and read again)."""
     for _ in range(50):

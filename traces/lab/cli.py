@@ -7,12 +7,13 @@ import sys
 from collections.abc import Sequence
 
 from traces.lab.setup import KERNELS, LabSetupError, setup
+from traces.lab.userland import base_tree
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The lab's argument parser."""
     p = argparse.ArgumentParser(prog="mhp lab", description="Run scenarios against Debian's real kernels under QEMU (TCG).")
-    p.add_argument("--setup", action="store_true", help="install QEMU, busybox, cpio, xz (apt-get, as root) and fetch the kernels")
+    p.add_argument("--setup", action="store_true", help="install QEMU, busybox, cpio, xz (apt-get, as root), fetch the kernels and the guest's Python")
     p.add_argument("--refresh", action="store_true", help="with --setup: look for newer kernel packages even when some are cached")
     p.add_argument("scenario", nargs="*", help="scenario TOML file(s)")
     p.add_argument("--kernel", nargs="+", choices=KERNELS, help="kernel series to boot (several with --out-dir)")
@@ -32,6 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.setup:
             for series, k in setup(refresh=args.refresh).items():
                 print(f"{series}: {k.package} {k.version} ({k.release}) in {k.root}")
+            print(f"guest user space: {base_tree(log=True)}")
             if not args.scenario:
                 return 0
         if not args.scenario:

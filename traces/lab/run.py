@@ -371,6 +371,7 @@ def run_trace(
         guest_call(g, "record_stop")
         data = g.streamed_trace()
         obs = {"scenario": header(sc, kp, g.release) | {"record_from": sc.record_from}, "results": results, "wall_s": round(time.monotonic() - t0, 1)}
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out_path, data)
     if obs_path is not None:
         write_json(obs, Path(obs_path))

@@ -26,6 +26,7 @@ demo: $(STAMP)
 # The real-kernel lab (QEMU + Debian kernel packages): installed and cached when run as root.
 lab-setup: $(STAMP)
 	@if [ "$$(id -u)" = 0 ]; then $(BIN)/python -m traces.lab --setup; \
+		command -v systemd-analyze >/dev/null || apt-get install -y -q systemd; \
 	else echo "not root: skipping the lab set-up (lab tests skip outside CI)"; fi
 
 test: $(STAMP) lab-setup

@@ -306,11 +306,15 @@ def test_rotated_parts_each_replay_on_their_own(tmp_path: Path) -> None:
         assert r.error is None and r.divergence_count == 0 and r.matched > 0  # each part starts with a snapshot
 
 
-def test_systemd_unit_is_hardened(capsys: pytest.CaptureFixture[str]) -> None:
-    from replay.cli import main
-
-    assert main(["record", "--print-systemd-unit"]) == 0
-    unit = capsys.readouterr().out
+def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
+    unit = subprocess.run(mhp("record", "--print-systemd-unit"), check=True, capture_output=True, text=True).stdout
+    path = tmp_path / "mhp-record.service"
+    path.write_text(unit)
+    check = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True)  # Debian's systemd package
+    assert check.returncode == 0 and not check.stderr.strip(), check.stderr
     for line in ("NoNewPrivileges=yes", "ProtectSystem=strict", "StateDirectory=mhp-replay", "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYSLOG"):
         assert line in unit.splitlines()
     assert "--rotate-size" in unit and "${STATE_DIRECTORY}" in unit
+    bad = tmp_path / "bad.service"
+    bad.write_text(unit.replace("NoNewPrivileges=yes", "NoNewPrivileges=perhaps"))
+    assert "Failed to parse" in subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True).stderr

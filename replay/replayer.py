@@ -18,7 +18,7 @@ from replay.model.kernel import Kernel, SnapshotError
 from replay.model.machine import ZONE_NONE
 from replay.model.memory import valid_zones
 from replay.model.outcome import Decision, Outcome
-from replay.model.profiles import Profile, get_profile, profile_for_release
+from replay.model.profiles import Choice, Profile, choose_profile, get_profile
 from replay.observe import model_digest
 from replay.report import Divergence, Mismatch, TraceResult
 from traces.codec import Record
@@ -208,6 +208,12 @@ def _zone_json(z: Any) -> dict[str, Any]:
     }
 
 
+def pick_profile(release: str, profile: str | None = None) -> Choice:
+    """The profile to replay a trace of kernel ``release`` with: ``profile`` if given, else the
+    release's (choose_profile: the nearest profile, and why, for a release none covers)."""
+    return Choice(get_profile(profile), "") if profile else choose_profile(release)
+
+
 def replay_file(
     path: str,
     *,
@@ -224,8 +230,10 @@ def replay_file(
     except TraceFormatError as e:
         return TraceResult(path, error=str(e))
     with reader:
-        prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
-        rp = Replayer(prof, path, context=context, max_divergences=max_divergences, oracles=oracles)
+        release = reader.header.kernel_release
+        choice = pick_profile(release, profile)
+        rp = Replayer(choice.profile, path, context=context, max_divergences=max_divergences, oracles=oracles)
+        rp.result.kernel_release, rp.result.profile_reason = release, choice.reason
         last = reader.pos
         try:
             for chunk in reader.chunks():
@@ -300,8 +308,7 @@ def model_at(path: str, at: int | None = None, profile: str | None = None) -> tu
 def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, Kernel]]:
     """(event index, record, model after it) for every record of a trace; no oracles."""
     with TraceReader(path) as reader:
-        prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
-        rp = Replayer(prof, path, context=0, oracles=False)
+        rp = Replayer(pick_profile(reader.header.kernel_release, profile).profile, path, context=0, oracles=False)
         for rec in reader:
             rp.feed(rec.seq, rec.ts, rec.event)
             yield rp.index, rec, rp.kernel

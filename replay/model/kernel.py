@@ -180,7 +180,7 @@ class Kernel:
         node.node_present_pages += ev.present - z.present_pages
         z.present_pages = ev.present
         z.present_early_pages = ev.present_early
-        z.cma_pages = ev.cma
+        z.cma_pages = ev.cma if self.profile.cma else 0  # without CONFIG_CMA there is no zone->cma_pages
         update_zone_stats(self.m, z)
         update_pgdat_span(node)
         return 0

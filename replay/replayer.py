@@ -149,7 +149,12 @@ class Replayer:
         if node is None or not node.online:
             return [Mismatch("node", "offline", f"node {ev.node} online")]
         z = node.zones[ev.zone]
+        if not z.managed_known and not self.kernel.running:  # the snapshot's /proc/zoneinfo: boot pages managed
+            z.managed_pages = z.boot_managed = ev.managed
+            z.managed_known = True
         out = []
+        if z.managed_known and z.managed_pages != ev.managed:
+            out.append(Mismatch("managed", z.managed_pages, ev.managed))
         if z.present_pages != ev.present:
             out.append(Mismatch("present", z.present_pages, ev.present))
         if z.spanned_pages != ev.spanned:
@@ -203,6 +208,7 @@ def _zone_json(z: Any) -> dict[str, Any]:
         "zone": z.idx.label,
         "present": z.present_pages,
         "early": z.present_early_pages,
+        "managed": z.managed_pages if z.managed_known else None,
         "start_pfn": z.zone_start_pfn,
         "spanned": z.spanned_pages,
     }

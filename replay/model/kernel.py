@@ -181,6 +181,8 @@ class Kernel:
         z.present_pages = ev.present
         z.present_early_pages = ev.present_early
         z.cma_pages = ev.cma if self.profile.cma else 0  # without CONFIG_CMA there is no zone->cma_pages
+        z.managed_pages = z.boot_managed = ev.present  # the boot allocations are not in the snapshot: an upper bound
+        z.managed_known = not ev.present
         update_zone_stats(self.m, z)
         update_pgdat_span(node)
         return 0

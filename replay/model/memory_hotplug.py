@@ -189,6 +189,16 @@ def adjust_present_page_count(m: Machine, zone: Zone, early: bool, group: Memory
             update_dynamic_group_term(m, group)
 
 
+def adjust_managed_page_count(zone: Zone, nr_pages: int) -> None:
+    """mm/page_alloc.c:adjust_managed_page_count (6.1, 6.12, 7.2): the zone's managed pages.
+
+    Onlining hands the block to the buddy allocator except its memmap_on_memory vmemmap pages, which
+    are present but never managed; offlining takes back what it removed from the buddy (6.1: the
+    range, 6.11+: the range less PageOffline pages; equal here, fake-offline pages are not modelled).
+    """
+    zone.managed_pages += nr_pages
+
+
 def update_zone_stats(m: Machine, zone: Zone) -> None:
     """Keep per-scope sums of the zone stats of auto_movable_can_online_movable (6.1) current.
 
@@ -386,6 +396,7 @@ def online_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, 
         remove_pfn_range_from_zone(m, zone, start_pfn, nr_pages)
         return -failure
     adjust_present_page_count(m, zone, block.early, block.group, nr_pages)
+    adjust_managed_page_count(zone, nr_pages)  # online_pages_range -> generic_online_page -> __free_pages_core
     return 0
 
 
@@ -402,6 +413,7 @@ def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int,
     failure = m.failures.pop((block.id, MHP_OFFLINE), 0) if m.failures else 0
     if failure:  # isolation or migration failed (unmovable page, signal ...)
         return -failure
+    adjust_managed_page_count(zone, -nr_pages)  # 6.11+: what __offline_isolated_pages took from the buddy (no PageOffline pages here)
     adjust_present_page_count(m, zone, block.early, block.group, -nr_pages)
     # The kernel shrinks [start_pfn, end) here and the vmemmap head in mhp_deinit_memmap_on_memory;
     # both searches skip the now-offline block, so one shrink over the whole block is identical.

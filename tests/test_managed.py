@@ -11,9 +11,13 @@ import pytest
 from replay.replayer import Replayer, replay_events
 from replay.simulate import simulate
 from tests.helpers import BP, OFFLINE_AUTO, boot_preset
-from traces.events import AddFlags, AddMemory, Attr, GroupRegister, Mark, OfflineBlock, OnlineBlock, OnlineType, Source, ZoneObserved, ZoneType
+from traces.codec import Record, decode_chunk_fast, decode_payload_construct, encode_record
+from traces.errors import TraceFormatError
+from traces.events import AddFlags, AddMemory, Attr, BootZone, GroupRegister, Mark, OfflineBlock, OnlineBlock, OnlineType, Source, ZoneObserved, ZoneType
+from traces.header import TraceHeader
 from traces.reader import TraceReader
 from traces.scenario import load_scenario
+from traces.text import format_record, parse_text
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = sorted((ROOT / "corpus" / "real").glob("6.*/*.mhpt"))
@@ -106,3 +110,60 @@ def test_boot_zones_without_a_managed_count_are_an_upper_bound_until_observed() 
     zones = rp.kernel.m.nodes[0].zones
     assert rp.result.divergence_count == 0 and not zones[ZoneType.NORMAL].managed_known
     assert zones[ZoneType.MOVABLE].managed_known and zones[ZoneType.MOVABLE].managed_pages == 3 * 4 * 262144  # DIMMs 0-2 Movable
+
+
+# --- boot_zone.managed, appended in format 1.1 ---------------------------------------------------------
+
+OLD = BootZone(0, ZoneType.DMA, 1, 4095, 3998, 3998, 0)
+
+
+def test_a_format_1_0_boot_zone_reads_as_not_recorded_and_writes_back_unchanged() -> None:
+    raw = encode_record(Record(5, 7, 0, OLD))
+    assert len(raw) == 20 + 2 + 1 + 5 * 8  # the 1.0 body: managed is not written
+    for decode in (decode_chunk_fast, lambda b: decode_payload_construct(b, 1)):
+        (ev,) = decode(raw).events
+        assert ev == OLD and ev.managed is None
+    line = format_record(Record(5, 7, 0, OLD))
+    assert "managed" not in line and line.endswith("cma=0")
+    assert parse_text(f"%mhpt 1.0\n{line}\n")[1][0].event == OLD  # strict text: an appended field may be absent
+
+
+def test_a_recorded_managed_count_round_trips_and_must_fit_its_wire_type() -> None:
+    ev = OLD._replace(managed=3840)
+    raw = encode_record(Record(0, 0, 0, ev))
+    assert len(raw) == 20 + 2 + 1 + 6 * 8
+    assert decode_chunk_fast(raw).events == [ev] == decode_payload_construct(raw, 1).events
+    assert parse_text(f"%mhpt 1.1\n{format_record(Record(0, 0, 0, ev))}\n")[1][0].event == ev
+    with pytest.raises(ValueError, match=r"BootZone\.managed"):
+        encode_record(Record(0, 0, 0, OLD._replace(managed=-1)))
+    with pytest.raises(TraceFormatError, match="managed"):
+        parse_text("%mhpt 1.1\nboot_zone node=0 zone=DMA start_pfn=1 spanned=1 present=1 present_early=1 cma=0 managed=x\n")
+
+
+def test_new_traces_are_format_1_1() -> None:
+    assert TraceHeader(writer="t").minor == 1
+
+
+def test_a_snapshot_with_managed_counts_is_compared_from_the_start() -> None:
+    """boot_zone.managed given: the model knows the boot pages; a snapshot zoneinfo that disagrees diverges;
+    managed above present is no snapshot a kernel can be in."""
+    events = events_of(ROOT / "corpus" / "real" / "6.1" / "seed-dimm.mhpt")
+    observed = {(ev.node, ev.zone): ev.managed for ev in events if isinstance(ev, ZoneObserved)}  # the last ones
+    first = {}
+    for ev in events:
+        if isinstance(ev, ZoneObserved):
+            first.setdefault((ev.node, ev.zone), ev.managed)
+    with_counts = [ev._replace(managed=first[(ev.node, ev.zone)]) if isinstance(ev, BootZone) else ev for ev in events]
+    res = replay_events(with_counts, _profile("6.1"))
+    assert res.divergence_count == 0 and observed[(0, ZoneType.MOVABLE)] == 96 * BP
+    off = [ev._replace(managed=ev.managed - 1) if isinstance(ev, BootZone) and ev.zone is ZoneType.NORMAL else ev for ev in with_counts]
+    res = replay_events(off, _profile("6.1"))
+    assert res.divergence_count >= 1 and {m.field for d in res.divergences for m in d.mismatches} == {"managed"}
+    too_many = [ev._replace(managed=ev.present + 1) if isinstance(ev, BootZone) and ev.zone is ZoneType.NORMAL else ev for ev in with_counts]
+    assert "managed" in str(replay_events_error(too_many))
+
+
+def replay_events_error(events: list[Any]) -> Exception:
+    with pytest.raises(TraceFormatError) as e:
+        replay_events(events, _profile("6.1"))
+    return e.value

@@ -50,7 +50,8 @@ def test_simulate_json_and_step(tmp_path: Path, capsys: pytest.CaptureFixture[st
     offline = [r for r in step["runs"] if r["state"] == "offline"]
     assert offline == [{"first": 48, "last": 49, "node": 0, "state": "offline", "zone": None, "group": "dimm0", "valid_zones": ["Movable", "Normal"]}]
     movable = next(z for z in step["zones"] if z["zone"] == "Movable")
-    assert movable == {"node": 0, "zone": "Movable", "present": 6 * 32768, "managed": 6 * 32768, "managed_since_boot": 6 * 32768, "spanned": 6 * 32768, "start_pfn": 50 * 32768}
+    pages = 6 * 32768
+    assert movable == {"node": 0, "zone": "Movable", "present": pages, "managed": pages, "managed_since_boot": pages, "spanned": pages, "start_pfn": 50 * 32768}
     rc, out, _ = run(["simulate", str(f), "--step", "3"], capsys)
     assert "Memory block 48:        Normal (dimm0)" in out and "offline [Normal Movable]" in out
 

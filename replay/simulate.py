@@ -14,7 +14,7 @@ from replay.model.outcome import Outcome
 from replay.model.params import boot_params_from_cmdline, params_text
 from replay.model.profiles import Profile, get_profile
 from replay.observe import model_digest, observe_outcome, observe_zones
-from traces.events import Attr, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
+from traces.events import Attr, BlockState, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
 from traces.header import Capture, TraceHeader
 from traces.scenario import Scenario, ScenarioError, Step
 from traces.writer import TraceWriter
@@ -59,6 +59,7 @@ class Simulation:
     vmems: dict[str, VirtioMem] = field(default_factory=dict)
     used: list[tuple[int, int]] = field(default_factory=list)  # device memory ranges in use
     findings: list[Finding] = field(default_factory=list)
+    driving: bool = False  # a virtio-mem driver's work queue runs (its own onlines notify no retry)
 
     def __post_init__(self) -> None:
         self.kernel = Kernel(self.profile)
@@ -74,7 +75,24 @@ class Simulation:
         for obs in observe_outcome(self.kernel.m, ev, out):
             sink(obs)
         self.findings.extend(out.findings)
+        if out.changes and not self.driving:
+            self._memory_online(out)
         return out
+
+    def _memory_online(self, out: Outcome) -> None:
+        """virtio-mem's MEM_ONLINE notifier: a device whose block someone onlined may plug again."""
+        onlined = {ch.mgid for ch in out.changes if ch.state is BlockState.ONLINE}
+        for vm in self.vmems.values():
+            if vm.mgid in onlined:
+                self.drive(lambda vm=vm: vm.memory_online(self.kernel.m, self.emit))
+
+    def drive(self, work: Callable[[], int]) -> int:
+        """Run a driver's work (its hotplug requests do not notify it again)."""
+        self.driving, was = True, self.driving
+        try:
+            return work()
+        finally:
+            self.driving = was
 
     def observe_state(self) -> None:
         """Zone counters and the state digest, as a recorder samples them."""
@@ -105,7 +123,7 @@ class Simulation:
             align = max(d.block_size, m.block_size)
             vm = VirtioMem(d.id, d.node, self.allocate(d.max_size, align), d.max_size, d.block_size, m.block_size, d.unplug_online)
             self.vmems[d.id] = vm
-            vm.probe(self.emit)
+            self.drive(lambda vm=vm: vm.probe(self.emit))
             self.group_names[vm.mgid] = d.id
         return self.snapshot(0, "boot", 0, 0)
 
@@ -142,7 +160,8 @@ class Simulation:
                 self.used.remove((dimm.start, dimm.start + dimm.size))
             return rc
         if step.action == "vmem":
-            return self.vmems[a["vmem"]].resize(m, self.emit, a["size"])
+            vm = self.vmems[a["vmem"]]
+            return self.drive(lambda: vm.resize(m, self.emit, a["size"]))
         if step.action in ("online", "offline"):
             attr = Attr.STATE if a["attr"] == "state" else Attr.ONLINE
             first, last = a[step.action]

@@ -44,12 +44,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 0
     multi_node = len({r.node for res in results for r in res.runs}) > 1
     for res in results:
-        rc = f"  (rc {res.rc})" if res.rc else ""
-        print(f"== step {res.index}: {res.label}{rc}")
-        for line in format_runs(res.runs, multi_node):
-            print(line)
-        for f in res.findings:
-            print(f"   finding {f.signature}: {f.message}")
+        print("\n".join(res.lines(multi_node)))
     return 0
 
 

@@ -97,8 +97,13 @@ def format_runs(runs: list[Run], multi_node: bool) -> list[str]:
 
 def format_zones(m: Machine) -> list[str]:
     """Populated zones with present, managed and spanned pages (managed ``boot+N``: boot pages not in the snapshot)."""
+    return format_zone_rows(zone_table(m))
+
+
+def format_zone_rows(table: list[dict[str, object]]) -> list[str]:
+    """The populated rows of a zone_table as text."""
     lines = []
-    for z in zone_table(m):
+    for z in table:
         if z["present"] or z["spanned"]:
             end = int(str(z["start_pfn"])) + int(str(z["spanned"]))
             since = int(str(z["managed_since_boot"]))

@@ -6,6 +6,7 @@ block states, zone counters, state digests) are compared with the model's predic
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -17,17 +18,21 @@ from typing import Any
 from replay.model.kernel import Kernel, SnapshotError
 from replay.model.machine import ZONE_NONE
 from replay.model.memory import valid_zones
+from replay.model.memory_hotplug import offline_outcome_unknowable
 from replay.model.outcome import Decision, Outcome
 from replay.model.profiles import Choice, Profile, choose_profile, get_profile
 from replay.observe import model_digest
 from replay.report import Divergence, Mismatch, TraceResult
 from traces.codec import Record
 from traces.errors import TraceFormatError
-from traces.events import BlockObserved, BlockState, Loss, Result, StateDigest, ZoneObserved
+from traces.events import BlockObserved, BlockState, Loss, OfflineBlock, Op, Result, StateDigest, ZoneObserved
 from traces.reader import TraceReader
 from traces.text import format_record
 
 MAX_FINDINGS_KEPT = 50
+# mm/memory_hotplug.c:offline_pages after the range checks: isolation (-EBUSY), a signal (-EINTR),
+# dissolving free hugetlb folios (-ENOMEM, -EBUSY)
+ISOLATION_ERRNOS = frozenset({errno.EBUSY, errno.EINTR, errno.ENOMEM})
 
 
 class Replayer:
@@ -44,6 +49,7 @@ class Replayer:
         self.last_decision: dict[int, Decision] = {}
         self.block_request: dict[int, tuple[int, int, int, Any, Outcome]] = {}  # block -> request that last decided or changed it
         self.after_loss = False
+        self.held: tuple[int, int, OfflineBlock] | None = None  # an offline waiting for its result
         self.compare: dict[type, Callable[[Any], list[Mismatch]]] = {
             Result: self._cmp_result,
             BlockObserved: self._cmp_block,
@@ -54,8 +60,31 @@ class Replayer:
     # --- feeding ------------------------------------------------------------------------------
 
     def feed(self, seq: int, ts: int, ev: Any) -> None:
-        """One event of the trace."""
+        """One event of the trace. An offline whose outcome the model cannot know (a kernel-zone or
+        boot block) waits for the next event: if that is its result and a failure of isolation or
+        migration, the kernel's answer becomes an input fact (InjectFailure's) before the offline."""
+        if self.held is not None:
+            self._release(ev)
         self.index += 1
+        if type(ev) is OfflineBlock and offline_outcome_unknowable(self.kernel.m, ev.block):
+            self.held = (seq, ts, ev)
+            return
+        self._feed(seq, ts, ev)
+
+    def finish(self) -> None:
+        """The end of the trace: an offline still waiting for its result is applied as it is."""
+        if self.held is not None:
+            self._release(None)
+
+    def _release(self, nxt: Any) -> None:
+        seq, ts, ev = self.held
+        self.held = None
+        if type(nxt) is Result and -nxt.rc in ISOLATION_ERRNOS:
+            self.kernel.m.failures[(ev.block, Op.OFFLINE)] = -nxt.rc
+            self.result.unknowable_answers += 1
+        self._feed(seq, ts, ev)
+
+    def _feed(self, seq: int, ts: int, ev: Any) -> None:
         cmp = self.compare.get(type(ev))
         if cmp is not None:  # an observation the model predicts
             self.recent.append((seq, ts, ev, None))
@@ -250,6 +279,7 @@ def replay_file(
                 if progress is not None:
                     progress(reader.pos - last)
                     last = reader.pos
+            rp.finish()
         except TraceFormatError as e:
             rp.result.error = str(e.at(path=path, record=rp.index + 1))
     res = rp.result
@@ -264,6 +294,7 @@ def replay_events(events: Iterable[Any], profile: Profile, **kw: Any) -> TraceRe
     rp = Replayer(profile, **kw)
     for i, ev in enumerate(events):
         rp.feed(i, 0, ev)
+    rp.finish()
     rp.result.events = rp.index + 1
     return rp.result
 
@@ -318,3 +349,4 @@ def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, K
         for rec in reader:
             rp.feed(rec.seq, rec.ts, rec.event)
             yield rp.index, rec, rp.kernel
+        rp.finish()

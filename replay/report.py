@@ -3,7 +3,7 @@
 The JSON is stable (docs/replay-json.md):
 ``{"traces": [{"path", "profile", "kernel_release", "profile_reason", "events", "observations", "matched", "divergences": [...],
 "divergence_count", "divergences_by_kind", "findings": [...], "finding_count",
-"finding_signatures", "stats", "verdict", "error"}], "totals": {...}}``.
+"finding_signatures", "unknowable_answers", "stats", "verdict", "error"}], "totals": {...}}``.
 """
 
 from __future__ import annotations
@@ -81,6 +81,7 @@ class TraceResult:
     findings: list[dict[str, Any]] = field(default_factory=list)  # the first of each signature
     finding_count: int = 0
     finding_signatures: dict[str, int] = field(default_factory=dict)
+    unknowable_answers: int = 0  # offlines the model cannot predict that failed: the kernel's result was taken as input
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # bad input: the trace could not be read to its end
 

@@ -36,7 +36,8 @@ def test_simulate_text_output(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(["simulate", str(SCENARIOS / "seed-dimm.toml")], capsys)
     assert rc == 0
     assert "Memory block 48-79:     Movable (dimm0)" in out
-    assert out.rstrip().endswith("Memory block 176-207:   Normal (dimm4)")
+    last = out[out.rindex("== step 5") :]
+    assert "Memory block 176-207:   Normal (dimm4)" in last and "node 0 Movable  present   3145728  managed   3145728" in last
 
 
 def test_simulate_json_and_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -113,7 +113,7 @@ class MemoryGroup:
 class MemoryBlock:
     """struct memory_block: one memory block device."""
 
-    __slots__ = ("early", "group", "id", "nid", "nr_vmemmap_pages", "online_type", "present_pages", "start_pfn", "state", "zone")
+    __slots__ = ("boot_pages", "early", "group", "id", "nid", "nr_vmemmap_pages", "online_type", "present_pages", "start_pfn", "state", "zone")
 
     def __init__(self, bid: int, start_pfn: int, nid: int, state: BlockState, early: bool, present_pages: int) -> None:
         self.id = bid
@@ -126,6 +126,7 @@ class MemoryBlock:
         self.group: MemoryGroup | None = None
         self.nr_vmemmap_pages = 0
         self.online_type = OnlineType.OFFLINE
+        self.boot_pages = early and state is BlockState.ONLINE  # online since boot: may hold memblock allocations
 
     def __repr__(self) -> str:
         return f"memory{self.id}"

@@ -23,7 +23,7 @@ from replay.model.machine import (
     Node,
     Zone,
 )
-from replay.model.outcome import AutoMovableStats
+from replay.model.outcome import AutoMovableStats, Unknowable
 from replay.model.u64 import MASK, S64_MIN
 from traces.events import OnlineType
 
@@ -411,8 +411,12 @@ def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int,
     if block.present_pages != m.block_pages:  # walk_system_ram_range: memory holes
         return -errno.EINVAL
     failure = m.failures.pop((block.id, MHP_OFFLINE), 0) if m.failures else 0
+    why = offline_unknowable(block, zone)
+    if why:
+        m.outcome.unknowable = (*m.outcome.unknowable, Unknowable(block.id, "offline", why, -failure))
     if failure:  # isolation or migration failed (unmovable page, signal ...)
         return -failure
+    block.boot_pages = False  # every page was free or migrated: nothing of boot time is left
     adjust_managed_page_count(zone, -nr_pages)  # 6.11+: what __offline_isolated_pages took from the buddy (no PageOffline pages here)
     adjust_present_page_count(m, zone, block.early, block.group, -nr_pages)
     # The kernel shrinks [start_pfn, end) here and the vmemmap head in mhp_deinit_memmap_on_memory;
@@ -420,6 +424,32 @@ def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int,
     block_start = block.start_pfn
     remove_pfn_range_from_zone(m, zone, block_start, start_pfn + nr_pages - block_start)
     return 0
+
+
+def offline_unknowable(block: MemoryBlock, zone: Zone) -> str:
+    """Why isolating and migrating a block's pages may fail where no model can tell ('' if it cannot).
+
+    mm/memory_hotplug.c:offline_pages (6.1 to 7.2) fails with -EBUSY when start_isolate_page_range
+    meets an unmovable page, and retries migration until a signal (-EINTR). Kernel zones (DMA, DMA32,
+    Normal) take unmovable allocations (slab, page tables, the memmap of other blocks); memory online
+    since boot may hold memblock allocations (the boot memmap, the kernel image) even in ZONE_MOVABLE
+    (kernelcore=/movablecore=). ZONE_MOVABLE memory hot-added or onlined again takes movable
+    allocations only and long-term pins migrate out of it first: its offlining is taken to succeed.
+    """
+    if zone.idx is not ZONE_MOVABLE:
+        return f"{zone.idx.label}: unmovable kernel allocations may hold the block"
+    if block.boot_pages:
+        return "online since boot: memblock allocations may hold the block"
+    return ""
+
+
+def offline_outcome_unknowable(m: Machine, block: int) -> str:
+    """offline_unknowable for an offline request of ``block`` that would reach offline_pages' isolation:
+    an online block of one zone without holes ('' otherwise: its outcome follows from the model)."""
+    mem = m.blocks.get(block)
+    if mem is None or mem.state is not MEM_ONLINE or mem.zone is None or mem.present_pages != m.block_pages:
+        return ""
+    return offline_unknowable(mem, mem.zone)
 
 
 def mhp_supports_memmap_on_memory(m: Machine, size: int) -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fuzz.check import DIFF_PAIRS, check_events, decode, parse_mode
 from replay.cli import main
 from replay.model.profiles import PROFILES, choose_profile, get_profile
 from replay.replayer import replay_file
@@ -107,3 +108,33 @@ def test_replay_names_the_profile_it_chose_and_why(tmp_path: Path, capsys: pytes
     main(["replay", str(ROOT / "corpus" / "real" / "6.12" / "seed-dimm.mhpt")])
     out, err = capsys.readouterr()
     assert "(profile 6.12)" in out and "mhp replay:" not in err  # a release of a profile's own series: no note
+
+
+REAL = sorted((ROOT / "corpus" / "real").glob("6.*/*.mhpt"))
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_7_2_behaves_as_6_12_on_every_real_trace(path: Path) -> None:
+    """--diff 6.12,7.2 over the real corpus: no CMA area anywhere, so no difference at all."""
+    events = decode(path.read_bytes())
+    assert events is not None
+    assert check_events(events, parse_mode("6.12", None, "6.12,7.2")) is None
+
+
+def test_diff_pairs_cover_the_three_profiles() -> None:
+    assert DIFF_PAIRS == ("6.1,6.12", "6.1,7.2", "6.12,7.2")
+    with pytest.raises(ValueError, match=r"6\.12,7\.2"):
+        parse_mode("6.1", None, "7.2")
+
+
+@pytest.mark.parametrize("pair", ["6.1,7.2", "6.12,7.2"])
+def test_differential_fuzzing_finds_cma_between_7_2_and_the_others(pair: str) -> None:
+    """A boot snapshot with 32 MiB of CMA in Normal: 7.2 counts it as movable from the first decision on."""
+    first = pair.split(",")[0]
+    events = decode((ROOT / "corpus" / "real" / first / "seed-dimm.mhpt").read_bytes())  # the first profile's own requests
+    assert events is not None
+    events = [ev._replace(cma=8192) if isinstance(ev, BootZone) and ev.zone is ZoneType.NORMAL else ev for ev in events]
+    mode = parse_mode(first, None, pair)
+    hit = check_events(events, mode)
+    assert hit is not None and hit.signature == f"DIFF:AddMemory:numbers:{pair.replace(',', '-vs-')}"
+    assert mode.diff == "7.2"

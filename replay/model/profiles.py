@@ -9,7 +9,7 @@ accounting are unchanged; what an observer sees change is the build configuratio
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from traces.events import OnlineType
 
@@ -31,41 +31,31 @@ class Profile:
     cma: bool  # CONFIG_CMA: zone->cma_pages exists and counts as MOVABLE in the auto-movable statistics
 
 
-PROFILES = {
-    "6.1": Profile(
-        name="6.1",
-        release="6.1.192",
-        series=(6, 1),
-        default_online_kconfig="CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE is not set",
-        default_online_type=OnlineType.OFFLINE,
-        memmap_per_block=False,
-        memmap_force_mode=False,
-        acpi_always_requests_memmap=False,
-        cma=False,
-    ),
-    "6.12": Profile(
-        name="6.12",
-        release="6.12.117",
-        series=(6, 12),
-        default_online_kconfig="CONFIG_MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO=y",
-        default_online_type=OnlineType.ONLINE,
-        memmap_per_block=True,
-        memmap_force_mode=True,
-        acpi_always_requests_memmap=True,
-        cma=False,
-    ),
-    "7.2": Profile(
-        name="7.2",
-        release="7.2.13",
-        series=(7, 2),
-        default_online_kconfig="CONFIG_MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO=y",
-        default_online_type=OnlineType.ONLINE,
-        memmap_per_block=True,
-        memmap_force_mode=True,
-        acpi_always_requests_memmap=True,
-        cma=True,  # CONFIG_CMA=y, CMA_SIZE_MBYTES=0: CMA areas only with cma= / hugetlb_cma=
-    ),
-}
+P_6_1 = Profile(
+    name="6.1",
+    release="6.1.192",
+    series=(6, 1),
+    default_online_kconfig="CONFIG_MEMORY_HOTPLUG_DEFAULT_ONLINE is not set",
+    default_online_type=OnlineType.OFFLINE,
+    memmap_per_block=False,
+    memmap_force_mode=False,
+    acpi_always_requests_memmap=False,
+    cma=False,
+)
+P_6_12 = replace(
+    P_6_1,
+    name="6.12",
+    release="6.12.117",
+    series=(6, 12),
+    default_online_kconfig="CONFIG_MHP_DEFAULT_ONLINE_TYPE_ONLINE_AUTO=y",
+    default_online_type=OnlineType.ONLINE,
+    memmap_per_block=True,
+    memmap_force_mode=True,
+    acpi_always_requests_memmap=True,
+)
+# 7.2 is 6.12 built with CONFIG_CMA=y (CMA_SIZE_MBYTES=0: CMA areas only with cma= / hugetlb_cma=)
+P_7_2 = replace(P_6_12, name="7.2", release="7.2.13", series=(7, 2), cma=True)
+PROFILES = {p.name: p for p in (P_6_1, P_6_12, P_7_2)}
 
 # Releases no profile covers exactly: (first series, last series, profile, what differs from it).
 NEAREST = (

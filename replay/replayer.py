@@ -66,25 +66,6 @@ class Replayer:
         if self.held is not None:
             self._release(ev)
         self.index += 1
-        if type(ev) is OfflineBlock and offline_outcome_unknowable(self.kernel.m, ev.block):
-            self.held = (seq, ts, ev)
-            return
-        self._feed(seq, ts, ev)
-
-    def finish(self) -> None:
-        """The end of the trace: an offline still waiting for its result is applied as it is."""
-        if self.held is not None:
-            self._release(None)
-
-    def _release(self, nxt: Any) -> None:
-        seq, ts, ev = self.held
-        self.held = None
-        if type(nxt) is Result and -nxt.rc in ISOLATION_ERRNOS:
-            self.kernel.m.failures[(ev.block, Op.OFFLINE)] = -nxt.rc
-            self.result.unknowable_answers += 1
-        self._feed(seq, ts, ev)
-
-    def _feed(self, seq: int, ts: int, ev: Any) -> None:
         cmp = self.compare.get(type(ev))
         if cmp is not None:  # an observation the model predicts
             self.recent.append((seq, ts, ev, None))
@@ -104,6 +85,26 @@ class Replayer:
             self.after_loss = True
             self.recent.append((seq, ts, ev, None))
             return
+        if type(ev) is OfflineBlock and offline_outcome_unknowable(self.kernel.m, ev.block):
+            self.held = (seq, ts, ev)
+            return
+        self._apply(seq, ts, ev, kind)
+
+    def finish(self) -> None:
+        """The end of the trace: an offline still waiting for its result is applied as it is."""
+        if self.held is not None:
+            self._release(None)
+
+    def _release(self, nxt: Any) -> None:
+        seq, ts, ev = self.held  # type: ignore[misc]
+        self.held = None
+        if type(nxt) is Result and -nxt.rc in ISOLATION_ERRNOS:
+            self.kernel.m.failures[(ev.block, Op.OFFLINE)] = -nxt.rc
+            self.result.unknowable_answers += 1
+        self._apply(seq, ts, ev, ev.KIND)
+
+    def _apply(self, seq: int, ts: int, ev: Any, kind: str) -> None:
+        """A model input: apply it, remember the request for reports, collect its findings."""
         try:
             out = self.kernel.apply(ev)
         except SnapshotError as e:

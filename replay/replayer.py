@@ -64,7 +64,7 @@ class Replayer:
         boot block) waits for the next event: if that is its result and a failure of isolation or
         migration, the kernel's answer becomes an input fact (InjectFailure's) before the offline."""
         if self.held is not None:
-            self._release(ev)
+            self._release(self.held, ev)
         self.index += 1
         cmp = self.compare.get(type(ev))
         if cmp is not None:  # an observation the model predicts
@@ -93,10 +93,10 @@ class Replayer:
     def finish(self) -> None:
         """The end of the trace: an offline still waiting for its result is applied as it is."""
         if self.held is not None:
-            self._release(None)
+            self._release(self.held, None)
 
-    def _release(self, nxt: Any) -> None:
-        seq, ts, ev = self.held  # type: ignore[misc]
+    def _release(self, held: tuple[int, int, OfflineBlock], nxt: Any) -> None:
+        seq, ts, ev = held
         self.held = None
         if type(nxt) is Result and -nxt.rc in ISOLATION_ERRNOS:
             self.kernel.m.failures[(ev.block, Op.OFFLINE)] = -nxt.rc

@@ -15,11 +15,12 @@ import io
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Any
 
 from replay.differential import compare_outcomes
 from replay.model.kernel import Kernel
-from replay.model.profiles import get_profile
+from replay.model.profiles import PROFILES, get_profile
 from traces.codec import decode_payload
 from traces.errors import TraceFormatError
 from traces.header import CHUNK_HEADER, CHUNK_MAGIC, FIXED_HEADER_SIZE, MAX_CHUNK, chunk_crc
@@ -29,13 +30,16 @@ KNOWN_HEADERS_MAX = 256
 _known_headers: set[bytes] = set()  # header bytes TraceReader accepted (fuzz inputs share a handful)
 
 
+DIFF_PAIRS = tuple(f"{a},{b}" for a, b in combinations(PROFILES, 2))  # --diff between profiles: 6.1,6.12 6.1,7.2 6.12,7.2
+
+
 @dataclass(frozen=True, slots=True)
 class Mode:
     """What a fuzz run checks: oracles on ``profile`` and, if ``diff`` is set, a second model."""
 
     profile: str = "6.1"
     variant: str | None = None  # the model under test runs this seeded variant
-    diff: str | None = None  # "6.12" or "ref": compare with that profile / with the reference model
+    diff: str | None = None  # a profile ("6.12", "7.2") or "ref": compare with that profile / with the reference model
 
     def describe(self) -> str:
         parts = [f"profile {self.profile}"]
@@ -58,7 +62,7 @@ def parse_mode(profile: str, variant: str | None, diff: str | None) -> Mode:
         return Mode(profile, variant, "ref")
     a, comma, b = diff.partition(",")
     if not comma:
-        raise ValueError(f"--diff {diff!r}: give two profiles A,B (e.g. 6.1,6.12) or ref")
+        raise ValueError(f"--diff {diff!r}: give two profiles A,B ({', '.join(DIFF_PAIRS)}) or ref")
     return Mode(get_profile(a).name, variant, get_profile(b).name)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from replay.export import export_chrome
 from replay.generate import generate_trace
 from replay.layout import block_runs, format_runs, format_zones, zone_table
-from replay.model.profiles import get_profile
+from replay.model.profiles import PROFILES, get_profile
 from replay.replayer import model_at, replay_many
 from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
@@ -24,6 +24,8 @@ from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.reader import TraceReader
 from traces.record import SYSTEMD_UNIT, Rotation, record
 from traces.scenario import ScenarioError, load_scenario, parse_size
+
+PROFILE_NAMES = tuple(PROFILES)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -42,12 +44,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return 0
     multi_node = len({r.node for res in results for r in res.runs}) > 1
     for res in results:
-        rc = f"  (rc {res.rc})" if res.rc else ""
-        print(f"== step {res.index}: {res.label}{rc}")
-        for line in format_runs(res.runs, multi_node):
-            print(line)
-        for f in res.findings:
-            print(f"   finding {f.signature}: {f.message}")
+        print("\n".join(res.lines(multi_node)))
     return 0
 
 
@@ -123,6 +120,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         context=args.context,
         max_divergences=args.max_divergences,
     )
+    for r in results:
+        if r.profile_note:
+            print(f"mhp replay: {r.profile_note}", file=sys.stderr)
     if args.json:
         json.dump({"traces": [r.to_json() for r in results], "totals": totals(results)}, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -333,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("scenario", help="scenario TOML file")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--step", type=natural, help="print only the state after step N (0 = boot)")
-    s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: the scenario's, else 6.1)")
+    s.add_argument("--profile", choices=PROFILE_NAMES, help="kernel profile (default: the scenario's, else 6.1)")
     s.add_argument("-o", "--trace", help="also write the events, with model-filled observations, as a .mhpt trace")
     s.set_defaults(func=cmd_simulate)
     s = sub.add_parser("replay", help="replay traces through the model, report divergences and findings")
@@ -342,29 +342,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="the stable JSON report (docs/replay-json.md)")
     s.add_argument("--context", type=natural, default=8, help="events shown before a divergence")
     s.add_argument("--max-divergences", type=natural, default=20, help="divergences reported in full per trace")
-    s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
+    s.add_argument("--profile", choices=PROFILE_NAMES, help="kernel profile (default: from the trace's kernel release)")
     s.set_defaults(func=cmd_replay)
     s = sub.add_parser("layout", help="the block layout at any event of a trace")
     s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("--at", type=natural, help="after event N (default: the end)")
     s.add_argument("--json", action="store_true")
-    s.add_argument("--profile", choices=("6.1", "6.12"))
+    s.add_argument("--profile", choices=PROFILE_NAMES)
     s.set_defaults(func=cmd_layout)
     s = sub.add_parser("plot", help="picture: blocks over events by zone, MOVABLE:KERNEL against the ratio (needs matplotlib)")
     s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("-o", "--output", required=True, help="PNG (or any format matplotlib writes)")
-    s.add_argument("--profile", choices=("6.1", "6.12"))
+    s.add_argument("--profile", choices=PROFILE_NAMES)
     s.set_defaults(func=cmd_plot)
     s = sub.add_parser("export", help="Chrome/Perfetto trace-event JSON (zone counters, hotplug events)")
     s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
     s.add_argument("--format", choices=("chrome",), default="chrome")
     s.add_argument("-o", "--output", required=True)
-    s.add_argument("--profile", choices=("6.1", "6.12"))
+    s.add_argument("--profile", choices=PROFILE_NAMES)
     s.set_defaults(func=cmd_export)
     s = sub.add_parser("gen", help="generate a realistic workload trace (outcomes filled in by the model)")
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--events", type=positive, default=10_000)
-    s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
+    s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_gen)
     s = sub.add_parser("record", help="record this host: a boot snapshot, then uevents until SIGINT/SIGTERM or --duration")
@@ -389,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", help="working corpus directory, used as given and resumed (default corpus/fuzz/<target>)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
     s.add_argument("--regressions", default="corpus/regressions")
-    s.add_argument("--profile", choices=("6.1", "6.12"), default="6.1")
+    s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
     s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
     s.add_argument("--json", action="store_true")
@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--signature", help="signature to keep (default: the trace's first; the ones it hits before are ignored)")
     s.add_argument("--accept-any", action="store_true", help="keep any signature, not just the original (the output names the one kept)")
-    s.add_argument("--profile", choices=("6.1", "6.12"), help="kernel profile (default: from the trace's kernel release)")
+    s.add_argument("--profile", choices=PROFILE_NAMES, help="kernel profile (default: from the trace's kernel release)")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
     s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
     s.add_argument("--time", type=seconds, default=60.0, help="time budget in seconds")

@@ -44,18 +44,20 @@ def _text(what: str, value: Any) -> str:
     return "[" + ", ".join(parts) + "]"
 
 
-ASPECTS = ("rc", "decision", "numbers", "changes", "present")
+ASPECTS = ("rc", "decision", "numbers", "changes", "present", "managed")
 
 
 def behaviour(k: Kernel, out: Outcome) -> tuple[Any, ...]:
     """What an event did, as comparable values: return code, zone decisions, the decisions'
-    auto-movable numbers, block transitions, and every zone's present pages afterwards."""
+    auto-movable numbers, block transitions, and every zone's present and managed pages afterwards."""
+    zones = [(n.nid, z) for n in k.m.nodes.values() for z in n.zones]
     return (
         out.rc,
         tuple((d.block, d.zone) for d in out.decisions),
         tuple(d.stats for d in out.decisions),
         tuple((c.block, c.state, c.zone) for c in out.changes),
-        tuple((n.nid, z.idx.label, z.present_pages) for n in k.m.nodes.values() for z in n.zones),
+        tuple((nid, z.idx.label, z.present_pages) for nid, z in zones),
+        tuple((nid, z.idx.label, z.managed_pages) for nid, z in zones),
     )
 
 

@@ -56,14 +56,28 @@ def block_runs(m: Machine, group_names: dict[int, str] | None = None) -> list[Ru
 
 
 def zone_table(m: Machine) -> list[dict[str, object]]:
-    """Per-zone span and present pages of every online node, as /proc/zoneinfo shows them."""
+    """Per-zone span, present and managed pages of every online node, as /proc/zoneinfo shows them.
+
+    ``managed`` is null where the snapshot did not give the zone's managed boot pages (presets);
+    ``managed_since_boot`` is the change the model accounted since, known either way.
+    """
     out = []
     for nid in sorted(m.nodes):
         node = m.nodes[nid]
         if not node.online:
             continue
         for z in node.zones:
-            out.append({"node": nid, "zone": z.idx.label, "present": z.present_pages, "spanned": z.spanned_pages, "start_pfn": z.zone_start_pfn})
+            out.append(
+                {
+                    "node": nid,
+                    "zone": z.idx.label,
+                    "present": z.present_pages,
+                    "managed": z.managed_pages if z.managed_known else None,
+                    "managed_since_boot": z.managed_pages - z.boot_managed,
+                    "spanned": z.spanned_pages,
+                    "start_pfn": z.zone_start_pfn,
+                }
+            )
     return out
 
 
@@ -82,12 +96,19 @@ def format_runs(runs: list[Run], multi_node: bool) -> list[str]:
 
 
 def format_zones(m: Machine) -> list[str]:
-    """Populated zones with present/spanned pages."""
+    """Populated zones with present, managed and spanned pages (managed ``boot+N``: boot pages not in the snapshot)."""
+    return format_zone_rows(zone_table(m))
+
+
+def format_zone_rows(table: list[dict[str, object]]) -> list[str]:
+    """The populated rows of a zone_table as text."""
     lines = []
-    for z in zone_table(m):
+    for z in table:
         if z["present"] or z["spanned"]:
             end = int(str(z["start_pfn"])) + int(str(z["spanned"]))
-            lines.append(f"  node {z['node']} {z['zone']:<8} present {z['present']:>9}  span [{z['start_pfn']}, {end})")
+            since = int(str(z["managed_since_boot"]))
+            managed = str(z["managed"]) if z["managed"] is not None else f"boot{since:+d}" if since else "boot"
+            lines.append(f"  node {z['node']} {z['zone']:<8} present {z['present']:>9}  managed {managed:>9}  span [{z['start_pfn']}, {end})")
     return lines
 
 

@@ -6,6 +6,7 @@ block states, zone counters, state digests) are compared with the model's predic
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import time
@@ -17,17 +18,21 @@ from typing import Any
 from replay.model.kernel import Kernel, SnapshotError
 from replay.model.machine import ZONE_NONE
 from replay.model.memory import valid_zones
+from replay.model.memory_hotplug import offline_outcome_unknowable
 from replay.model.outcome import Decision, Outcome
-from replay.model.profiles import Profile, get_profile, profile_for_release
+from replay.model.profiles import Choice, Profile, choose_profile, get_profile
 from replay.observe import model_digest
 from replay.report import Divergence, Mismatch, TraceResult
 from traces.codec import Record
 from traces.errors import TraceFormatError
-from traces.events import BlockObserved, BlockState, Loss, Result, StateDigest, ZoneObserved
+from traces.events import BlockObserved, BlockState, Loss, OfflineBlock, Op, Result, StateDigest, ZoneObserved
 from traces.reader import TraceReader
 from traces.text import format_record
 
 MAX_FINDINGS_KEPT = 50
+# mm/memory_hotplug.c:offline_pages after the range checks: isolation (-EBUSY), a signal (-EINTR),
+# dissolving free hugetlb folios (-ENOMEM, -EBUSY)
+ISOLATION_ERRNOS = frozenset({errno.EBUSY, errno.EINTR, errno.ENOMEM})
 
 
 class Replayer:
@@ -44,6 +49,7 @@ class Replayer:
         self.last_decision: dict[int, Decision] = {}
         self.block_request: dict[int, tuple[int, int, int, Any, Outcome]] = {}  # block -> request that last decided or changed it
         self.after_loss = False
+        self.held: tuple[int, int, OfflineBlock] | None = None  # an offline waiting for its result
         self.compare: dict[type, Callable[[Any], list[Mismatch]]] = {
             Result: self._cmp_result,
             BlockObserved: self._cmp_block,
@@ -54,7 +60,11 @@ class Replayer:
     # --- feeding ------------------------------------------------------------------------------
 
     def feed(self, seq: int, ts: int, ev: Any) -> None:
-        """One event of the trace."""
+        """One event of the trace. An offline whose outcome the model cannot know (a kernel-zone or
+        boot block) waits for the next event: if that is its result and a failure of isolation or
+        migration, the kernel's answer becomes an input fact (InjectFailure's) before the offline."""
+        if self.held is not None:
+            self._release(self.held, ev)
         self.index += 1
         cmp = self.compare.get(type(ev))
         if cmp is not None:  # an observation the model predicts
@@ -75,6 +85,26 @@ class Replayer:
             self.after_loss = True
             self.recent.append((seq, ts, ev, None))
             return
+        if type(ev) is OfflineBlock and offline_outcome_unknowable(self.kernel.m, ev.block):
+            self.held = (seq, ts, ev)
+            return
+        self._apply(seq, ts, ev, kind)
+
+    def finish(self) -> None:
+        """The end of the trace: an offline still waiting for its result is applied as it is."""
+        if self.held is not None:
+            self._release(self.held, None)
+
+    def _release(self, held: tuple[int, int, OfflineBlock], nxt: Any) -> None:
+        seq, ts, ev = held
+        self.held = None
+        if type(nxt) is Result and -nxt.rc in ISOLATION_ERRNOS:
+            self.kernel.m.failures[(ev.block, Op.OFFLINE)] = -nxt.rc
+            self.result.unknowable_answers += 1
+        self._apply(seq, ts, ev, ev.KIND)
+
+    def _apply(self, seq: int, ts: int, ev: Any, kind: str) -> None:
+        """A model input: apply it, remember the request for reports, collect its findings."""
         try:
             out = self.kernel.apply(ev)
         except SnapshotError as e:
@@ -149,7 +179,12 @@ class Replayer:
         if node is None or not node.online:
             return [Mismatch("node", "offline", f"node {ev.node} online")]
         z = node.zones[ev.zone]
+        if not z.managed_known and not self.kernel.running:  # the snapshot's /proc/zoneinfo: boot pages managed
+            z.managed_pages = z.boot_managed = ev.managed
+            z.managed_known = True
         out = []
+        if z.managed_known and z.managed_pages != ev.managed:
+            out.append(Mismatch("managed", z.managed_pages, ev.managed))
         if z.present_pages != ev.present:
             out.append(Mismatch("present", z.present_pages, ev.present))
         if z.spanned_pages != ev.spanned:
@@ -203,9 +238,16 @@ def _zone_json(z: Any) -> dict[str, Any]:
         "zone": z.idx.label,
         "present": z.present_pages,
         "early": z.present_early_pages,
+        "managed": z.managed_pages if z.managed_known else None,
         "start_pfn": z.zone_start_pfn,
         "spanned": z.spanned_pages,
     }
+
+
+def pick_profile(release: str, profile: str | None = None) -> Choice:
+    """The profile to replay a trace of kernel ``release`` with: ``profile`` if given, else the
+    release's (choose_profile: the nearest profile, and why, for a release none covers)."""
+    return Choice(get_profile(profile), "") if profile else choose_profile(release)
 
 
 def replay_file(
@@ -224,8 +266,10 @@ def replay_file(
     except TraceFormatError as e:
         return TraceResult(path, error=str(e))
     with reader:
-        prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
-        rp = Replayer(prof, path, context=context, max_divergences=max_divergences, oracles=oracles)
+        release = reader.header.kernel_release
+        choice = pick_profile(release, profile)
+        rp = Replayer(choice.profile, path, context=context, max_divergences=max_divergences, oracles=oracles)
+        rp.result.kernel_release, rp.result.profile_reason = release, choice.reason
         last = reader.pos
         try:
             for chunk in reader.chunks():
@@ -236,6 +280,7 @@ def replay_file(
                 if progress is not None:
                     progress(reader.pos - last)
                     last = reader.pos
+            rp.finish()
         except TraceFormatError as e:
             rp.result.error = str(e.at(path=path, record=rp.index + 1))
     res = rp.result
@@ -250,6 +295,7 @@ def replay_events(events: Iterable[Any], profile: Profile, **kw: Any) -> TraceRe
     rp = Replayer(profile, **kw)
     for i, ev in enumerate(events):
         rp.feed(i, 0, ev)
+    rp.finish()
     rp.result.events = rp.index + 1
     return rp.result
 
@@ -300,8 +346,8 @@ def model_at(path: str, at: int | None = None, profile: str | None = None) -> tu
 def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, Kernel]]:
     """(event index, record, model after it) for every record of a trace; no oracles."""
     with TraceReader(path) as reader:
-        prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
-        rp = Replayer(prof, path, context=0, oracles=False)
+        rp = Replayer(pick_profile(reader.header.kernel_release, profile).profile, path, context=0, oracles=False)
         for rec in reader:
             rp.feed(rec.seq, rec.ts, rec.event)
             yield rp.index, rec, rp.kernel
+        rp.finish()

@@ -1,9 +1,9 @@
 """Replay results as plain data: divergences, per-trace results, merged totals, text and JSON.
 
 The JSON is stable (docs/replay-json.md):
-``{"traces": [{"path", "profile", "events", "observations", "matched", "divergences": [...],
+``{"traces": [{"path", "profile", "kernel_release", "profile_reason", "events", "observations", "matched", "divergences": [...],
 "divergence_count", "divergences_by_kind", "findings": [...], "finding_count",
-"finding_signatures", "stats", "verdict", "error"}], "totals": {...}}``.
+"finding_signatures", "unknowable_answers", "stats", "verdict", "error"}], "totals": {...}}``.
 """
 
 from __future__ import annotations
@@ -70,6 +70,8 @@ class TraceResult:
 
     path: str
     profile: str = ""
+    kernel_release: str = ""  # from the trace's header
+    profile_reason: str = ""  # why ``profile`` when it is not the release's own series (else empty)
     events: int = 0
     observations: int = 0
     matched: int = 0
@@ -79,8 +81,14 @@ class TraceResult:
     findings: list[dict[str, Any]] = field(default_factory=list)  # the first of each signature
     finding_count: int = 0
     finding_signatures: dict[str, int] = field(default_factory=dict)
+    unknowable_answers: int = 0  # offlines the model cannot predict that failed: the kernel's result was taken as input
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # bad input: the trace could not be read to its end
+
+    @property
+    def profile_note(self) -> str:
+        """Why the trace was replayed with its profile, when that is not its kernel's own (else empty)."""
+        return f"{self.path}: kernel {self.kernel_release or '(none)'}: profile {self.profile}: {self.profile_reason}" if self.profile_reason else ""
 
     @property
     def failed(self) -> bool:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import version
 
-from replay.layout import Run, block_runs, zone_table
+from replay.layout import Run, block_runs, format_runs, format_zone_rows, zone_table
 from replay.model.drivers import AcpiDimm, VirtioMem
 from replay.model.findings import Finding
 from replay.model.kernel import Kernel
-from replay.model.outcome import Outcome
-from replay.model.params import boot_params_from_cmdline, params_text
+from replay.model.outcome import Outcome, Unknowable
+from replay.model.params import boot_params_from_cmdline, module_params, params_text
 from replay.model.profiles import Profile, get_profile
 from replay.observe import model_digest, observe_outcome, observe_zones
-from traces.events import Attr, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
+from traces.events import Attr, BlockState, Event, InjectFailure, Mark, OfflineBlock, OnlineBlock, Op, Param, ParamWrite, Source
 from traces.header import Capture, TraceHeader
 from traces.scenario import Scenario, ScenarioError, Step
 from traces.writer import TraceWriter
@@ -32,16 +33,35 @@ class StepResult:
     runs: list[Run]
     zones: list[dict[str, object]]
     findings: list[Finding]
+    params: dict[str, str] = field(default_factory=dict)  # memory_hotplug module parameters and auto_online_blocks, as read
+    block_size: int = 0
+    unknowable: list[Unknowable] = field(default_factory=list)  # outcomes the model cannot predict, in step order
+
+    @property
+    def errno(self) -> str | None:
+        """The step's errno name (its first failure), None on success."""
+        return errno.errorcode.get(-self.rc, str(self.rc)) if self.rc < 0 else None
 
     def to_json(self) -> dict[str, object]:
         return {
             "step": self.index,
             "label": self.label,
             "rc": self.rc,
+            "errno": self.errno,
+            "unknowable": [u.to_json() for u in self.unknowable],
+            "params": self.params,
+            "block_size": self.block_size,
             "runs": [r.to_json() for r in self.runs],
             "zones": self.zones,
             "findings": [f.to_json() for f in self.findings],
         }
+
+    def lines(self, multi_node: bool) -> list[str]:
+        """The step as text: its layout, populated zones, outcomes the model cannot predict, findings."""
+        rc = f"  (rc {self.rc} {self.errno})" if self.rc else ""
+        out = [f"== step {self.index}: {self.label}{rc}", *format_runs(self.runs, multi_node), *format_zone_rows(self.zones)]
+        out += [f"   unknowable: {u.describe()}" for u in self.unknowable]
+        return out + [f"   finding {f.signature}: {f.message}" for f in self.findings]
 
 
 @dataclass(slots=True)
@@ -59,6 +79,8 @@ class Simulation:
     vmems: dict[str, VirtioMem] = field(default_factory=dict)
     used: list[tuple[int, int]] = field(default_factory=list)  # device memory ranges in use
     findings: list[Finding] = field(default_factory=list)
+    unknowable: list[Unknowable] = field(default_factory=list)
+    driving: bool = False  # a virtio-mem driver's work queue runs (its own onlines notify no retry)
 
     def __post_init__(self) -> None:
         self.kernel = Kernel(self.profile)
@@ -74,7 +96,25 @@ class Simulation:
         for obs in observe_outcome(self.kernel.m, ev, out):
             sink(obs)
         self.findings.extend(out.findings)
+        self.unknowable.extend(out.unknowable)
+        if out.changes and not self.driving:
+            self._memory_online(out)
         return out
+
+    def _memory_online(self, out: Outcome) -> None:
+        """virtio-mem's MEM_ONLINE notifier: a device whose block someone onlined may plug again."""
+        onlined = {ch.mgid for ch in out.changes if ch.state is BlockState.ONLINE}
+        for vm in self.vmems.values():
+            if vm.mgid in onlined:
+                self.drive(lambda vm=vm: vm.memory_online(self.kernel.m, self.emit))
+
+    def drive(self, work: Callable[[], int]) -> int:
+        """Run a driver's work (its hotplug requests do not notify it again)."""
+        self.driving, was = True, self.driving
+        try:
+            return work()
+        finally:
+            self.driving = was
 
     def observe_state(self) -> None:
         """Zone counters and the state digest, as a recorder samples them."""
@@ -105,15 +145,15 @@ class Simulation:
             align = max(d.block_size, m.block_size)
             vm = VirtioMem(d.id, d.node, self.allocate(d.max_size, align), d.max_size, d.block_size, m.block_size, d.unplug_online)
             self.vmems[d.id] = vm
-            vm.probe(self.emit)
+            self.drive(lambda vm=vm: vm.probe(self.emit))
             self.group_names[vm.mgid] = d.id
-        return self.snapshot(0, "boot", 0, 0)
+        return self.snapshot(0, "boot", 0, 0, 0)
 
     def run_step(self, i: int, step: Step) -> StepResult:
         """Apply scenario step ``i`` (1-based) and return the state after it."""
-        start = len(self.findings)
+        start, marks = len(self.findings), len(self.unknowable)
         rc = self.apply_step(i, step)
-        return self.snapshot(i, step.describe(), rc, start)
+        return self.snapshot(i, step.describe(), rc, start, marks)
 
     def apply_step(self, i: int, step: Step) -> int:
         """Mark and apply scenario step ``i``; its return code (the first failure, else 0)."""
@@ -142,7 +182,8 @@ class Simulation:
                 self.used.remove((dimm.start, dimm.start + dimm.size))
             return rc
         if step.action == "vmem":
-            return self.vmems[a["vmem"]].resize(m, self.emit, a["size"])
+            vm = self.vmems[a["vmem"]]
+            return self.drive(lambda: vm.resize(m, self.emit, a["size"]))
         if step.action in ("online", "offline"):
             attr = Attr.STATE if a["attr"] == "state" else Attr.ONLINE
             first, last = a[step.action]
@@ -157,10 +198,12 @@ class Simulation:
             return self.emit(ParamWrite(PARAM_IDS[a["param"]], a["value"])).rc
         return self.emit(ParamWrite(Param.AUTO_ONLINE_BLOCKS, a["auto_online"].label)).rc
 
-    def snapshot(self, index: int, label: str, rc: int, findings_from: int) -> StepResult:
+    def snapshot(self, index: int, label: str, rc: int, findings_from: int, unknowable_from: int) -> StepResult:
         m = self.kernel.m
         self.observe_state()
-        return StepResult(index, label, rc, block_runs(m, self.group_names), zone_table(m), self.findings[findings_from:])
+        params = {**module_params(m.params), "auto_online_blocks": m.params.auto_online_blocks.label}
+        runs, zones = block_runs(m, self.group_names), zone_table(m)
+        return StepResult(index, label, rc, runs, zones, self.findings[findings_from:], params, m.block_size, self.unknowable[unknowable_from:])
 
 
 def simulate(scenario: Scenario, profile: str | None = None, sim: Simulation | None = None) -> Iterator[StepResult]:

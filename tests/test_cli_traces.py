@@ -37,7 +37,7 @@ def test_info_verify_dump_compile(trace: Path, tmp_path: Path, capsys: pytest.Ca
     rc, out, _ = run(["verify", str(trace)], capsys)
     assert rc == 0 and out.rstrip().endswith("clean")
     rc, text, _ = run(["dump", str(trace)], capsys)
-    assert rc == 0 and text.startswith("%mhpt 1.0\n")
+    assert rc == 0 and text.startswith("%mhpt 1.1\n")
     src = tmp_path / "t.txt"
     src.write_text(text)
     assert run(["compile", str(src), "-o", str(tmp_path / "c.mhpt")], capsys)[0] == 0

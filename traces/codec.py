@@ -125,6 +125,8 @@ def convert_field(f: FieldSpec, raw: Any) -> Any:
 
 def raw_field(f: FieldSpec, value: Any) -> Any:
     """Python value -> raw wire value, checking the range; ValueError if it does not fit."""
+    if value is None and f.since:
+        return None  # an appended field not recorded
     if f.wire is ZONES:
         return pack_zones(tuple(value))
     if f.wire is STR:
@@ -154,8 +156,12 @@ def parse_record_construct(buf: bytes, off: int = 0) -> tuple[Record, int]:
         return Record(c.seq, c.ts, c.flags, Unknown(c.type, bytes(c.body))), off + length
     body = bytes(c.body)
     pos = 0
-    values = []
-    for f in fields_of(cls):
+    values: list[Any] = []
+    fields = fields_of(cls)
+    for f in fields:
+        if f.since and pos == len(body):  # written before this field was appended: not recorded
+            values += [None] * (len(fields) - len(values))
+            break
         sub = _CS_TYPES[f.wire.name]
         try:
             raw = sub.parse(body[pos:])
@@ -182,12 +188,12 @@ def _short(e: Exception) -> str:
 
 
 def _fixed_runs(fields: tuple[FieldSpec, ...]) -> list[list[FieldSpec] | FieldSpec]:
-    """Split fields into runs of fixed-size fields and single strings."""
+    """Split fields into runs of fixed-size fields and single strings; an appended field starts a run."""
     runs: list[list[FieldSpec] | FieldSpec] = []
     for f in fields:
         if f.wire is STR:
             runs.append(f)
-        elif runs and isinstance(runs[-1], list):
+        elif runs and isinstance(runs[-1], list) and not f.since:
             runs[-1].append(f)
         else:
             runs.append([f])
@@ -243,6 +249,10 @@ def _body_decoder(cls: type) -> Callable[[bytes], Any]:
     lines = ["def decode(buf):", "    p = 0"]
     idx = 0
     for i, run in enumerate(_fixed_runs(fields)):
+        first = run[0] if isinstance(run, list) else run
+        if first.since:  # a body written before this field was appended ends here
+            done = ", ".join([*(_converter(f, env, names[j]) for j, f in enumerate(fields[:idx])), *["None"] * (len(fields) - idx)])
+            lines.append(f"    if p == len(buf): return _new(_C, ({done},))")
         if isinstance(run, list):
             st = struct.Struct("<" + "".join(_fmt(f.wire) for f in run))
             env[f"_S{i}"] = st
@@ -369,7 +379,14 @@ def _compile_encoder(code: int, cls: type) -> Callable[[int, int, int, Any], byt
     env: dict[str, Any] = {"_pz": pack_zones}
     lines = ["def encode(seq, ts, fl, ev):"]
     parts = []
+    appended: list[tuple[str, str]] = []  # (field, its bytes' variable): written while recorded
     for i, run in enumerate(runs):
+        first = run[0] if isinstance(run, list) else run
+        if first.since:
+            st = struct.Struct("<" + _fmt(first.wire))  # an appended fixed-size field: a run of its own
+            env[f"_S{i}"] = st
+            appended.append((first.name, f"_S{i}.pack(ev.{first.name})"))
+            continue
         if isinstance(run, list):
             st = struct.Struct("<" + "".join(_fmt(f.wire) for f in run))
             env[f"_S{i}"] = st
@@ -382,6 +399,11 @@ def _compile_encoder(code: int, cls: type) -> Callable[[int, int, int, Any], byt
     body = " + ".join(parts) if parts else "b''"
     env["_H"] = RECORD_HEADER
     lines.append(f"    body = {body}")
+    for k, (name, packed) in enumerate(appended):  # not recorded: the body ends before it (and every later one)
+        lines.append(f"    if ev.{name} is not None:")
+        if k:
+            lines.append(f"        if ev.{appended[k - 1][0]} is None: raise ValueError('{cls.__name__}.{name} recorded after an unrecorded field')")
+        lines.append(f"        body += {packed}")
     lines.append(f"    return _H.pack({code}, fl, {RECORD_HEADER_SIZE} + len(body), seq, ts) + body")
     exec(compile("\n".join(lines), f"<encoder {cls.__name__}>", "exec"), env)  # generated from the table
     return env["encode"]  # type: ignore[no-any-return]
@@ -416,8 +438,14 @@ def encode_record(rec: Record) -> bytes:
 
 def check_event(ev: Any) -> None:
     """Raise ValueError naming the first field whose value does not fit the event table."""
+    unrecorded = None
     for f in fields_of(type(ev)):
+        value = getattr(ev, f.name)
+        if value is not None and unrecorded is not None:
+            raise ValueError(f"{type(ev).__name__}.{f.name}: recorded after the unrecorded appended field {unrecorded}")
+        if value is None and f.since:
+            unrecorded = f.name
         try:
-            raw_field(f, getattr(ev, f.name))
+            raw_field(f, value)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{type(ev).__name__}.{f.name}: {e}") from None

@@ -159,6 +159,15 @@ class AddFlags(enum.IntFlag):
 
 
 @dataclass(frozen=True, slots=True)
+class Since:
+    """A field appended to its record body in format minor version ``minor``: bodies written before
+    end ahead of it, and the field reads as None ("not recorded"). Appended fields come last, in
+    the order of their minor versions, and default to None."""
+
+    minor: int
+
+
+@dataclass(frozen=True, slots=True)
 class FieldSpec:
     """One field of an event type as derived from its annotations."""
 
@@ -166,6 +175,7 @@ class FieldSpec:
     wire: Wire
     py: type
     res: Res | None
+    since: int = 0  # the format minor version that appended the field (0: an original field)
 
 
 EVENT_TYPES: dict[int, type] = {}
@@ -220,7 +230,12 @@ def fields_of(cls: type) -> tuple[FieldSpec, ...]:
             py, *meta = typing.get_args(hints[name])
             wire = next(m for m in meta if isinstance(m, Wire))
             res = next((m for m in meta if isinstance(m, Res)), None)
-            out.append(FieldSpec(name, wire, py, res))
+            since = next((m.minor for m in meta if isinstance(m, Since)), 0)
+            if since and cls._field_defaults.get(name, 0) is not None:  # type: ignore[attr-defined]
+                raise TypeError(f"{cls.__name__}.{name}: an appended field defaults to None")
+            if out and since < out[-1].since:
+                raise TypeError(f"{cls.__name__}.{name}: original fields come before appended ones, appended ones in minor order")
+            out.append(FieldSpec(name, wire, py, res, since))
         spec = _SPECS[cls] = tuple(out)
     return spec
 
@@ -260,6 +275,7 @@ class BootZone(NamedTuple):
     present: Annotated[int, U64, Res.PAGES]
     present_early: Annotated[int, U64, Res.PAGES]
     cma: Annotated[int, U64, Res.PAGES]
+    managed: Annotated[int | None, U64, Res.PAGES, Since(1)] = None  # /proc/zoneinfo managed; None: not recorded
 
 
 @event(0x04, "boot", repeats=False)

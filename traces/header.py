@@ -14,7 +14,7 @@ from traces.errors import TraceFormatError
 MAGIC = b"\x89MHPT\r\n\x1a"  # high bit, CR-LF and ^Z catch 7-bit, newline and text-mode damage
 BOM = 0x01020304  # written little-endian: a byte-swapped reader sees 0x04030201
 MAJOR = 1
-MINOR = 0
+MINOR = 1  # 1.1: boot_zone.managed appended
 CHUNK_MAGIC = b"MHc1"
 INDEX_MAGIC = b"MHi1"
 TRAILER_MAGIC = b"MHPTIDX\x1a"

@@ -189,7 +189,7 @@ def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
     kline = r.line_of("kernel")
     if not isinstance(kernel_t, dict):
         raise r.fail("kernel", kline, "expected a table")
-    profile = r.get(kernel_t, "profile", "str", "kernel", kline, None, ("6.1", "6.12"))
+    profile = r.get(kernel_t, "profile", "str", "kernel", kline, None, ("6.1", "6.12", "7.2"))
     cmdline = r.get(kernel_t, "cmdline", "str", "kernel", kline, "")
     name = r.get(doc, "name", "str", "name", 0, Path(path).stem)
     sc = Scenario(path, name, r.get(doc, "description", "str", "description", 0, ""), machine, profile, cmdline)

@@ -10,8 +10,9 @@ block_observed block=48 state=offline node=0 valid_zones=Movable,Normal @flags=0
 ```
 A record line is ``[SEQ TIME] NAME FIELD=VALUE ...`` plus optional ``@flags=N`` and ``@extra=HEX``;
 without SEQ TIME a line takes the previous sequence number + 1 and the previous time. Strict
-parsing (the default) wants every field exactly once; lenient parsing gives missing fields their
-zero value. ``%chunk`` lines (a chunk opens before the next record) and ``%index absent`` carry
+parsing (the default) wants every field exactly once, except fields a later format version appended
+(absent: not recorded); lenient parsing gives missing fields their zero value. ``%chunk`` lines (a
+chunk opens before the next record) and ``%index absent`` carry
 the binary layout, so binary -> text -> binary is byte-exact; text without them compiles with the
 writer's default chunking and an index.
 """
@@ -101,7 +102,8 @@ def format_record(rec: Record) -> str:
         body = f"raw code={ev.code} data={ev.data.hex() or '-'}"
     else:
         cls = type(ev)
-        body = " ".join([CLASS_NAMES[cls], *(f"{f.name}={format_value(f, getattr(ev, f.name))}" for f in fields_of(cls))])
+        values = ((f, getattr(ev, f.name)) for f in fields_of(cls))  # an appended field not recorded is not written
+        body = " ".join([CLASS_NAMES[cls], *(f"{f.name}={format_value(f, v)}" for f, v in values if v is not None or not f.since)])
     tail = (f" @flags={rec.flags:#x}" if rec.flags else "") + (f" @extra={rec.extra.hex()}" if rec.extra else "")
     return f"{rec.seq} {format_ts(rec.ts)} {body}{tail}"
 
@@ -341,6 +343,9 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
     values = []
     for f in fields_of(cls):
         if f.name not in given:
+            if f.since:  # an appended field: absent means not recorded (format 1.0 bodies)
+                values.append(None)
+                continue
             if strict:
                 raise line.error(col, f"{name}: missing field {f.name}", f.name)
             values.append(convert_field(f, _zero(f)))

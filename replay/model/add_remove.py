@@ -141,7 +141,8 @@ def try_online_node(m: Machine, nid: int) -> bool:
     if node.online:
         return False
     for z in node.zones:  # present_early_pages is not reset (KERNEL-SEMANTICS §2.2 step 5)
-        z.present_pages = 0
+        z.present_pages = z.managed_pages = z.boot_managed = 0
+        z.managed_known = True
         z.zone_start_pfn = z.spanned_pages = 0
         update_zone_stats(m, z)
     node.node_present_pages = 0

@@ -28,6 +28,7 @@ from traces.events import (
 
 Emit = Callable[[Event], Outcome]
 PAGEBLOCK_BYTES = 2 << 20
+VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD = 1 << 30
 VMEM_FLAGS = AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE
 
 
@@ -70,7 +71,13 @@ class AcpiDimm:
 
 
 class VirtioMem:
-    """drivers/virtio/virtio_mem.c (6.1): one dynamic group; SBM or BBM plug/unplug orders."""
+    """drivers/virtio/virtio_mem.c (6.1, 6.12, 7.2): one dynamic group; SBM or BBM plug/unplug orders.
+
+    Plug limits (KERNEL-SEMANTICS §5.6, the same in every version): the driver adds another memory
+    block (SBM) or big block (BBM) only while its offline memory plus that unit stays within
+    ``offline_threshold``; past it the plug request ends with -ENOSPC, and the driver tries again
+    when onlining one of its blocks leaves at most half the threshold offline.
+    """
 
     def __init__(self, name: str, node: int, start: int, max_size: int, device_block_size: int, block_size: int, unplug_online: bool) -> None:
         self.name = name
@@ -85,6 +92,11 @@ class VirtioMem:
         self.per_unit = self.unit // self.sb
         self.plugged: dict[int, int] = {}  # unit index -> plugged subblocks; 0 = unused (removed)
         self.mgid = -1
+        self.requested = 0  # the device's requested size (bytes), what a retry works towards
+        # virtio_mem_init_hotplug: room for two (big) blocks, at least VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD
+        self.offline_threshold = max(2 * block_size, VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD)
+        if not self.sbm:
+            self.offline_threshold = max(2 * self.unit, self.offline_threshold)
 
     @property
     def size(self) -> int:
@@ -97,12 +109,35 @@ class VirtioMem:
 
     def resize(self, m: Machine, emit: Emit, requested: int) -> int:
         """Plug or unplug towards ``requested`` bytes; returns 0 or the first error."""
+        self.requested = requested
         want = min(requested, self.max_size) // self.sb - self.size // self.sb
         if want > 0:
-            return self._plug(emit, want)
+            return self._plug(m, emit, want)
         if want < 0:
             return self._unplug(m, emit, -want)
         return 0
+
+    def offline_size(self, m: Machine) -> int:
+        """vm->offline_size: bytes of this device's added memory blocks that are not online (added with
+        virtio_mem_add_memory, less MEM_ONLINE, plus MEM_OFFLINE, less removals)."""
+        return sum(self._unit_offline(m, u) for u, n in self.plugged.items() if n)
+
+    def _unit_offline(self, m: Machine, unit: int) -> int:
+        bs = m.block_size
+        first = (self.start + unit * self.unit) // bs
+        return sum(bs for b in range(first, first + max(1, self.unit // bs)) if (mem := m.blocks.get(b)) is not None and mem.state is not MEM_ONLINE)
+
+    def could_add_memory(self, m: Machine, size: int) -> bool:
+        """virtio_mem_could_add_memory: adding ``size`` keeps the offline memory within the threshold."""
+        return size <= self.offline_threshold and self.offline_size(m) + size <= self.offline_threshold
+
+    def memory_online(self, m: Machine, emit: Emit) -> int:
+        """The MEM_ONLINE notifier for one of this device's blocks (onlined by someone else: the
+        driver's own work queue is not running): once at most half the threshold is offline, a plug
+        request still short of the requested size runs again (virtio_mem_retry)."""
+        if min(self.requested, self.max_size) // self.sb <= self.size // self.sb or not self.could_add_memory(m, self.offline_threshold // 2):
+            return 0
+        return self.resize(m, emit, self.requested)
 
     def _unit_state(self, m: Machine, unit: int) -> tuple[str, bool]:
         """The driver's view of a used unit: (offline|kernel|movable, partially plugged)."""
@@ -122,15 +157,19 @@ class VirtioMem:
             self.plugged[unit] = sbs
         return rc
 
-    def _plug(self, emit: Emit, want: int) -> int:
-        """virtio_mem_sbm_plug_request / virtio_mem_bbm_plug_request: partial, unused, then new units."""
+    def _plug(self, m: Machine, emit: Emit, want: int) -> int:
+        """virtio_mem_sbm_plug_request / virtio_mem_bbm_plug_request: partial, unused, then new units;
+        no unit is added while the offline memory would pass the threshold."""
         for unit in sorted(u for u, n in self.plugged.items() if 0 < n < self.per_unit):
             add = min(want, self.per_unit - self.plugged[unit])
             self.plugged[unit] += add
             want -= add
         candidates = sorted(u for u, n in self.plugged.items() if n == 0)
         nxt = max(self.plugged, default=-1) + 1
+        offline = self.offline_size(m)
         while want > 0:
+            if offline + self.unit > self.offline_threshold:
+                return -errno.ENOSPC  # "too many offline memory blocks": until memory gets onlined
             unit = candidates.pop(0) if candidates else nxt
             if unit == nxt:
                 nxt += 1
@@ -140,6 +179,7 @@ class VirtioMem:
             rc = self._add(emit, unit, sbs)
             if rc:
                 return rc
+            offline += self._unit_offline(m, unit)
             want -= sbs
         return 0
 

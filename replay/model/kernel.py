@@ -167,9 +167,10 @@ class Kernel:
             raise SnapshotError(self.index, "a boot zone needs a zone type")
         if ev.start_pfn + ev.spanned > 1 << (MAX_PHYSMEM_BITS - 12):
             raise SnapshotError(self.index, f"zone {ev.zone.label} node {ev.node}: span ends beyond the {MAX_PHYSMEM_BITS}-bit physical address space")
-        if ev.present > ev.spanned or ev.present_early > ev.present:
+        if ev.present > ev.spanned or ev.present_early > ev.present or (ev.managed or 0) > ev.present:
             raise SnapshotError(
-                self.index, f"zone {ev.zone.label} node {ev.node}: present {ev.present} > spanned {ev.spanned} or early {ev.present_early} > present"
+                self.index,
+                f"zone {ev.zone.label} node {ev.node}: present {ev.present} > spanned {ev.spanned}, or early {ev.present_early}/managed {ev.managed} > present",
             )
         node = self.m.node(ev.node)
         set_node_online(self.m, node, True)
@@ -180,7 +181,13 @@ class Kernel:
         node.node_present_pages += ev.present - z.present_pages
         z.present_pages = ev.present
         z.present_early_pages = ev.present_early
-        z.cma_pages = ev.cma
+        z.cma_pages = ev.cma if self.profile.cma else 0  # without CONFIG_CMA there is no zone->cma_pages
+        if ev.managed is None:  # not recorded: the boot allocations are unknown, present pages an upper bound
+            z.managed_pages = z.boot_managed = ev.present
+            z.managed_known = not ev.present
+        else:
+            z.managed_pages = z.boot_managed = ev.managed
+            z.managed_known = True
         update_zone_stats(self.m, z)
         update_pgdat_span(node)
         return 0

@@ -34,9 +34,12 @@ class Zone:
 
     __slots__ = (
         "boot_end",
+        "boot_managed",
         "boot_start",
         "cma_pages",
         "idx",
+        "managed_known",
+        "managed_pages",
         "nid",
         "present_early_pages",
         "present_pages",
@@ -54,6 +57,9 @@ class Zone:
         self.present_pages = 0
         self.present_early_pages = 0
         self.cma_pages = 0
+        self.managed_pages = 0  # pages handed to the buddy allocator (/proc/zoneinfo "managed")
+        self.managed_known = True  # False: the snapshot did not say how many boot pages are managed (then an upper bound)
+        self.boot_managed = 0  # managed pages when the snapshot was taken (known or bound)
         self.boot_start = 0  # the span laid out at boot, for pages of multi-zone early blocks
         self.boot_end = 0
         self.share_movable = 0  # this zone's current part of Machine.zone_sums (see update_zone_stats)
@@ -107,7 +113,7 @@ class MemoryGroup:
 class MemoryBlock:
     """struct memory_block: one memory block device."""
 
-    __slots__ = ("early", "group", "id", "nid", "nr_vmemmap_pages", "online_type", "present_pages", "start_pfn", "state", "zone")
+    __slots__ = ("boot_pages", "early", "group", "id", "nid", "nr_vmemmap_pages", "online_type", "present_pages", "start_pfn", "state", "zone")
 
     def __init__(self, bid: int, start_pfn: int, nid: int, state: BlockState, early: bool, present_pages: int) -> None:
         self.id = bid
@@ -120,6 +126,7 @@ class MemoryBlock:
         self.group: MemoryGroup | None = None
         self.nr_vmemmap_pages = 0
         self.online_type = OnlineType.OFFLINE
+        self.boot_pages = early and state is BlockState.ONLINE  # online since boot: may hold memblock allocations
 
     def __repr__(self) -> str:
         return f"memory{self.id}"

@@ -23,7 +23,7 @@ from replay.model.machine import (
     Node,
     Zone,
 )
-from replay.model.outcome import AutoMovableStats
+from replay.model.outcome import AutoMovableStats, Unknowable
 from replay.model.u64 import MASK, S64_MIN
 from traces.events import OnlineType
 
@@ -187,6 +187,16 @@ def adjust_present_page_count(m: Machine, zone: Zone, early: bool, group: Memory
             group.present_kernel_pages = add(group.present_kernel_pages, nr_pages, group, "present_kernel_pages")
         if group.is_dynamic:
             update_dynamic_group_term(m, group)
+
+
+def adjust_managed_page_count(zone: Zone, nr_pages: int) -> None:
+    """mm/page_alloc.c:adjust_managed_page_count (6.1, 6.12, 7.2): the zone's managed pages.
+
+    Onlining hands the block to the buddy allocator except its memmap_on_memory vmemmap pages, which
+    are present but never managed; offlining takes back what it removed from the buddy (6.1: the
+    range, 6.11+: the range less PageOffline pages; equal here, fake-offline pages are not modelled).
+    """
+    zone.managed_pages += nr_pages
 
 
 def update_zone_stats(m: Machine, zone: Zone) -> None:
@@ -386,6 +396,7 @@ def online_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int, 
         remove_pfn_range_from_zone(m, zone, start_pfn, nr_pages)
         return -failure
     adjust_present_page_count(m, zone, block.early, block.group, nr_pages)
+    adjust_managed_page_count(zone, nr_pages)  # online_pages_range -> generic_online_page -> __free_pages_core
     return 0
 
 
@@ -400,14 +411,45 @@ def offline_pages(m: Machine, block: MemoryBlock, start_pfn: int, nr_pages: int,
     if block.present_pages != m.block_pages:  # walk_system_ram_range: memory holes
         return -errno.EINVAL
     failure = m.failures.pop((block.id, MHP_OFFLINE), 0) if m.failures else 0
+    why = offline_unknowable(block, zone)
+    if why:
+        m.outcome.unknowable = (*m.outcome.unknowable, Unknowable(block.id, "offline", why, -failure))
     if failure:  # isolation or migration failed (unmovable page, signal ...)
         return -failure
+    block.boot_pages = False  # every page was free or migrated: nothing of boot time is left
+    adjust_managed_page_count(zone, -nr_pages)  # 6.11+: what __offline_isolated_pages took from the buddy (no PageOffline pages here)
     adjust_present_page_count(m, zone, block.early, block.group, -nr_pages)
     # The kernel shrinks [start_pfn, end) here and the vmemmap head in mhp_deinit_memmap_on_memory;
     # both searches skip the now-offline block, so one shrink over the whole block is identical.
     block_start = block.start_pfn
     remove_pfn_range_from_zone(m, zone, block_start, start_pfn + nr_pages - block_start)
     return 0
+
+
+def offline_unknowable(block: MemoryBlock, zone: Zone) -> str:
+    """Why isolating and migrating a block's pages may fail where no model can tell ('' if it cannot).
+
+    mm/memory_hotplug.c:offline_pages (6.1 to 7.2) fails with -EBUSY when start_isolate_page_range
+    meets an unmovable page, and retries migration until a signal (-EINTR). Kernel zones (DMA, DMA32,
+    Normal) take unmovable allocations (slab, page tables, the memmap of other blocks); memory online
+    since boot may hold memblock allocations (the boot memmap, the kernel image) even in ZONE_MOVABLE
+    (kernelcore=/movablecore=). ZONE_MOVABLE memory hot-added or onlined again takes movable
+    allocations only and long-term pins migrate out of it first: its offlining is taken to succeed.
+    """
+    if zone.idx is not ZONE_MOVABLE:
+        return f"{zone.idx.label}: unmovable kernel allocations may hold the block"
+    if block.boot_pages:
+        return "online since boot: memblock allocations may hold the block"
+    return ""
+
+
+def offline_outcome_unknowable(m: Machine, block: int) -> str:
+    """offline_unknowable for an offline request of ``block`` that would reach offline_pages' isolation:
+    an online block of one zone without holes ('' otherwise: its outcome follows from the model)."""
+    mem = m.blocks.get(block)
+    if mem is None or mem.state is not MEM_ONLINE or mem.zone is None or mem.present_pages != m.block_pages:
+        return ""
+    return offline_unknowable(mem, mem.zone)
 
 
 def mhp_supports_memmap_on_memory(m: Machine, size: int) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import NamedTuple
 
 from replay.model.findings import Finding
@@ -46,13 +47,33 @@ class Decision(NamedTuple):
     stats: tuple[AutoMovableStats, ...]
 
 
+class Unknowable(NamedTuple):
+    """A block operation whose outcome depends on what no model can know (which pages the kernel
+    allocated where): computed for ``answer`` (the kernel's -errno, given as an input fact) or, with
+    no answer (0), for success."""
+
+    block: int
+    op: str  # "offline"
+    reason: str
+    answer: int  # the injected -errno, 0: none given (success assumed)
+
+    def to_json(self) -> dict[str, object]:
+        name = errno.errorcode.get(-self.answer, str(self.answer)) if self.answer else None
+        return {"block": self.block, "op": self.op, "reason": self.reason, "answer": name, "assumed": None if self.answer else "success"}
+
+    def describe(self) -> str:
+        then = f"the kernel's answer {errno.errorcode.get(-self.answer, self.answer)}" if self.answer else "success assumed"
+        return f"{self.op} memory{self.block}: outcome the model cannot predict ({self.reason}); {then}"
+
+
 class Outcome:
     """Result of one event: rc is 0/-errno (or a group id for GroupRegister)."""
 
-    __slots__ = ("changes", "decisions", "findings", "rc")
+    __slots__ = ("changes", "decisions", "findings", "rc", "unknowable")
 
     def __init__(self) -> None:
         self.rc = 0
         self.changes: list[BlockChange] = []
         self.decisions: list[Decision] = []
         self.findings: list[Finding] = []
+        self.unknowable: tuple[Unknowable, ...] = ()  # rare: a tuple, replaced when one is added

@@ -115,6 +115,14 @@ def read_param(params: Params, param: Param) -> str:
     return ONLINE_TYPE_NAMES[params.auto_online_blocks]
 
 
+def module_params(params: Params) -> dict[str, str]:
+    """/sys/module/memory_hotplug/parameters/* as read (without the newline): the run-time parameters
+    and memmap_on_memory (6.1 bool: Y/N; 6.6+ get_memmap_mode: force, Y or N)."""
+    out = {name: read_param(params, param) for name, param in PARAM_NAMES.items() if param is not Param.AUTO_ONLINE_BLOCKS}
+    out["memmap_on_memory"] = "force" if params.memmap_on_memory == 2 else "Y" if params.memmap_on_memory else "N"
+    return out
+
+
 def boot_params_from_cmdline(cmdline: str, default_online_type: OnlineType, force_mode: bool) -> BootParams:
     """The parameters a kernel command line yields; invalid values are ignored as at boot (6.1/6.12)."""
     p = Params(auto_online_blocks=default_online_type)

@@ -1,9 +1,15 @@
-"""Lab set-up: host tools from Debian (QEMU, busybox, cpio, xz) and Debian's own 6.1 / 6.12 kernels, cached and unpacked.
+"""Lab set-up: host tools from Debian (QEMU, busybox, cpio, xz) and Debian's own 6.1 / 6.12 / 7.2 kernels, cached and unpacked.
 
 Kernels are fetched with ``apt-get download`` (never installed) into ``$XDG_CACHE_HOME/mhp-replay/kernels``
 (default ``~/.cache/mhp-replay/kernels``) and unpacked there with ``dpkg -x``. An ``index.json`` in that
 folder records which package each kernel series resolved to; a second run finds everything in place and
 runs no apt command at all.
+
+6.1 and 6.12 come from the machine's own apt sources (Debian 12). 7.2 comes from Debian's unstable suite
+through a private apt source list and state folder in the cache (``apt/sid``): the machine's own sources
+stay as they are. Its ``linux-image-7.2.N+debM-amd64`` is a meta package; the kernel is in the
+``linux-binary``, ``linux-modules`` and ``linux-base`` packages it depends on, all under
+``usr/lib/modules/<release>/`` (vmlinuz, config, modules.builtin, kernel/).
 """
 
 from __future__ import annotations
@@ -18,14 +24,19 @@ from pathlib import Path
 
 HOST_PACKAGES = ("qemu-system-x86", "busybox-static", "cpio", "xz-utils")
 HOST_TOOLS = ("qemu-system-x86_64", "busybox", "cpio", "xz")
-KERNELS = ("6.1", "6.12")
+KERNELS = ("6.1", "6.12", "7.2")
 
-# Debian names: linux-image-6.1.0-ABI-amd64[-unsigned] and linux-image-6.12.PATCH+debN-amd64[-unsigned];
-# the cloud and rt flavours are not wanted.
+# Debian names: linux-image-6.1.0-ABI-amd64[-unsigned], linux-image-6.12.PATCH+debN-amd64[-unsigned] and
+# linux-image-7.2.PATCH+debN-amd64; the cloud and rt flavours are not wanted.
 _NAME_RE = {
     "6.1": re.compile(r"^linux-image-6\.1\.0-(\d+)-amd64(-unsigned)?$"),
     "6.12": re.compile(r"^linux-image-6\.12\.(\d+)\+deb(\d+)-amd64(-unsigned)?$"),
+    "7.2": re.compile(r"^linux-image-7\.2\.(\d+)\+deb(\d+)-amd64(-unsigned)?$"),
 }
+# Series fetched from another Debian suite than the machine's, through a private apt source list.
+SUITES = {"7.2": "deb http://deb.debian.org/debian sid main"}
+# The packages a split kernel (7.x) spreads over, named in the meta package's Depends.
+_PART_RE = re.compile(r"^linux-(binary|modules|base)-")
 
 
 class LabSetupError(RuntimeError):
@@ -36,23 +47,28 @@ class LabSetupError(RuntimeError):
 class KernelPaths:
     """An unpacked Debian kernel package."""
 
-    series: str  # "6.1" or "6.12"
+    series: str  # "6.1", "6.12" or "7.2"
     package: str
     version: str  # Debian package version
     release: str  # uname -r, e.g. 6.1.0-56-amd64
     root: Path  # the dpkg -x tree
 
     @property
+    def split(self) -> bool:
+        """The 7.x layout: everything under usr/lib/modules/<release>, no /boot."""
+        return not (self.root / "boot").is_dir() and (self.root / "usr" / "lib" / "modules" / self.release).is_dir()
+
+    @property
     def vmlinuz(self) -> Path:
-        return self.root / "boot" / f"vmlinuz-{self.release}"
+        return self.modules / "vmlinuz" if self.split else self.root / "boot" / f"vmlinuz-{self.release}"
 
     @property
     def config(self) -> Path:
-        return self.root / "boot" / f"config-{self.release}"
+        return self.modules / "config" if self.split else self.root / "boot" / f"config-{self.release}"
 
     @property
     def modules(self) -> Path:
-        return self.root / "lib" / "modules" / self.release
+        return self.root / "usr" / "lib" / "modules" / self.release if self.split else self.root / "lib" / "modules" / self.release
 
 
 def cache_dir() -> Path:
@@ -96,14 +112,57 @@ def parse_candidate(policy_output: str) -> str | None:
     return m.group(1)
 
 
+def parse_depends(show_output: str) -> list[str]:
+    """The packages a split kernel's meta package pulls in (linux-binary/-modules/-base), from ``apt-cache show``."""
+    m = re.search(r"^Depends:\s*(.*)$", show_output, re.MULTILINE)
+    names = [alt.split()[0] for dep in (m.group(1).split(",") if m else []) for alt in dep.split("|") if alt.split()]
+    return sorted({n for n in names if _PART_RE.match(n)})
+
+
+def apt_options(series: str) -> list[str]:
+    """apt-get/apt-cache options for a series: none for the machine's own sources, else a private
+    source list, package lists and cache in the kernel cache (the machine's apt state is not touched)."""
+    if series not in SUITES:
+        return []
+    d = cache_dir() / "apt" / series
+    return [
+        f"-o=Dir::Etc::SourceList={d / 'sources.list'}",
+        "-o=Dir::Etc::SourceParts=/dev/null",
+        f"-o=Dir::State::Lists={d / 'lists'}",
+        f"-o=Dir::Cache={d / 'cache'}",
+    ]
+
+
+def update_private_lists(series: str, log: bool = True) -> None:
+    """apt-get update of a series' private source list (written first; apt wants its partial folders)."""
+    d = cache_dir() / "apt" / series
+    for sub in ("lists/partial", "cache/archives/partial"):
+        (d / sub).mkdir(parents=True, exist_ok=True)
+    (d / "sources.list").write_text(SUITES[series] + "\n")
+    if log:
+        print(f"apt-get update of the private list for {series}: {SUITES[series]} ...", flush=True)
+    _run(["apt-get", *apt_options(series), "update", "-q"])
+
+
 def resolve_kernel(series: str) -> tuple[str, str]:
     """(package, version) of the newest downloadable plain amd64 kernel of a series (apt-cache)."""
-    out = _run(["apt-cache", "search", "--names-only", r"^linux-image-6\.1"])
+    opts = apt_options(series)
+    out = _run(["apt-cache", *opts, "search", "--names-only", "^linux-image-" + re.escape(series)])
     for _key, name in reversed(parse_search(out, series)):
-        version = parse_candidate(_run(["apt-cache", "policy", name]))
+        version = parse_candidate(_run(["apt-cache", *opts, "policy", name]))
         if version:
             return name, version
     raise LabSetupError(f"no downloadable linux-image-{series}.*-amd64 package found; run 'apt-get update' (as root) first")
+
+
+def kernel_packages(series: str, package: str, version: str) -> list[str]:
+    """The packages holding a kernel: the image itself, or for a split kernel the parts its meta package names."""
+    if series not in SUITES:
+        return [package]
+    parts = parse_depends(_run(["apt-cache", *apt_options(series), "show", f"{package}={version}"]))
+    if not any(p.startswith("linux-binary-") for p in parts) or not any(p.startswith("linux-modules-") for p in parts):
+        raise LabSetupError(f"{package} {version}: no linux-binary/linux-modules packages among its dependencies ({parts})")
+    return parts
 
 
 def _dpkg_installed(pkg: str) -> bool:
@@ -180,25 +239,31 @@ def fetch_kernel(series: str, refresh: bool = False, log: bool = True) -> Kernel
         k = _kernel_from_entry(series, old)
         if k is not None:
             return k
+    parts = kernel_packages(series, package, version)
     if log:
-        print(f"downloading {package} {version} ...", flush=True)
+        print(f"downloading {' '.join(parts)} {version} ...", flush=True)
     debs = cache / "debs"
     debs.mkdir(exist_ok=True)
     # apt-get download writes into the working directory; as root its _apt sandbox may warn about it.
-    _run(["apt-get", "download", "-q", f"{package}={version}"], cwd=debs)
-    deb = next((p for p in sorted(debs.glob(f"{package}_*.deb")) if _deb_version(p) == version), None)
-    if deb is None:
-        raise LabSetupError(f"apt-get download {package}={version} left no .deb in {debs}")
+    _run(["apt-get", *apt_options(series), "download", "-q", *(f"{p}={version}" for p in parts)], cwd=debs)
+    files = []
+    for part in parts:
+        deb = next((p for p in sorted(debs.glob(f"{part}_*.deb")) if _deb_version(p) == version), None)
+        if deb is None:
+            raise LabSetupError(f"apt-get download {part}={version} left no .deb in {debs}")
+        files.append(deb)
     target = cache / f"{package}_{version}".replace("~", "_").replace(":", "_")
     tmp = target.with_name(target.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    _run(["dpkg-deb", "-x", str(deb), str(tmp)])
-    releases = sorted(p.name for p in (tmp / "lib" / "modules").iterdir() if p.is_dir())
+    for deb in files:
+        _run(["dpkg-deb", "-x", str(deb), str(tmp)])
+    releases = module_releases(tmp)
     if len(releases) != 1:
-        raise LabSetupError(f"{deb}: expected one lib/modules/<release>, found {releases}")
+        raise LabSetupError(f"{' '.join(map(str, files))}: expected one lib/modules/<release>, found {releases}")
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    deb.unlink()
+    for deb in files:
+        deb.unlink()
     index[series] = {"package": package, "version": version, "release": releases[0], "dir": target.name}
     tmp_index = _index_path().with_suffix(".tmp")
     tmp_index.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
@@ -207,6 +272,11 @@ def fetch_kernel(series: str, refresh: bool = False, log: bool = True) -> Kernel
     if k is None:
         raise LabSetupError(f"{target}: unpacked package lacks boot/vmlinuz, boot/config or lib/modules for {releases[0]}")
     return k
+
+
+def module_releases(root: Path) -> list[str]:
+    """The kernel releases an unpacked tree has modules for (lib/modules, or usr/lib/modules in 7.x)."""
+    return sorted(p.name for d in (root / "lib" / "modules", root / "usr" / "lib" / "modules") if d.is_dir() for p in d.iterdir() if p.is_dir())
 
 
 def _deb_version(deb: Path) -> str:
@@ -221,13 +291,18 @@ def setup(kernels: tuple[str, ...] = KERNELS, refresh: bool = False, log: bool =
     for series in kernels:
         if series not in KERNELS:
             raise LabSetupError(f"unknown kernel {series!r}; expected one of {', '.join(KERNELS)}")
+        if series in SUITES and (refresh or (not (cache_dir() / "apt" / series / "lists").is_dir() and lab_ready_kernel(series) is not None)):
+            update_private_lists(series, log)  # a first fetch, or --refresh: the suite's package lists
         try:
             out[series] = fetch_kernel(series, refresh, log)
         except LabSetupError:
             if refresh or os.geteuid() != 0:
                 raise
             # the package lists may be stale: one apt-get update, then try again
-            _run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "update", "-q"])
+            if series in SUITES:
+                update_private_lists(series, log)
+            else:
+                _run(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "update", "-q"])
             out[series] = fetch_kernel(series, refresh, log)
     return out
 
@@ -239,6 +314,11 @@ def lab_ready(series: str) -> str | None:
             return f"{tool} not found: run 'python -m traces.lab --setup' as root"
     if not Path("/bin/busybox").is_file() and not shutil.which("busybox"):
         return "busybox not found: run 'python -m traces.lab --setup' as root"
+    return lab_ready_kernel(series)
+
+
+def lab_ready_kernel(series: str) -> str | None:
+    """None when the kernel of a series is unpacked in the cache, else why not."""
     try:
         cached_kernel(series)
     except LabSetupError as e:

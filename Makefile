@@ -45,9 +45,10 @@ corpus: $(STAMP)
 	for s in $(SEEDS); do $(BIN)/mhp simulate corpus/scenarios/$$s.toml -o corpus/seeds/$$s.mhpt >/dev/null || exit 1; done
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) corpus-real; else echo "not root: corpus/real not regenerated (make corpus-real as root)"; fi
 
-# Real traces from Debian's kernels under QEMU (root, about 12 minutes).
+# Real traces from Debian's kernels under QEMU, written by mhp record inside the guest, and the host's own
+# samples of every step (root, about 25 minutes).
 corpus-real: $(STAMP) lab-setup
-	$(BIN)/python -m traces.lab corpus/scenarios/*.toml --kernel 6.1 6.12 --out-dir corpus/real --trace
+	$(BIN)/python -m traces.lab corpus/scenarios/*.toml --kernel 6.1 6.12 --out-dir corpus/real --trace --obs-dir corpus/observed/lab
 
 fuzz-package: $(STAMP)
 	$(BIN)/python fuzz/package.py build/fuzz

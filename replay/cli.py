@@ -123,6 +123,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for r in results:
         if r.profile_note:
             print(f"mhp replay: {r.profile_note}", file=sys.stderr)
+        for note in r.skipped:
+            print(f"mhp replay: {r.path}: {note}", file=sys.stderr)
     if args.json:
         json.dump({"traces": [r.to_json() for r in results], "totals": totals(results)}, sys.stdout, indent=1)
         sys.stdout.write("\n")

@@ -82,6 +82,7 @@ class TraceResult:
     finding_count: int = 0
     finding_signatures: dict[str, int] = field(default_factory=dict)
     unknowable_answers: int = 0  # offlines the model cannot predict that failed: the kernel's result was taken as input
+    skipped: list[str] = field(default_factory=list)  # comparisons not made: what the snapshot could not know
     stats: dict[str, float] = field(default_factory=dict)
     error: str | None = None  # bad input: the trace could not be read to its end
 

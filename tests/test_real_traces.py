@@ -23,6 +23,7 @@ from traces.scenario import load_scenario
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "corpus" / "scenarios"
 REAL = ROOT / "corpus" / "real"
+OBSERVED = ROOT / "corpus" / "observed" / "lab"
 TRACES = sorted(REAL.glob("*/*.mhpt"))
 
 # Real traces the model does not yet replay cleanly: "kernel/scenario" -> (divergences, the reported disagreement).
@@ -49,10 +50,25 @@ def test_every_scenario_has_a_real_trace_on_both_kernels() -> None:
 
 
 @pytest.mark.parametrize("path", TRACES, ids=[f"{p.parent.name}/{p.stem}" for p in TRACES])
+def test_recorder_saw_what_the_host_sampled(path: Path) -> None:
+    """The guest recorder's observation at every mark equals the host's own sample of the same moment."""
+    obs = json.loads((OBSERVED / path.parent.name / f"{path.stem}.json").read_text())
+    with TraceReader(str(path)) as r:
+        assert obs["scenario"]["release"] == r.header.kernel_release
+    assert disagreements(str(path), obs) == []
+
+
+def test_enough_scenarios_attach_mid_life() -> None:
+    for kernel in (k for k in KERNELS if (REAL / k).is_dir()):
+        names = [p.stem for p in (REAL / kernel).glob("*.mhpt")]
+        assert len(names) >= 24 and sum(load_scenario(SCENARIOS / f"{n}.toml").record_from > 0 for n in names) >= 6
+
+
+@pytest.mark.parametrize("path", TRACES, ids=[f"{p.parent.name}/{p.stem}" for p in TRACES])
 def test_real_trace_replays(path: Path) -> None:
     with TraceReader(str(path)) as r:
         h = r.header
-        assert h.source is Capture.LAB and h.source_detail.startswith(f"{path.stem} on ")
+        assert h.source is Capture.LIVE and h.writer.startswith("mhp-replay record ") and h.source_detail.startswith(f"{path.stem} on ")
         assert profile_for_release(h.kernel_release).name == path.parent.name  # 6.1/ holds 6.1 kernels, 6.12/ 6.12 ones
     res = replay_file(str(path))
     assert res.error is None

@@ -22,6 +22,7 @@ from traces.events import (
     BlockState,
     BootBlocks,
     BootGroup,
+    BootUnknown,
     GroupRegister,
     GroupUnregister,
     OfflineBlock,
@@ -31,6 +32,7 @@ from traces.events import (
     ParamWrite,
     RemoveMemory,
     Source,
+    UnknownFact,
     ZoneType,
 )
 from traces.files import verify
@@ -174,11 +176,18 @@ def test_dimm_uevents_become_the_acpi_drivers_calls_and_user_onlines(tmp_path: P
     rec.handle([ue("offline", 49)])
     add_block(tmp_path, 49, "online", "Normal")
     rec.handle([ue("online", 49)])  # user space onlined it: the type follows from the zone it went to
+    add_block(tmp_path, 49, "offline", "Normal Movable")
+    rec.handle([ue("offline", 49)])
+    assert BlockObserved(49, BlockState.OFFLINE, 0, (ZoneType.NORMAL, ZoneType.MOVABLE)) in rec.observations(full=False)
+    add_block(tmp_path, 49, "online", "Normal")
+    rec.handle([ue("online", 49)])  # into the zone valid_zones named first: the policy's choice, "online"
     (tmp_path / "sys/module/memory_hotplug/parameters/auto_movable_ratio").write_text("100\n")
     rec.handle([ue("offline", 48), ue("offline", 49), ue("remove", 48), ue("remove", 49)])
     assert w.events("request") == [
         OfflineBlock(49, Attr.STATE, Source.USER),
         OnlineBlock(49, OnlineType.ONLINE_KERNEL, Attr.STATE, Source.USER),
+        OfflineBlock(49, Attr.STATE, Source.USER),
+        OnlineBlock(49, OnlineType.ONLINE, Attr.STATE, Source.USER),
         ParamWrite(Param.AUTO_MOVABLE_RATIO, "100"),
         OfflineBlock(48, Attr.STATE, Source.USER),
         OfflineBlock(49, Attr.STATE, Source.USER),
@@ -318,3 +327,25 @@ def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:
     bad = tmp_path / "bad.service"
     bad.write_text(unit.replace("NoNewPrivileges=yes", "NoNewPrivileges=perhaps"))
     assert "Failed to parse" in subprocess.run(["systemd-analyze", "verify", str(bad)], capture_output=True, text=True).stderr
+
+
+def test_what_the_snapshot_cannot_know_is_said_and_its_checks_skipped(tmp_path: Path) -> None:
+    """Without root /proc/iomem shows zeros; a virtio-mem device whose start-up lines left the log has no known unit."""
+    host = fake_host(tmp_path)
+    zeros = "".join(f"{'  ' if line.startswith(' ') else ''}00000000-00000000 : {line.split(' : ', 1)[1]}\n" for line in IOMEM.splitlines())
+    (tmp_path / "proc/iomem").write_text(zeros)
+    snap = host.snapshot()
+    evs = [e for e, _ in snapshot_events(snap)]
+    assert BootUnknown(UnknownFact.PRESENT_PAGES, -1) in evs
+    assert all(e.present_pages == 32768 for e in evs if isinstance(e, BootBlocks))  # block 0's holes are invisible
+    r = replay_events(evs, get_profile("6.1"))
+    assert r.error is None and r.divergence_count == 0 and r.skipped and "present pages unknown" in r.skipped[0]
+    (tmp_path / "proc/iomem").write_text(IOMEM + "200000000-9ffffffff : virtio1\n")
+    drv = tmp_path / "sys/bus/virtio/devices/virtio1"
+    drv.mkdir(parents=True)
+    (drv / "driver").symlink_to("../../../../bus/virtio/drivers/virtio_mem")
+    snap = host.snapshot()  # no /dev/kmsg lines: the unit is not known
+    assert [(v.unit, v.unit_known) for v in snap.vmems] == [(1 << 27, False)]
+    evs = [e for e, _ in snapshot_events(snap)]
+    assert BootUnknown(UnknownFact.GROUP_UNIT, 0) in evs and BootUnknown(UnknownFact.PRESENT_PAGES, -1) not in evs
+    assert "group 0's unit unknown" in replay_events(evs, get_profile("6.1")).skipped[0]

@@ -18,11 +18,10 @@ from replay.cli import main
 from replay.model.outcome import Unknowable
 from replay.model.profiles import get_profile
 from replay.replayer import replay_events
-from replay.simulate import StepResult, simulate
+from replay.simulate import Simulation, StepResult, simulate
 from tests.helpers import BP, OFFLINE_AUTO, boot
 from traces.events import Attr, BlockObserved, BlockState, BootBlocks, BootMachine, BootZone, OfflineBlock, OnlineBlock, OnlineType, Result, Source, ZoneType
-from traces.reader import TraceReader
-from traces.scenario import parse_scenario
+from traces.scenario import load_scenario, parse_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "corpus" / "scenarios"
@@ -105,9 +104,11 @@ def test_simulate_json_reports_parameters_block_size_zones_errno_and_marks(capsy
 
 
 def offline_40_failed() -> list[Any]:
-    """offline-reonline on 6.1 up to its step 4 (offline=40), as if the kernel had refused: -EBUSY, block 40 still in Normal."""
-    with TraceReader(ROOT / "corpus" / "real" / "6.1" / "offline-reonline.mhpt") as r:
-        events = [rec.event for rec in r]
+    """offline-reonline simulated on 6.1 up to its step 4 (offline=40), as if the kernel had refused: -EBUSY, block 40
+    still in Normal (the real traces hold no results: a recorder sees no sysfs write's return code)."""
+    sim = Simulation(load_scenario(ROOT / "corpus" / "scenarios" / "offline-reonline.toml"), get_profile("6.1"))
+    list(simulate(sim.scenario, sim=sim))
+    events = list(sim.events)
     at = next(i for i, ev in enumerate(events) if isinstance(ev, OfflineBlock) and ev.block == 40)
     assert events[at + 1] == Result(0)
     return [*events[: at + 1], Result(-errno.EBUSY), BlockObserved(40, BlockState.ONLINE, 0, (ZoneType.NORMAL,))]

@@ -303,6 +303,21 @@ class BootBlocks(NamedTuple):
     present_pages: Annotated[int, U32, Res.PAGES]  # present pages per block (holes)
 
 
+class UnknownFact(enum.IntEnum):
+    """Facts of a snapshot that a running host did not show (``boot_unknown``)."""
+
+    PRESENT_PAGES = 0  # /proc/iomem hid its addresses (not root): every block taken as fully present
+    GROUP_UNIT = 1  # a virtio-mem device's unit (its start-up lines left the kernel log): one memory block taken
+
+
+@event(0x06, "boot", repeats=False)
+class BootUnknown(NamedTuple):
+    """Something the snapshot could not know; the replayer skips the comparisons that depend on it."""
+
+    fact: Annotated[UnknownFact, U8]
+    mgid: Annotated[int, S32, Res.GROUP]  # GROUP_UNIT: the group; else -1
+
+
 # Requests (model inputs) ---------------------------------------------------------------------------
 
 
@@ -457,6 +472,7 @@ Event = (
     | BootZone
     | BootGroup
     | BootBlocks
+    | BootUnknown
     | ParamWrite
     | GroupRegister
     | GroupUnregister

@@ -41,6 +41,7 @@ from traces.events import (
     BootGroup,
     BootMachine,
     BootParams,
+    BootUnknown,
     BootZone,
     Event,
     GroupRegister,
@@ -56,6 +57,7 @@ from traces.events import (
     RemoveMemory,
     Source,
     StateDigest,
+    UnknownFact,
     ZoneObserved,
     ZoneType,
 )
@@ -158,6 +160,7 @@ class Device:
     size: int = 0
     unit: int = 0  # virtio-mem: bytes per add_memory / remove_memory call
     blocks: set[int] = field(default_factory=set)
+    unit_known: bool = True  # virtio-mem: False when the kernel log no longer showed it
 
     def unit_of(self, addr: int) -> int:
         """The start address of the add/remove unit holding ``addr`` (a DIMM is added and removed whole)."""
@@ -230,7 +233,7 @@ def snapshot_devices(snap: HostSnapshot) -> Devices:
     bs = snap.block_size
     for v in sorted(snap.vmems, key=lambda v: v.start):
         blocks = {b for b in snap.blocks if v.holds(b * bs)}
-        devs.add(Device("vmem", v.name, v.node, devs.alloc(), v.start, v.size, v.unit, blocks))
+        devs.add(Device("vmem", v.name, v.node, devs.alloc(), v.start, v.size, v.unit, blocks, v.unit_known))
     by_dimm: dict[str, set[int]] = {}
     for b, name in snap.dimms.items():
         if b in snap.blocks:
@@ -267,7 +270,8 @@ def snapshot_events(snap: HostSnapshot, devs: Devices | None = None) -> list[tup
             bp for b in hot if snap.blocks[b].state is BlockState.ONLINE and snap.blocks[b].valid_zones == (z.zone,) and snap.blocks[b].node == z.node
         )
         early = max(z.present - hot_pages, 0)
-        out.append((BootZone(z.node, z.zone, z.start_pfn if z.spanned else 0, z.spanned, z.present, early, z.cma), FLAG_INFERRED if hot_pages else 0))
+        zone = BootZone(z.node, z.zone, z.start_pfn if z.spanned else 0, z.spanned, z.present, early, z.cma, z.managed)
+        out.append((zone, FLAG_INFERRED if hot_pages else 0))
     runs: list[list[Any]] = []
     for b in sorted(snap.blocks):
         info = snap.blocks[b]
@@ -290,6 +294,11 @@ def snapshot_events(snap: HostSnapshot, devs: Devices | None = None) -> list[tup
     for first, count, (node, state, zone, early, mgid, vmemmap, pages) in runs:
         flags = FLAG_INFERRED if (mgid >= 0 or snap.ram is None) else 0
         out.append((BootBlocks(first, count, max(node, 0), state, zone, early, mgid, vmemmap, pages), flags))
+    if snap.ram is None:
+        out.append((BootUnknown(UnknownFact.PRESENT_PAGES, -1), 0))
+    for d in sorted(devs.by_name.values(), key=lambda d: d.mgid):
+        if d.kind == "vmem" and not d.unit_known:
+            out.append((BootUnknown(UnknownFact.GROUP_UNIT, d.mgid), 0))
     out += [(ev, 0) for ev in observe_all(snap.blocks, snap.zones)]
     return out
 
@@ -366,6 +375,8 @@ class Recorder:
         self.pending_adds: list[int] = []
         self.pending_removes: list[int] = []
         self.touched: set[int] = set()  # blocks to observe at the next quiet point
+        self.default_zone: dict[int, ZoneType] = {}  # offline block -> the zone its valid_zones named first when last read
+        self.remember(snap.blocks)
         self.decisions = 0  # online transitions seen
         self.decisions_observed = 0  # ... whose zone was read from sysfs while the block was online
 
@@ -402,20 +413,36 @@ class Recorder:
         self.flush_removes()
 
     def online(self, bid: int) -> None:
-        """An online uevent: the kernel's own onlining of a block it just added, or user space's (type from its zone)."""
+        """An online uevent: the kernel's own onlining of a block it just added, or user space's. User space's type:
+        ``online`` (the policy's choice) when the block went to the zone its offline valid_zones named first when
+        last read, else the type that forces the zone it went to (online_movable, online_kernel)."""
         info = self.host.block(bid)
+        default = self.default_zone.pop(bid, None)
         self.decisions += 1
         observed = info is not None and info.state is BlockState.ONLINE and len(info.valid_zones) == 1
         self.decisions_observed += observed
         if bid in self.auto_onlining:
             self.auto_onlining.discard(bid)
             return
-        if observed:
-            assert info is not None
-            kind = OnlineType.ONLINE_MOVABLE if info.valid_zones[0] is ZoneType.MOVABLE else OnlineType.ONLINE_KERNEL
-        else:
+        if not observed:
             kind = OnlineType.ONLINE  # the block left its zone before it was read: the policy's choice is assumed
+        else:
+            assert info is not None
+            zone = info.valid_zones[0]
+            forced = OnlineType.ONLINE_MOVABLE if zone is ZoneType.MOVABLE else OnlineType.ONLINE_KERNEL
+            kind = OnlineType.ONLINE if zone is default else forced
         self.write(OnlineBlock(bid, kind, Attr.STATE, Source.USER), FLAG_INFERRED)
+
+    def remember(self, blocks: dict[int, BlockInfo]) -> None:
+        """Keep each offline block's first valid zone: the zone the policy would give it (valid_zones_show)."""
+        self.default_zone.update({b: i.valid_zones[0] for b, i in blocks.items() if i.state is BlockState.OFFLINE and i.valid_zones})
+
+    def read_block(self, bid: int) -> BlockInfo | None:
+        """One block as sysfs shows it now (remembered as the policy's default if offline)."""
+        info = self.host.block(bid)
+        if info is not None:
+            self.remember({bid: info})
+        return info
 
     def sync_params(self) -> None:
         """Parameter files that changed since the last look: a write happened (inferred)."""
@@ -524,10 +551,11 @@ class Recorder:
         """What sysfs and /proc/zoneinfo show now: the touched blocks (``full``: every block, and a digest) and every zone."""
         if full:
             blocks = self.host.blocks()
+            self.remember(blocks)
             return observe_all(blocks, self.host.zones(), gone=self.touched - set(blocks))
         out: list[Event] = []
         for b in sorted(self.touched):
-            i = self.host.block(b)
+            i = self.read_block(b)
             out.append(BlockObserved(b, BlockState.ABSENT, -1, ()) if i is None else BlockObserved(b, i.state, i.node, i.valid_zones))
         out += [ZoneObserved(z.node, z.zone, z.present, z.spanned, z.start_pfn, z.managed) for z in self.host.zones()]
         return out
@@ -685,7 +713,7 @@ def loop(
     next_zones = time.monotonic() + zone_interval
     batch: list[dict[str, str]] = []
     while not stopped() and (end is None or time.monotonic() < end):
-        waits: list[Any] = [sock] + ([ctl.fd] if ctl else [])
+        waits: list[Any] = [sock] + ([ctl.fd] if ctl and not batch else [])  # a mark waits until the batch is quiet
         ready, _, _ = select.select(waits, [], [], QUIET_S if batch or rec.touched else 1.0)
         if sock in ready:
             lost = receive(sock, batch)

@@ -42,6 +42,7 @@ from traces.events import (
     BootGroup,
     BootMachine,
     BootParams,
+    BootUnknown,
     BootZone,
     Event,
     GroupRegister,
@@ -54,6 +55,7 @@ from traces.events import (
     Param,
     ParamWrite,
     RemoveMemory,
+    UnknownFact,
 )
 
 
@@ -73,6 +75,7 @@ class Kernel:
         self.m.params.auto_online_blocks = profile.default_online_type
         self.index = -1
         self.running = False  # a request was applied: the boot snapshot is complete
+        self.unknown: set[tuple[UnknownFact, int]] = set()  # the snapshot's boot_unknown facts (fact, mgid)
         self.oracles = Oracles(self.m) if oracles else None
 
     @property
@@ -125,6 +128,8 @@ class Kernel:
                     raise SnapshotError(self.index, f"{upper} starts at {upper.zone_start_pfn}, inside {lower} (which ends at {lower.zone_end_pfn})")
             for z in node.zones:
                 pages, early = held.get((node.nid, int(z.idx)), (0, 0))
+                if (UnknownFact.PRESENT_PAGES, -1) in self.unknown:
+                    continue  # blocks taken as fully present: their pages need not add up to the zone's
                 if z.present_pages < pages or z.present_early_pages < early or z.present_pages - z.present_early_pages < pages - early:
                     raise SnapshotError(
                         self.index,
@@ -240,6 +245,11 @@ class Kernel:
         m.resources.sort()
         return 0
 
+    def _boot_unknown(self, ev: BootUnknown) -> int:
+        self._booting(ev)
+        self.unknown.add((ev.fact, ev.mgid if ev.fact is UnknownFact.GROUP_UNIT else -1))
+        return 0
+
     # --- requests ----------------------------------------------------------------------------------
 
     def _param_write(self, ev: ParamWrite) -> int:
@@ -272,6 +282,7 @@ HANDLERS: dict[type[Event], Callable[[Kernel, Event], int]] = {
     BootZone: Kernel._boot_zone,
     BootGroup: Kernel._boot_group,
     BootBlocks: Kernel._boot_blocks,
+    BootUnknown: Kernel._boot_unknown,
     ParamWrite: Kernel._param_write,
     GroupRegister: lambda k, ev: memory_group_register(k.m, ev.dynamic, ev.node, ev.pages),
     GroupUnregister: lambda k, ev: memory_group_unregister(k.m, ev.mgid),

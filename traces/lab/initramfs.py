@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,12 +305,14 @@ def build_initramfs(kernel: KernelPaths, busybox: Path | None = None) -> Path:
     digest = hashlib.sha256(blob).hexdigest()[:16]
     out = cache_dir() / "initramfs" / f"{kernel.release}-{digest}.cpio.gz"
     if out.is_file():
+        os.utime(out)  # in use: kept by the pruning below
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     tmp.write_bytes(gzip.compress(blob, compresslevel=1, mtime=0))
-    tmp.rename(out)
-    for old in out.parent.glob(f"{kernel.release}-*.cpio.gz"):
-        if old != out:
-            old.unlink(missing_ok=True)  # an older build for the same kernel
+    tmp.replace(out)
+    week = time.time() - 7 * 86400
+    for old in out.parent.glob("*.cpio.gz"):  # builds of other code, unused for a week (several checkouts share the cache)
+        if old != out and old.stat().st_mtime < week:
+            old.unlink(missing_ok=True)
     return out

@@ -22,7 +22,7 @@ from typing import Any
 from traces.atomic import atomic_write
 from traces.lab.initramfs import build_initramfs
 from traces.lab.qemu import Guest, GuestConfig, LabError, QmpCommandError
-from traces.lab.setup import KERNELS, KernelPaths, cached_kernel
+from traces.lab.setup import KERNELS, KernelPaths, LabSetupError, cached_kernel
 from traces.machines import MachinePreset
 from traces.scenario import Scenario, ScenarioError, Step, load_scenario
 
@@ -429,7 +429,7 @@ def run_corpus(
                 else:
                     obs = run_scenario(path, kernel, Path(out_dir) / kernel / f"{name}.json", verbose)
                     entry.update(boot_s=obs["results"][0]["boot_s"], wall_s=obs["wall_s"], steps=len(obs["results"]) - 1)
-            except (LabError, ScenarioError, OSError) as e:
+            except (LabError, LabSetupError, ScenarioError, OSError) as e:
                 entry.update(error=str(e), wall_s=round(time.monotonic() - t0, 1))
                 log(f"{kernel} {name}: FAILED after {entry['wall_s']} s: {e}")
             else:

@@ -15,6 +15,8 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
+import time
 from collections.abc import Iterator
 from importlib.metadata import requires
 from pathlib import Path
@@ -123,35 +125,44 @@ def pinned(dist: str, name: str) -> str:
 
 
 def overlay_tree() -> Path:
-    """This checkout installed for the guest's Python (pip --target, no dependencies but construct), cached by digest."""
+    """This checkout installed for the guest's Python (pip --target, no dependencies but construct), cached by digest.
+
+    Built in a private temporary folder and renamed into place, so lab runs of several checkouts at once do not mix."""
     src = project_root()
     target = userland_dir() / f"project-{project_digest(src)}"
     if (target / "usr/bin/mhp").is_file():
+        os.utime(target)  # in use: kept by the pruning below
         return target
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build = userland_dir() / "build"
-    shutil.rmtree(build, ignore_errors=True)
-    for part in PROJECT_PARTS:  # pip builds in place: a copy keeps build/ and *.egg-info out of the checkout
-        p = src / part
-        if p.is_file():
-            build.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, build / part)
-        else:
-            shutil.copytree(p, build / part, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(src / "README.md", build / "README.md")
-    construct = pinned("mhp-replay", "construct")
-    _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(tmp / SITE), str(build), construct])
-    shutil.rmtree(build, ignore_errors=True)
-    shutil.rmtree(tmp / SITE / "bin", ignore_errors=True)  # pip's scripts name the host's interpreter
-    compile_tree(tmp / SITE)
-    (tmp / "usr/bin").mkdir(parents=True)
-    (tmp / "usr/bin/mhp").write_text(ENTRY)
-    (tmp / "usr/bin/mhp").chmod(0o755)
-    for old in userland_dir().glob("project-*"):
-        if old not in (tmp, target):
+    userland_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=userland_dir()))
+    try:
+        build, tmp = work / "src", work / "root"
+        for part in PROJECT_PARTS:  # pip builds in place: a copy keeps build/ and *.egg-info out of the checkout
+            p = src / part
+            if p.is_file():
+                build.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, build / part)
+            else:
+                shutil.copytree(p, build / part, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(src / "README.md", build / "README.md")
+        construct = pinned("mhp-replay", "construct")
+        _run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(tmp / SITE), str(build), construct])
+        shutil.rmtree(tmp / SITE / "bin", ignore_errors=True)  # pip's scripts name the host's interpreter
+        compile_tree(tmp / SITE)
+        (tmp / "usr/bin").mkdir(parents=True)
+        (tmp / "usr/bin/mhp").write_text(ENTRY)
+        (tmp / "usr/bin/mhp").chmod(0o755)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / "usr/bin/mhp").is_file():  # not another run's finished copy of the same code
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    week = time.time() - 7 * 86400
+    for old in userland_dir().glob("project-*"):  # other checkouts' copies, unused for a week
+        if old != target and old.stat().st_mtime < week:
             shutil.rmtree(old, ignore_errors=True)
-    tmp.rename(target)
     return target
 
 

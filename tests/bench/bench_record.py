@@ -297,6 +297,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"this machine while idle: {idle_load}")
     print(f"writes: {len(writes)}, {len(failed)} failed{': ' + failed[0].message if failed else ''}; each write took {spread(write_ms)}")
     print(f"write return -> its request record: {spread(to_record)} (n={len(to_record)})")
+    print(f"write start -> its request record (the uevent lies between start and return): {spread([d + w for d, w in zip(to_record, write_ms, strict=True)])}")
     print(f"write return -> the block's next observation: {spread(to_obs)}")
     done = [w.action for w in writes if w.rc == 0]
     for action, (h, o) in cost.items():

@@ -1,0 +1,338 @@
+"""``mhp replay --cluster``: a fleet's traces replayed on Dask workers into one fleet report.
+
+Inputs are paths, globs, directories (their ``*.mhpt`` files) and fsspec URLs (``file://``,
+``s3://`` with ``pip install 'mhp-replay[s3]'``, ...). The client only lists them; each worker
+opens its traces itself and replays them with ``replay_file``, so traces stream from storage to the
+worker that replays them. The client keeps a bounded number of batches in flight and merges each
+trace's summary into a ``FleetReport`` as it arrives; ``--results DIR`` stores the summaries so
+that a rerun skips what is done. A batch lost with a killed worker is replayed elsewhere by Dask;
+each input index is merged at most once.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from replay.fleet_report import FleetReport, summarise
+from replay.fleet_store import ResultStore
+from replay.replayer import replay_file
+from replay.report import TraceResult
+from traces.errors import TraceFormatError
+from traces.header import FIXED_HEADER_SIZE, parse_fixed_header, parse_header
+
+_GLOB = re.compile(r"[*?[]")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*(::[A-Za-z][A-Za-z0-9+.-]*)*://")
+HASH_BLOCK = 1 << 20
+BATCHES_PER_THREAD = 8  # batch size: about this many batches per worker thread ...
+MAX_BATCH = 16  # ... but no more traces than this in one
+IN_FLIGHT_PER_THREAD = 4  # batches submitted and not yet merged, per worker thread
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input trace: ``path`` as reports name it, ``url`` what a worker opens."""
+
+    path: str
+    url: str
+
+
+# --- inputs (client side) ---------------------------------------------------------------------
+
+
+def expand(args: list[str]) -> list[Source]:
+    """Paths, globs, directories and fsspec URLs -> traces, in argument order, each once."""
+    out: dict[str, Source] = {}
+    for arg in args:
+        if arg == "/dev/stdin":
+            raise ValueError("standard input (-) cannot be replayed on a cluster: give paths or URLs")
+        found = _expand_url(arg) if _URL.match(arg) else _expand_local(arg)
+        if not found:
+            raise FileNotFoundError(f"{arg}: no trace matches")
+        for s in found:
+            out.setdefault(s.path, s)
+    return list(out.values())
+
+
+def _expand_local(arg: str) -> list[Source]:
+    if os.path.isdir(arg):
+        names = sorted(glob.glob(os.path.join(glob.escape(arg), "**", "*.mhpt"), recursive=True))
+    elif _GLOB.search(arg) and not os.path.exists(arg):
+        names = sorted(glob.glob(arg, recursive=True))
+    else:
+        names = [arg]  # a missing file is the worker's "cannot open" error, as for mhp replay
+    return [Source(n, os.path.abspath(n)) for n in names]
+
+
+def _expand_url(arg: str) -> list[Source]:
+    fs, path = _filesystem(arg)
+    protocol = arg.split("://", 1)[0]
+    if _GLOB.search(path):
+        names = sorted(fs.glob(path))
+    elif fs.isdir(path):
+        names = sorted(p for p in fs.find(path) if p.endswith(".mhpt"))
+    else:
+        return [Source(arg, arg)]
+    urls = [_unstrip(protocol, fs, n) for n in names]
+    return [Source(u, u) for u in urls]
+
+
+def _unstrip(protocol: str, fs: Any, name: str) -> str:
+    if "::" in protocol:  # a chained URL (simplecache::s3://...): keep the chain
+        return f"{protocol.rsplit('::', 1)[0]}::{fs.unstrip_protocol(name)}"
+    return str(fs.unstrip_protocol(name))
+
+
+def _filesystem(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem for ``url``; ValueError naming the package a protocol needs."""
+    import fsspec.core
+
+    try:
+        return fsspec.core.url_to_fs(url)  # type: ignore[no-any-return]
+    except ImportError as e:
+        protocol = url.split("://", 1)[0].rsplit("::", 1)[-1]
+        extra = " (pip install 'mhp-replay[s3]')" if protocol in ("s3", "s3a") else ""
+        raise ValueError(f"{url}: the {protocol}:// protocol needs an fsspec package that is not installed: {e}{extra}") from None
+    except ValueError as e:
+        raise ValueError(f"{url}: {e}") from None
+
+
+# --- one trace (worker side) -----------------------------------------------------------------
+
+
+class _Named:
+    """A binary file that reports under the trace's input name (error messages name what was given)."""
+
+    def __init__(self, f: Any, name: str) -> None:
+        self.f = f
+        self.name = name
+
+    def read(self, n: int = -1) -> bytes:
+        return self.f.read(n)  # type: ignore[no-any-return]
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self.f.seek(pos, whence)  # type: ignore[no-any-return]
+
+    def tell(self) -> int:
+        return self.f.tell()  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> _Named:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_source(url: str) -> BinaryIO:
+    """Open a local path or an fsspec URL for reading."""
+    if not _URL.match(url):
+        return open(url, "rb")
+    import fsspec
+
+    return fsspec.open(url, "rb").open()  # type: ignore[no-any-return]
+
+
+def content_digest(f: BinaryIO) -> str:
+    """blake2b-128 of the file's bytes, read from its start in blocks."""
+    h = hashlib.blake2b(digest_size=16)
+    f.seek(0)
+    while block := f.read(HASH_BLOCK):
+        h.update(block)
+    return h.hexdigest()
+
+
+def kernel_release(f: BinaryIO) -> str:
+    """The kernel release the trace's header names ("" if the header cannot be read)."""
+    f.seek(0)
+    try:
+        head = f.read(FIXED_HEADER_SIZE)
+        length = parse_fixed_header(head)[2]
+        return parse_header(head + f.read(length - len(head))).kernel_release
+    except (TraceFormatError, ValueError):
+        return ""
+
+
+def failed(path: str, why: str) -> dict[str, Any]:
+    """The summary of a trace that could not be replayed at all."""
+    return summarise(TraceResult(path, error=str(TraceFormatError(why, path=path))).to_json(), "", "")
+
+
+def replay_source(path: str, url: str, known: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Open, digest and replay one trace; ``{"path", "digest", "skipped": True}`` if its digest is ``known``."""
+    try:
+        f = open_source(url)
+    except (OSError, ValueError, ImportError) as e:
+        return failed(path, f"cannot open: {getattr(e, 'strerror', None) or e}")
+    with _Named(f, path) as source:
+        try:
+            digest = content_digest(source)
+        except OSError as e:
+            return failed(path, f"cannot read: {e.strerror or e}")
+        if digest == known:
+            return {"path": path, "digest": digest, "skipped": True}
+        release = kernel_release(source)
+        source.seek(0)
+        result = replay_file(path, source=source, **options)  # type: ignore[arg-type]
+    return summarise(result.to_json(), release, digest)
+
+
+def replay_batch(batch: list[tuple[str, str, str | None]], options: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Dask task: several traces, one summary each, in batch order."""
+    return [replay_source(path, url, known, options) for path, url, known in batch]
+
+
+# --- the cluster (client side) ---------------------------------------------------------------
+
+
+def parse_cluster(spec: str) -> tuple[str, int | None]:
+    """``local[:N]`` -> ("local", N or None); ``tcp://HOST:PORT`` (any Dask address) -> (address, None)."""
+    if spec == "local" or spec.startswith("local:"):
+        n = spec[6:]
+        if spec != "local" and not (n.isdigit() and int(n) >= 1):
+            raise ValueError(f"--cluster {spec}: expected local or local:N with N >= 1 workers")
+        return "local", int(n) if n else None
+    if re.match(r"^(tcp|tls|inproc|ucx|ws|wss)://[^/]+$", spec):
+        return spec, None
+    raise ValueError(f"--cluster {spec}: expected local, local:N or a scheduler address such as tcp://HOST:PORT")
+
+
+@contextmanager
+def connect(spec: str, connect_timeout: float = 10.0) -> Iterator[Any]:
+    """A Dask client: on a new LocalCluster of N single-threaded worker processes, or a running scheduler."""
+    from distributed import Client, LocalCluster
+
+    address, n = parse_cluster(spec)
+    if address == "local":
+        workers = n or os.cpu_count() or 1
+        local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+        with local as cluster, Client(cluster) as client:
+            yield client
+        return
+    try:
+        client = Client(address, timeout=connect_timeout)
+    except (OSError, TimeoutError) as e:
+        raise ValueError(f"--cluster {spec}: cannot reach the scheduler: {e}") from None
+    with client:
+        try:
+            client.wait_for_workers(1, timeout=connect_timeout)
+        except TimeoutError:
+            raise ValueError(f"--cluster {spec}: the scheduler has no workers (waited {connect_timeout:.0f} s)") from None
+        yield client
+
+
+def batch_size(traces: int, threads: int) -> int:
+    """Traces per task: enough tasks for every thread to stay busy, few enough to amortise scheduling."""
+    return max(1, min(MAX_BATCH, -(-traces // max(1, threads * BATCHES_PER_THREAD))))
+
+
+def run_fleet(
+    args: list[str],
+    cluster: str,
+    *,
+    results: str | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool = False,
+    batch: int | None = None,
+) -> FleetReport:
+    """Replay every trace ``args`` name on ``cluster`` and merge them into one report."""
+    options = dict(options or {})
+    sources = expand(args)
+    store = ResultStore(results, options) if results else None
+    t0 = time.perf_counter()
+    with connect(cluster) as client:
+        workers = client.scheduler_info()["workers"]
+        threads = sum(w["nthreads"] for w in workers.values()) or 1
+        startup = time.perf_counter() - t0
+        size = batch or batch_size(len(sources), threads)
+        report = FleetReport()
+        t1 = time.perf_counter()
+        replayed, skipped, events = _drive(client, sources, store, options, report, size, IN_FLIGHT_PER_THREAD * threads, progress)
+        seconds = time.perf_counter() - t1
+    report.run = {
+        "cluster": cluster,
+        "workers": len(workers),
+        "threads": threads,
+        "traces": len(sources),
+        "replayed": replayed,
+        "skipped": skipped,
+        "batch": size,
+        "startup_seconds": round(startup, 3),
+        "seconds": round(seconds, 3),
+        "events_per_s": round(events / seconds) if seconds else 0,
+    }
+    return report
+
+
+def _drive(
+    client: Any, sources: list[Source], store: ResultStore | None, options: dict[str, Any], report: FleetReport, size: int, in_flight: int, progress: bool
+) -> tuple[int, int, int]:
+    """Submit batches, at most ``in_flight`` at a time; merge (and store) each trace once as its batch completes."""
+    from distributed import as_completed
+
+    done = bytearray(len(sources))
+    pending: dict[str, tuple[int, list[dict[str, Any] | None]]] = {}  # future key -> (first index, stored summaries)
+    queue = as_completed([], with_results=False)
+    bar = _bar(len(sources), progress)
+    replayed = skipped = events = 0
+    starts = iter(range(0, len(sources), size))
+
+    def submit() -> None:
+        start = next(starts, None)
+        if start is None:
+            return
+        chunk = sources[start : start + size]
+        stored = [store.load(s.path) if store else None for s in chunk]
+        work = [(s.path, s.url, st["digest"] if st else None) for s, st in zip(chunk, stored, strict=True)]
+        future = client.submit(replay_batch, work, options, pure=False)
+        pending[future.key] = (start, stored)
+        queue.add(future)
+
+    for _ in range(in_flight):
+        submit()
+    for future in queue:
+        start, stored = pending.pop(future.key)
+        try:
+            summaries = future.result()
+        except Exception as e:  # the batch failed on the cluster (e.g. its workers kept dying): an error per trace, not stored
+            why = f"replay failed on the cluster: {type(e).__name__}: {e}"
+            summaries = [failed(sources[i].path, why) for i in range(start, start + len(stored))]
+        future.release()
+        for i, (s, st) in enumerate(zip(summaries, stored, strict=True), start):
+            if done[i]:
+                continue
+            done[i] = 1
+            if s.get("skipped") and st is not None:
+                s = st
+                skipped += 1
+            else:
+                replayed += 1
+                events += s["events"]
+                if store and s["digest"]:
+                    store.save(s)
+            report.add(i, s)
+        if bar:
+            bar.update(len(summaries))
+        submit()
+    if bar:
+        bar.close()
+    return replayed, skipped, events
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="fleet", unit="trace", leave=False, file=sys.stderr)

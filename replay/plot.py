@@ -159,11 +159,14 @@ def plot_fleet(report_path: str, out: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RuntimeError("mhp plot needs matplotlib: pip install 'mhp-replay[plot]'") from None
-    with open(report_path, encoding="utf-8") as f:
-        try:
-            report = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{report_path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from None
+    with open(report_path, "rb") as f:
+        data = f.read()
+    try:
+        report = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{report_path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{report_path}: byte {e.start}: not JSON (not UTF-8 text)") from None
     try:
         names, releases, grid = fleet_grid(report if isinstance(report, dict) else {})
     except ValueError as e:

@@ -245,14 +245,14 @@ def test_a_worker_killed_mid_run_loses_nothing_and_doubles_nothing(
         assert time.monotonic() < deadline, "the third worker did not join"
         time.sleep(0.05)
     address = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "victim")
-    held: list[str] = []
+    held: list[Any] = []
 
     def kill_when_busy() -> None:  # kill -9 the victim while the scheduler has tasks processing on it
         end = time.monotonic() + WAIT
         while time.monotonic() < end and victim.poll() is None:
             keys = client.processing([address]).get(address, [])
             if keys:
-                held.extend(str(k) for k in keys)
+                held.extend(keys)
                 victim.send_signal(signal.SIGKILL)
                 return
             time.sleep(0.005)

@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from replay.fleet_report import FleetReport, summarise
 from replay.fleet_store import ResultStore
@@ -179,7 +179,7 @@ def replay_source(path: str, url: str, known: str | None, options: dict[str, Any
         f = open_source(url)
     except (OSError, ValueError, ImportError) as e:
         return failed(path, f"cannot open: {getattr(e, 'strerror', None) or e}")
-    with _Named(f, path) as source:
+    with cast(BinaryIO, _Named(f, path)) as source:
         try:
             digest = content_digest(source)
         except OSError as e:
@@ -188,7 +188,7 @@ def replay_source(path: str, url: str, known: str | None, options: dict[str, Any
             return {"path": path, "digest": digest, "skipped": True}
         release = kernel_release(source)
         source.seek(0)
-        result = replay_file(path, source=source, **options)  # type: ignore[arg-type]
+        result = replay_file(path, source=source, **options)
     return summarise(result.to_json(), release, digest)
 
 

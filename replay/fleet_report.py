@@ -18,10 +18,10 @@ _FIGURES = ("traces", "events", "observations", "matched", "divergences", "findi
 
 def summarise(result: dict[str, Any], release: str, digest: str) -> dict[str, Any]:
     """A trace's summary (what the fleet keeps of it) from its ``TraceResult.to_json()``."""
-    findings = {}
+    findings: dict[str, dict[str, Any]] = {}
     for f in result["findings"]:  # the first finding of each signature, in trace order
         findings.setdefault(f["signature"], {"event_index": f["event_index"], "message": f["message"]})
-    divergences = {}
+    divergences: dict[str, dict[str, Any]] = {}
     for d in result["divergences"]:
         divergences.setdefault(d["kind"], {"event_index": d["index"], "event": d["event"]})
     return {

@@ -108,8 +108,8 @@ def main() -> int:
             assert r["events"] == events, "the fleet replayed other events than -j 1"
             runs[cluster, batch] = r
             label = f"{cluster} (batch {r['batch']})"
-            cpu = f"CPU s: workers {r['worker_cpu']:.2f}, client+scheduler {r['client_cpu']:.2f}"
-            took = f"{r['seconds']:.2f} s replaying + {r['startup']:.2f} s start-up; {cpu}"
+            spent = f"CPU s: workers {r['worker_cpu']:.2f}, client+scheduler {r['client_cpu']:.2f}"
+            took = f"{r['seconds']:.2f} s replaying + {r['startup']:.2f} s start-up; {spent}"
             print(f"{label:<28} {r['events_per_s']:>9,} events/s ({took})")
         one, two, single = runs["local:1", None], runs["local:2", None], runs["local:1", 1]
         print(f"speed-up local:2 vs -j 1: {j1 / two['seconds']:.2f}x (target >= 1.8x); local:2 vs local:1: {one['seconds'] / two['seconds']:.2f}x")

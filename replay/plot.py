@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from replay.model.kernel import Kernel
 from replay.model.machine import MEM_ONLINE, ZONE_MOVABLE
@@ -79,15 +80,10 @@ def sample(path: str, profile: str | None = None, max_samples: int = 400) -> Sam
 
 def plot(path: str, out: str, profile: str | None = None, title: str | None = None) -> None:
     """Write the picture (PNG, or anything matplotlib writes) atomically."""
-    try:
-        import matplotlib
+    plt = _pyplot()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import BoundaryNorm, ListedColormap
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise RuntimeError("mhp plot needs matplotlib: pip install 'mhp-replay[plot]'") from None
     s = sample(path, profile)
     width = s.last_block - s.first_block + 1
     grid = [[row.get(b, ABSENT) for b in range(s.first_block, s.last_block + 1)] for row in s.rows]
@@ -123,6 +119,23 @@ def plot(path: str, out: str, profile: str | None = None, title: str | None = No
     ax2.set_xlim(xs[0], xs[-1] if len(xs) > 1 else xs[0] + 1)
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     ax2.grid(alpha=0.3)
+    _save(plt, fig, out)
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; RuntimeError naming the extra if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("mhp plot needs matplotlib: pip install 'mhp-replay[plot]'") from None
+    return plt
+
+
+def _save(plt: Any, fig: Any, out: str) -> None:
+    """Lay out and write the figure atomically (the format from the file name, else PNG), then free it."""
     fig.tight_layout()
     try:
         with atomic_path(out) as tmp:
@@ -152,13 +165,7 @@ def plot_fleet(report_path: str, out: str) -> None:
     """Findings per signature (and divergences per kind) by kernel release, from a fleet report, written atomically."""
     import json
 
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise RuntimeError("mhp plot needs matplotlib: pip install 'mhp-replay[plot]'") from None
+    plt = _pyplot()
     with open(report_path, "rb") as f:
         data = f.read()
     try:
@@ -185,9 +192,4 @@ def plot_fleet(report_path: str, out: str) -> None:
         ax.set_yticks([])
     ax.set_xticks(range(len(releases)), [f"{r}\n({traces[r]:,} traces)" for r in releases], fontsize=8)
     ax.set_title(f"{os.path.basename(report_path)}: findings per signature by kernel release")
-    fig.tight_layout()
-    try:
-        with atomic_path(out) as tmp:
-            fig.savefig(tmp, dpi=110, format=os.path.splitext(out)[1][1:] or "png")
-    finally:
-        plt.close(fig)
+    _save(plt, fig, out)

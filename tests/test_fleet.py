@@ -84,6 +84,12 @@ def _release(path: str) -> str:
         return ""
 
 
+def _tally(table: dict[str, Any], key: str, n: int, first: dict[str, Any]) -> None:
+    e = table.setdefault(key, {"count": 0, "traces": 0, "first": first})  # traces come in input order: the first stays
+    e["count"] += n
+    e["traces"] += 1
+
+
 def expected_fleet(paths: list[str]) -> dict[str, Any]:
     """The fleet report as mhp replay -j 1 --json's per-trace results make it (computed here, independently)."""
     rc, out, _ = mhp("replay", "-j", "1", "--json", *paths)
@@ -105,16 +111,10 @@ def expected_fleet(paths: list[str]) -> dict[str, Any]:
             g["sigs"].update(t["finding_signatures"])
         for sig, n in t["finding_signatures"].items():
             f = next(f for f in t["findings"] if f["signature"] == sig)
-            first = {"path": t["path"], "release": rel, "event_index": f["event_index"], "message": f["message"]}
-            e = sigs.setdefault(sig, {"count": 0, "traces": 0, "first": first})
-            e["count"] += n
-            e["traces"] += 1
+            _tally(sigs, sig, n, {"path": t["path"], "release": rel, "event_index": f["event_index"], "message": f["message"]})
         for kind, n in t["divergences_by_kind"].items():
             dv = next(d for d in t["divergences"] if d["kind"] == kind)
-            first = {"path": t["path"], "release": rel, "event_index": dv["index"], "event": dv["event"]}
-            e = kinds.setdefault(kind, {"count": 0, "traces": 0, "first": first})
-            e["count"] += n
-            e["traces"] += 1
+            _tally(kinds, kind, n, {"path": t["path"], "release": rel, "event_index": dv["index"], "event": dv["event"]})
         if bad:
             errors.append({"path": t["path"], "error": t["error"]})
 

@@ -36,8 +36,8 @@ from traces.header import FIXED_HEADER_SIZE, parse_fixed_header, parse_header
 _GLOB = re.compile(r"[*?[]")
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*(::[A-Za-z][A-Za-z0-9+.-]*)*://")
 HASH_BLOCK = 1 << 20
-BATCHES_PER_THREAD = 8  # batch size: about this many batches per worker thread ...
-MAX_BATCH = 16  # ... but no more traces than this in one
+GUIDE = 4  # guided self-scheduling: a batch is the traces not yet submitted / (GUIDE x worker threads) ...
+MAX_BATCH = 64  # ... but no more than this: large batches early (few tasks), small ones at the end (no long tail)
 IN_FLIGHT_PER_THREAD = 4  # batches submitted and not yet merged, per worker thread
 LOG_LENGTH = 50  # entries of Dask's low-level logs (recent messages, transitions) in this process
 
@@ -240,9 +240,11 @@ def connect(spec: str, connect_timeout: float = 10.0) -> Iterator[Any]:
             yield client
 
 
-def batch_size(traces: int, threads: int) -> int:
-    """Traces per task: enough tasks for every thread to stay busy, few enough to amortise scheduling."""
-    return max(1, min(MAX_BATCH, -(-traces // max(1, threads * BATCHES_PER_THREAD))))
+def batch_size(remaining: int, threads: int) -> int:
+    """Traces in the next task when ``remaining`` are not yet submitted: guided self-scheduling, so that
+    early tasks amortise Dask's cost per task (a few ms of client and scheduler time) and the last
+    ones are small enough for every thread to finish at about the same time."""
+    return max(1, min(MAX_BATCH, -(-remaining // max(1, threads * GUIDE))))
 
 
 def run_fleet(
@@ -295,50 +297,54 @@ def replay_on(
     options = dict(options or {})
     workers = client.scheduler_info()["workers"]
     threads = sum(w["nthreads"] for w in workers.values()) or 1
-    size = batch or batch_size(len(sources), threads)
     report = FleetReport()
     t0 = time.perf_counter()
-    replayed, skipped, events = _drive(client, sources, store, options, report, size, IN_FLIGHT_PER_THREAD * threads, progress)
+    figures = _drive(client, sources, store, options, report, batch, threads, progress)
     seconds = time.perf_counter() - t0
     report.run = {
         "workers": len(workers),
         "threads": threads,
         "traces": len(sources),
-        "replayed": replayed,
-        "skipped": skipped,
-        "batch": size,
+        **figures,
         "seconds": round(seconds, 3),
-        "events_per_s": round(events / seconds) if seconds else 0,
+        "events_per_s": round(figures["events"] / seconds) if seconds else 0,
     }
+    del report.run["events"]
     return report
 
 
 def _drive(
-    client: Any, sources: list[Source], store: ResultStore | None, options: dict[str, Any], report: FleetReport, size: int, in_flight: int, progress: bool
-) -> tuple[int, int, int]:
-    """Submit batches, at most ``in_flight`` at a time; merge (and store) each trace once as its batch completes."""
+    client: Any, sources: list[Source], store: ResultStore | None, options: dict[str, Any], report: FleetReport, batch: int | None, threads: int, progress: bool
+) -> dict[str, int]:
+    """Submit batches (``batch`` traces each, default batch_size), IN_FLIGHT_PER_THREAD per thread at a
+    time; merge (and store) each trace once as its batch completes. Returns replayed, skipped, events, tasks, largest batch."""
     from distributed import as_completed
 
     done = bytearray(len(sources))
     pending: dict[str, tuple[int, list[dict[str, Any] | None]]] = {}  # future key -> (first index, stored summaries)
     queue = as_completed([], with_results=False)
     bar = _bar(len(sources), progress)
-    replayed = skipped = events = 0
-    starts = iter(range(0, len(sources), size))
+    figures = {"replayed": 0, "skipped": 0, "events": 0, "tasks": 0, "batch": 0}
+    submitted = 0
     run = f"mhp-replay-{uuid.uuid4().hex}"
 
     def submit() -> None:
-        start = next(starts, None)
-        if start is None:
+        nonlocal submitted
+        start = submitted
+        if start >= len(sources):
             return
-        chunk = sources[start : start + size]
+        size = batch or batch_size(len(sources) - start, threads)
+        submitted = min(len(sources), start + size)
+        figures["tasks"] += 1
+        figures["batch"] = max(figures["batch"], size)
+        chunk = sources[start:submitted]
         stored = [store.load(s.path) if store else None for s in chunk]
         work = [(s.path, s.url, st["digest"] if st else None) for s, st in zip(chunk, stored, strict=True)]
         future = client.submit(replay_batch, work, options, key=(run, start))  # one task group per run: the scheduler's records stay small
         pending[future.key] = (start, stored)
         queue.add(future)
 
-    for _ in range(in_flight):
+    for _ in range(IN_FLIGHT_PER_THREAD * threads):
         submit()
     for future in queue:
         start, stored = pending.pop(future.key)
@@ -354,10 +360,10 @@ def _drive(
             done[i] = 1
             if s.get("skipped") and st is not None:
                 s = st
-                skipped += 1
+                figures["skipped"] += 1
             else:
-                replayed += 1
-                events += s["events"]
+                figures["replayed"] += 1
+                figures["events"] += s["events"]
                 if store and s["digest"]:
                     store.save(s)
             report.add(i, s)
@@ -366,7 +372,7 @@ def _drive(
         submit()
     if bar:
         bar.close()
-    return replayed, skipped, events
+    return figures
 
 
 def _bar(total: int, enabled: bool) -> Any:

@@ -369,7 +369,7 @@ def test_fleet_arguments_and_inputs(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert [s.url for s in expand(["s3://bucket/host1.mhpt"])] == ["s3://bucket/host1.mhpt"]
     assert parse_cluster("local") == ("local", None) and parse_cluster("local:3") == ("local", 3)
     assert parse_cluster("tcp://10.0.0.1:8786") == ("tcp://10.0.0.1:8786", None)
-    assert [batch_size(n, 2) for n in (1, 16, 17, 1000, 10**6)] == [1, 1, 2, 16, 16]
+    assert [batch_size(n, 2) for n in (1, 8, 9, 100, 1000, 10**6)] == [1, 1, 2, 13, 64, 64]
     # duplicates are replayed once; a directory is its *.mhpt files, recursively
     (tmp_path / "a" / "b").mkdir(parents=True)
     for name in ("a/x.mhpt", "a/b/y.mhpt", "a/b/notes.txt"):

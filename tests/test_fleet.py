@@ -25,7 +25,7 @@ import pytest
 from distributed import Client
 
 from replay.cli import main
-from replay.fleet import batch_size, expand, parse_cluster
+from replay.fleet import batch_size, expand, parse_cluster, run_fleet
 from replay.generate import generate_trace
 from traces.errors import TraceFormatError
 from traces.events import Result
@@ -332,6 +332,14 @@ def test_local_cluster_over_file_urls_resumes_from_results(fleet: list[str], tmp
     # other replay options are other results
     rc, out, _ = mhp("replay", "--cluster", "local:1", "--json", "--results", str(res), "--profile", "6.12", url)
     assert report_of(out)[1]["replayed"] == n
+
+
+def test_progress_comes_from_the_futures_as_they_complete(cluster: tuple[DaskCluster, Client], capsys: pytest.CaptureFixture[str]) -> None:
+    c, _ = cluster
+    report = run_fleet(REAL, c.address, progress=True)
+    err = capsys.readouterr().err
+    assert f"fleet:   0%|          | 0/{len(REAL)}" in err and "trace/s" in err
+    assert report.total.figures["traces"] == len(REAL) and report.run["replayed"] == len(REAL)
 
 
 def test_fleet_plot(fleet: list[str], expected: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

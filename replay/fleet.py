@@ -188,7 +188,12 @@ def replay_source(path: str, url: str, known: str | None, options: dict[str, Any
             return {"path": path, "digest": digest, "skipped": True}
         release = kernel_release(source)
         source.seek(0)
-        result = replay_file(path, source=source, **options)
+        try:
+            result = replay_file(path, source=source, **options)
+        except OSError as e:  # storage went away mid-trace: this trace is unreadable, the batch goes on
+            return failed(path, f"cannot read: {e.strerror or e}")
+        except Exception as e:  # a bug of the replayer: reported against this trace only (mhp replay -j 1 would stop)
+            return failed(path, f"the replay raised {type(e).__name__}: {e}")
     return summarise(result.to_json(), release, digest)
 
 

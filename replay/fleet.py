@@ -229,7 +229,8 @@ def connect(spec: str, connect_timeout: float = 10.0) -> Iterator[Any]:
     address, n = parse_cluster(spec)
     with dask.config.set({"distributed.admin.low-level-log-length": LOG_LENGTH}):
         if address == "local":
-            local = LocalCluster(n_workers=n or os.cpu_count() or 1, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+            workers = n or os.cpu_count() or 1
+            local = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None, silence_logs=logging.CRITICAL)
             with local as cluster, Client(cluster) as client:
                 yield client
             return

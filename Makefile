@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/mhp bench format
 	$(BIN)/mhp bench replay
 	$(BIN)/mhp bench fuzz
+	$(BIN)/mhp bench fleet
 
 SEEDS := seed-dimm seed-vmem contig-zones offline-fails dimm-manual-mix vmem-bbm memoryless-node stale-online-type
 # Seed traces from the simulator, and (as root) the real traces from the lab.

@@ -112,6 +112,8 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     """Replay traces through the model: 0 clean, 1 divergence or finding, 2 bad input."""
+    if args.cluster or args.results:
+        return replay_fleet(args)
     results = replay_many(
         args.traces,
         jobs=args.jobs,
@@ -146,6 +148,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if any(r.error for r in results):
         return 2
     return 1 if any(r.failed for r in results) else 0
+
+
+def replay_fleet(args: argparse.Namespace) -> int:
+    """``replay --cluster``: the fleet report (replay/fleet.py)."""
+    from replay.fleet import run_fleet
+
+    if not args.cluster:
+        raise ValueError("--results needs --cluster (local, local:N or tcp://HOST:PORT)")
+    if args.jobs != 1:
+        raise ValueError("-j and --cluster do not combine: --cluster local:N runs N worker processes")
+    options = {"profile": args.profile, "context": args.context, "max_divergences": args.max_divergences}
+    report = run_fleet(args.traces, args.cluster, results=args.results, options=options, progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(report.lines()))
+    return report.exit_code
 
 
 def trace_path(text: str) -> str:
@@ -215,9 +235,14 @@ def cmd_gen(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     """Blocks over events coloured by zone, and the ratio panel."""
-    from replay.plot import plot
+    from replay.plot import plot, plot_fleet
 
-    plot(args.trace, args.output, args.profile)
+    if (args.trace is None) == (args.fleet is None):
+        raise ValueError("give a TRACE or --fleet REPORT.json (the JSON of mhp replay --cluster ... --json)")
+    if args.fleet:
+        plot_fleet(args.fleet, args.output)
+    else:
+        plot(args.trace, args.output, args.profile)
     print(f"{args.output}: written", file=sys.stderr)
     return 0
 
@@ -339,8 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--trace", help="also write the events, with model-filled observations, as a .mhpt trace")
     s.set_defaults(func=cmd_simulate)
     s = sub.add_parser("replay", help="replay traces through the model, report divergences and findings")
-    s.add_argument("traces", nargs="+", type=trace_path, help="trace files (- : standard input)")
+    s.add_argument("traces", nargs="+", type=trace_path, help="trace files (- : standard input); with --cluster also globs, directories and fsspec URLs")
     s.add_argument("-j", "--jobs", type=positive, default=1, help="traces replayed in parallel processes")
+    s.add_argument("--cluster", help="replay on Dask: local[:N] (N worker processes) or tcp://HOST:PORT (a scheduler); prints the fleet report")
+    s.add_argument("--results", metavar="DIR", help="with --cluster: keep one result per trace in DIR; a rerun skips the traces done")
     s.add_argument("--json", action="store_true", help="the stable JSON report (docs/replay-json.md)")
     s.add_argument("--context", type=natural, default=8, help="events shown before a divergence")
     s.add_argument("--max-divergences", type=natural, default=20, help="divergences reported in full per trace")
@@ -353,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=PROFILE_NAMES)
     s.set_defaults(func=cmd_layout)
     s = sub.add_parser("plot", help="picture: blocks over events by zone, MOVABLE:KERNEL against the ratio (needs matplotlib)")
-    s.add_argument("trace", type=trace_path, help="trace file (- : standard input)")
+    s.add_argument("trace", nargs="?", type=trace_path, help="trace file (- : standard input)")
+    s.add_argument("--fleet", metavar="REPORT", help="instead of a trace: a fleet report (replay --cluster --json), signatures by kernel release")
     s.add_argument("-o", "--output", required=True, help="PNG (or any format matplotlib writes)")
     s.add_argument("--profile", choices=PROFILE_NAMES)
     s.set_defaults(func=cmd_plot)
@@ -409,8 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_minimize)
     s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
-    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, record: as root, in the lab); prints figures")
-    s.add_argument("what", choices=("model", "format", "replay", "fuzz", "record"))
+    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet, record: as root, in the lab); prints figures")
+    s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record"))
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     s.set_defaults(func=cmd_bench)
     s = sub.add_parser("dump", help="print a trace in its text form")

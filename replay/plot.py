@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from replay.model.kernel import Kernel
 from replay.model.machine import MEM_ONLINE, ZONE_MOVABLE
@@ -79,15 +80,10 @@ def sample(path: str, profile: str | None = None, max_samples: int = 400) -> Sam
 
 def plot(path: str, out: str, profile: str | None = None, title: str | None = None) -> None:
     """Write the picture (PNG, or anything matplotlib writes) atomically."""
-    try:
-        import matplotlib
+    plt = _pyplot()
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+    from matplotlib.patches import Patch
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.colors import BoundaryNorm, ListedColormap
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise RuntimeError("mhp plot needs matplotlib: pip install 'mhp-replay[plot]'") from None
     s = sample(path, profile)
     width = s.last_block - s.first_block + 1
     grid = [[row.get(b, ABSENT) for b in range(s.first_block, s.last_block + 1)] for row in s.rows]
@@ -123,9 +119,77 @@ def plot(path: str, out: str, profile: str | None = None, title: str | None = No
     ax2.set_xlim(xs[0], xs[-1] if len(xs) > 1 else xs[0] + 1)
     ax2.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=9)
     ax2.grid(alpha=0.3)
+    _save(plt, fig, out)
+
+
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend; RuntimeError naming the extra if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("mhp plot needs matplotlib: pip install 'mhp-replay[plot]'") from None
+    return plt
+
+
+def _save(plt: Any, fig: Any, out: str) -> None:
+    """Lay out and write the figure atomically (the format from the file name, else PNG), then free it."""
     fig.tight_layout()
     try:
         with atomic_path(out) as tmp:
             fig.savefig(tmp, dpi=110, format=os.path.splitext(out)[1][1:] or "png")
     finally:
         plt.close(fig)
+
+
+def fleet_grid(report: dict[str, object]) -> tuple[list[str], list[str], list[list[int]]]:
+    """(signatures, kernel releases, findings[signature][release]) of a fleet report's JSON;
+    divergence kinds come as ``divergence:KIND`` rows."""
+    by_release = report.get("by_release")
+    if not isinstance(by_release, dict):
+        raise ValueError("not a fleet report (the JSON of mhp replay --cluster ... --json): no by_release")
+    releases = sorted(by_release)
+    rows: dict[str, dict[str, int]] = {}
+    for rel, g in by_release.items():
+        for sig, n in g.get("finding_signatures", {}).items():
+            rows.setdefault(sig, {})[rel] = n
+        for kind, n in g.get("divergences_by_kind", {}).items():
+            rows.setdefault(f"divergence:{kind}", {})[rel] = n
+    names = sorted(rows)
+    return names, releases, [[rows[n].get(r, 0) for r in releases] for n in names]
+
+
+def plot_fleet(report_path: str, out: str) -> None:
+    """Findings per signature (and divergences per kind) by kernel release, from a fleet report, written atomically."""
+    import json
+
+    plt = _pyplot()
+    with open(report_path, "rb") as f:
+        data = f.read()
+    try:
+        report = json.loads(data)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{report_path}:{e.lineno}:{e.colno}: not JSON: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{report_path}: byte {e.start}: not JSON (not UTF-8 text)") from None
+    try:
+        names, releases, grid = fleet_grid(report if isinstance(report, dict) else {})
+    except ValueError as e:
+        raise ValueError(f"{report_path}: {e}") from None
+    traces = {r: report["by_release"][r].get("traces", 0) for r in releases}
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(releases) + 4), max(2.5, 0.42 * len(names) + 1.8)))
+    if names:
+        ax.imshow([[n or float("nan") for n in row] for row in grid], aspect="auto", cmap="YlOrRd", interpolation="nearest")
+        top = max(max(row) for row in grid)
+        for y, row in enumerate(grid):
+            for x, n in enumerate(row):
+                ax.text(x, y, f"{n:,}" if n else "", ha="center", va="center", fontsize=8, color="white" if n > top / 2 else "black")
+        ax.set_yticks(range(len(names)), names, fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no findings and no divergences", ha="center", va="center", transform=ax.transAxes)
+        ax.set_yticks([])
+    ax.set_xticks(range(len(releases)), [f"{r}\n({traces[r]:,} traces)" for r in releases], fontsize=8)
+    ax.set_title(f"{os.path.basename(report_path)}: findings per signature by kernel release")
+    _save(plt, fig, out)

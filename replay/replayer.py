@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any
+from typing import Any, BinaryIO
 
 from replay.model.kernel import Kernel, SnapshotError
 from replay.model.machine import ZONE_NONE
@@ -277,16 +277,18 @@ def pick_profile(release: str, profile: str | None = None) -> Choice:
 def replay_file(
     path: str,
     *,
+    source: BinaryIO | None = None,
     profile: str | None = None,
     context: int = 8,
     max_divergences: int = 20,
     oracles: bool = True,
     progress: Callable[[int], object] | None = None,
 ) -> TraceResult:
-    """Replay one trace file; bad input ends in ``result.error`` (what was replayed so far stays)."""
+    """Replay one trace file (or ``source``, an open binary file reported as ``path``); bad input
+    ends in ``result.error`` (what was replayed so far stays)."""
     t0 = time.perf_counter()
     try:
-        reader = TraceReader(path)
+        reader = TraceReader(path if source is None else source)
     except TraceFormatError as e:
         return TraceResult(path, error=str(e))
     with reader:
@@ -307,10 +309,11 @@ def replay_file(
             rp.finish()
         except TraceFormatError as e:
             rp.result.error = str(e.at(path=path, record=rp.index + 1))
+        size = os.path.getsize(path) if source is None else reader.f.seek(0, os.SEEK_END)
     res = rp.result
     res.events = rp.index + 1
     secs = time.perf_counter() - t0
-    res.stats = {"seconds": round(secs, 3), "events_per_s": round(res.events / secs) if secs else 0, "bytes": os.path.getsize(path)}
+    res.stats = {"seconds": round(secs, 3), "events_per_s": round(res.events / secs) if secs else 0, "bytes": size}
     return res
 
 

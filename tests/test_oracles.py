@@ -232,3 +232,17 @@ def test_snapshot_counting_a_hot_added_block_as_early_memory_is_refused() -> Non
     k = boot([*ideal_events(), BootBlocks(20, 1, 0, BlockState.ONLINE, ZoneType.DMA32, False, -1, 0, BP)])
     with pytest.raises(SnapshotError, match="32768 hot-added"):
         k.apply(Mark("snapshot complete"))
+
+
+@pytest.mark.parametrize(("dynamic", "pages"), [(True, 0), (True, 3 * 32768), (True, 16384), (False, 0)])
+def test_a_snapshot_group_no_kernel_registers_is_refused(dynamic: bool, pages: int) -> None:
+    """A dynamic unit that is no power of two of at least a block, or an empty group (the fuzzer found a zero unit
+    dividing the decision's pfn)."""
+    from replay.model.kernel import Kernel, SnapshotError
+    from replay.model.profiles import get_profile
+    from traces.events import BootGroup, BootMachine
+
+    k = Kernel(get_profile("6.1"))
+    k.apply(BootMachine(1 << 27, 1, 1))
+    with pytest.raises(SnapshotError, match="no .* a kernel registers"):
+        k.apply(BootGroup(0, 0, dynamic, pages))

@@ -202,6 +202,9 @@ class Kernel:
         m = self.m
         if ev.mgid < 0 or ev.mgid in m.groups:
             raise SnapshotError(self.index, f"group id {ev.mgid} invalid or defined twice")
+        if not ev.pages or (ev.dynamic and (ev.pages & (ev.pages - 1) or ev.pages < m.block_pages)):
+            # memory_group_register refuses such a group: no kernel holds one
+            raise SnapshotError(self.index, f"group {ev.mgid}: {ev.pages} pages is no {'dynamic unit' if ev.dynamic else 'static size'} a kernel registers")
         g = m.groups[ev.mgid] = MemoryGroup(ev.mgid, ev.node, ev.dynamic, ev.pages)
         if g.is_dynamic:
             update_dynamic_group_term(m, g)

@@ -244,5 +244,5 @@ def test_a_snapshot_group_no_kernel_registers_is_refused(dynamic: bool, pages: i
 
     k = Kernel(get_profile("6.1"))
     k.apply(BootMachine(1 << 27, 1, 1))
-    with pytest.raises(SnapshotError, match="no .* a kernel registers"):
+    with pytest.raises(SnapshotError, match=r"no .* a kernel registers"):
         k.apply(BootGroup(0, 0, dynamic, pages))

@@ -435,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time", type=seconds, default=60.0, help="time budget in seconds")
     s.add_argument("--max-replays", type=positive, default=50000)
     s.set_defaults(func=cmd_minimize)
-    s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12 kernels under QEMU (mhp lab --help)", add_help=False)
+    s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12/7.2 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
     s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet, record: as root, in the lab); prints figures")
     s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record"))

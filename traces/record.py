@@ -70,6 +70,7 @@ __all__ = ["Host", "HostSnapshot", "Recorder", "parse_node_list", "parse_uevent"
 NETLINK_KOBJECT_UEVENT = 15
 PAGE = 4096
 QUIET_S = 0.2  # uevents are handled once none arrived for this long
+SETTLE_TRIES = 50  # reads of a host that stays busy before an observation is given up
 ONLINE_TYPES = {name: t for t, name in ONLINE_TYPE_NAMES.items()}
 VMEM_ADD_FLAGS = AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE
 RUNTIME_PARAMS = {  # sysfs name -> the parameter a write to it sets (memmap_on_memory is read-only at run time)
@@ -740,11 +741,14 @@ def loop(
     rec.handle(batch)
     settle(rec, sock, [], full=True)
 def settle(rec: Recorder, sock: socket.socket, batch: list[dict[str, str]], full: bool, mark: str | None = None) -> None:
-    """Observe the quiet host (written only if no uevent arrived meanwhile, else handled first and read again)."""
-    for _ in range(50):
+    """Observe the quiet host: what was read counts only if no uevent arrived while it was read or within ``QUIET_S``
+    after (the kernel changes its counters a moment before it sends the uevent that says so); else the uevents are
+    handled and the host read again. A host that never stays quiet that long gets no partial observation (a mark's
+    full one is written all the same: the mark asked for it)."""
+    for _ in range(SETTLE_TRIES):
         rec.sync_params()
         obs = rec.observations(full)
-        ready, _, _ = select.select([sock], [], [], 0)
+        ready, _, _ = select.select([sock], [], [], QUIET_S)
         if not ready:
             break
         receive(sock, batch)
@@ -752,6 +756,9 @@ def settle(rec: Recorder, sock: socket.socket, batch: list[dict[str, str]], full
         receive(sock, batch)
         rec.handle(batch)
         batch.clear()
+    else:
+        if not full:
+            return  # still busy: the touched blocks are observed at the next quiet moment
     if mark is not None:
         rec.write(Mark(mark))
     for ev in obs:

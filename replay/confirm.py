@@ -1,0 +1,273 @@
+"""``mhp confirm``: a trace run on a real kernel in the lab and judged against the model.
+
+The trace becomes a scenario (replay/translate.py), the lab runs it on Debian's kernel with the guest's own recorder
+(traces/lab/run.py ``run_trace``), and the real trace is replayed. One verdict per trace and kernel:
+
+- ``confirmed``: the real trace replays with 0 divergences, the lab's writes got the results the model gives the
+  trace, the machine issued the trace's driver requests, and the real trace raises every finding signature the
+  trace raises (from its own observable state);
+- ``refuted``: the real kernel differs from the model: the first divergence of the real trace's replay, or a write
+  whose result the model predicts otherwise, or (kind ``signature``) the real run lacks a signature the trace raises;
+- ``inexpressible``: an event no real machine produces, and why (found by the translation, or by the run: the real
+  machine's drivers issued other requests than the trace's);
+- ``error``: the lab run failed or cannot be trusted (the recorder and the host's samples disagree).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from replay.model.profiles import get_profile
+from replay.replayer import replay_file
+from replay.report import Divergence, Mismatch
+from replay.translate import Obstacle, Translation, event_text, read_records, requests_with_rc, translate
+from traces.atomic import atomic_path, atomic_write
+from traces.codec import Record
+from traces.events import AddMemory, Event, OfflineAndRemoveMemory, RemoveMemory
+from traces.text import format_record
+
+KERNELS = ("6.1", "6.12")
+GUEST_STEPS = ("online", "offline", "param", "auto_online")
+
+
+@dataclass(slots=True)
+class Verdict:
+    """One trace on one kernel."""
+
+    trace: str
+    kernel: str
+    verdict: str  # confirmed | refuted | inexpressible | error
+    signatures_expected: list[str] = field(default_factory=list)
+    signatures_real: list[str] = field(default_factory=list)
+    divergence: dict[str, Any] | None = None
+    inexpressible: dict[str, Any] | None = None  # {index, event, why}: the first obstacle
+    obstacles: list[dict[str, Any]] = field(default_factory=list)  # every obstacle found (the machine's, then a request's)
+    real_trace: str | None = None
+    lab_s: float | None = None
+    package: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def line(self) -> str:
+        """A one-line summary."""
+        head = f"{self.trace} on {self.kernel}: {self.verdict}"
+        if self.inexpressible:
+            o = self.inexpressible
+            also = "".join(f"; also event {x['index']}: {x['why']}" for x in self.obstacles[1:])
+            return f"{head}: event {o['index']} ({o['event']}): {o['why']}{also}"
+        if self.divergence:
+            d = self.divergence
+            what = "; ".join(f"{m['field']}: model {m['model']!r}, kernel {m['observed']!r}" for m in d["mismatches"])
+            return f"{head}: {d['kind']} divergence at event {d['index']} ({d['event']}): {what}"
+        if self.error:
+            return f"{head}: {self.error}"
+        return f"{head}: signatures {', '.join(self.signatures_real) or 'none'} (expected {', '.join(self.signatures_expected) or 'none'})"
+
+
+def kernels_for(release: str) -> list[str]:
+    """The kernel series a trace's header names (``6.1.0-56-amd64`` -> 6.1), else every kernel the lab has."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    series = f"{m.group(1)}.{m.group(2)}" if m else ""
+    return [series] if series in KERNELS else list(KERNELS)
+
+
+def expected_signatures(path: str, kernel: str) -> list[str]:
+    """The finding signatures the trace raises on the kernel's model; ValueError for bad input."""
+    res = replay_file(path, profile=kernel)
+    if res.error:
+        raise ValueError(res.error)
+    return sorted(res.finding_signatures)
+
+
+def real_trace_path(path: str, kernel: str, out_dir: str | None) -> Path:
+    """Where the real trace of ``path`` on ``kernel`` is kept: ``<name>.<kernel>.real.mhpt`` beside it or in ``out_dir``."""
+    p = Path(path)
+    return Path(out_dir or p.parent) / f"{p.name.removesuffix('.mhpt')}.{kernel}.real.mhpt"
+
+
+def confirm(path: str, kernel: str, out_dir: str | None = None, verbose: bool = False) -> Verdict:
+    """Translate, run in the lab, judge; the real trace of a confirmed or refuted run is kept (real_trace_path)."""
+    from traces.lab.qemu import LabError
+    from traces.lab.run import run_trace
+    from traces.lab.setup import LabSetupError, cached_kernel
+    from traces.scenario import ScenarioError
+
+    v = Verdict(path, kernel, "error", expected_signatures(path, kernel))
+    recs = read_records(path)[1]
+    tr = translate(path, kernel, recs)
+    if tr.obstacle is not None:
+        return inexpressible(v, tr.obstacles)
+    assert tr.scenario is not None
+    with tempfile.TemporaryDirectory(prefix="mhp-confirm-") as tmp:
+        real, obs_path = Path(tmp) / "real.mhpt", Path(tmp) / "obs.json"
+        t0 = time.monotonic()
+        try:
+            kp = cached_kernel(kernel)
+            v.package = f"{kp.package} {kp.version}"
+            run_trace(tr.scenario.path, kernel, real, verbose, scenario=tr.scenario, obs_path=obs_path)
+        except (LabError, LabSetupError, ScenarioError, OSError) as e:
+            v.error = f"lab run failed: {e}"
+            return v
+        finally:
+            v.lab_s = round(time.monotonic() - t0, 1)
+        judge(v, tr, recs, str(real), json.loads(obs_path.read_text()))
+        if v.verdict in ("confirmed", "refuted"):
+            dest = real_trace_path(path, kernel, out_dir)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(dest) as t:
+                shutil.copyfile(real, t)
+            v.real_trace = str(dest)
+    return v
+
+
+def inexpressible(v: Verdict, obstacles: list[Obstacle]) -> Verdict:
+    v.verdict = "inexpressible"
+    v.obstacles = [o.to_json() for o in obstacles]
+    v.inexpressible = v.obstacles[0]
+    return v
+
+
+def judge(v: Verdict, tr: Translation, recs: list[Record], real: str, obs: dict[str, Any]) -> Verdict:
+    """The verdict of a finished lab run: ``real`` the guest's trace, ``obs`` the host's observation (traces/lab/run.py)."""
+    from traces.lab.agree import disagreements
+
+    res = replay_file(real)
+    if res.error:
+        v.error = f"the real trace: {res.error}"
+        return v
+    v.signatures_real = sorted(res.finding_signatures)
+    if res.divergence_count:
+        v.verdict, v.divergence = "refuted", res.divergences[0].to_json()
+        return v
+    odd = disagreements(real, obs)
+    if odd:
+        v.error = f"the guest's recorder and the host's samples disagree ({len(odd)}): {odd[0]}"
+        return v
+    obstacle = driver_difference(recs, real, tr.kernel)
+    if obstacle is not None:
+        return inexpressible(v, [obstacle])
+    div = write_difference(tr, recs, obs)
+    if div is None:
+        missing = sorted(set(v.signatures_expected) - set(v.signatures_real))
+        if missing:
+            div = Divergence("signature", -1, -1, 0, f"the real trace raises {', '.join(v.signatures_real) or 'no finding'}", None, [])
+            div.mismatches = [Mismatch("signatures", v.signatures_expected, v.signatures_real)]
+    if div is not None:
+        v.verdict, v.divergence = "refuted", div.to_json()
+        return v
+    v.verdict = "confirmed"
+    return v
+
+
+def _memory_requests(items: list[tuple[int, Event]]) -> list[tuple[int, Event, tuple[int, int, str]]]:
+    out = []
+    for i, ev in items:
+        if isinstance(ev, AddMemory):
+            out.append((i, ev, (ev.start, ev.size, "add")))
+        elif isinstance(ev, (RemoveMemory, OfflineAndRemoveMemory)):
+            out.append((i, ev, (ev.start, ev.size, "remove")))
+    return out
+
+
+def driver_difference(recs: list[Record], real: str, kernel: str) -> Obstacle | None:
+    """The first of the trace's successful hot-adds and removals the real machine did not do the same (None: all the same)."""
+    events = [r.event for r in recs]
+    mine = _memory_requests([(i, ev) for i, ev, rc in requests_with_rc(events, get_profile(kernel)) if rc == 0])
+    theirs = _memory_requests(list(enumerate(r.event for r in read_records(real)[1])))
+    for pos, (i, ev, key) in enumerate(mine):
+        if pos >= len(theirs):
+            return Obstacle(i, event_text(ev), f"the real {kernel} machine did no more hot-adds or removals after its last")
+        j, rev, rkey = theirs[pos]
+        if rkey != key:
+            return Obstacle(i, event_text(ev), f"the real {kernel} machine did {event_text(rev)} here (its trace's record {j})")
+    if len(theirs) > len(mine):
+        j, rev, _ = theirs[len(mine)]
+        last = mine[-1][0] if mine else len(recs) - 1
+        return Obstacle(last, event_text(recs[last].event), f"the real {kernel} machine also did {event_text(rev)} (its trace's record {j})")
+    return None
+
+
+def write_difference(tr: Translation, recs: list[Record], obs: dict[str, Any]) -> Divergence | None:
+    """The first sysfs write of the lab run whose success the model predicts otherwise for the trace's request."""
+    rcs = {i: rc for i, _, rc in requests_with_rc([r.event for r in recs], get_profile(tr.kernel))}
+    for k, (step, sources) in enumerate(zip(tr.doc["step"], tr.sources, strict=True)):
+        if not any(a in step for a in GUEST_STEPS):
+            continue
+        writes = obs["results"][k + 1].get("writes") or []
+        for i, (_, status, message) in zip(sources, writes, strict=False):
+            rc = rcs[i]
+            if (rc < 0) != (status != 0):
+                rec = recs[i]
+                event = f"step {k + 1}'s write: exit status {status}" + (f" ({message})" if message else "")
+                return Divergence("errno", i, rec.seq, rec.ts, event, format_record(rec), [Mismatch("rc", rc, f"status {status}: {message}" if status else 0)])
+    return None
+
+
+def record_verdict(v: Verdict, date: str | None = None) -> Path | None:
+    """Store the verdict in the trace's regression file (``<name>.json`` beside it, field ``verdicts``); None if it has none."""
+    p = Path(v.trace)
+    meta = p.with_name(p.name.removesuffix(".mhpt") + ".json")
+    if not meta.is_file():
+        return None
+    doc = json.loads(meta.read_text())
+    entry: dict[str, Any] = {"verdict": v.verdict, "date": date or datetime.date.today().isoformat(), "package": v.package}
+    if v.inexpressible:
+        entry["reason"] = v.inexpressible
+        if len(v.obstacles) > 1:
+            entry["also"] = v.obstacles[1:]
+    if v.divergence:
+        entry["divergence"] = v.divergence
+    if v.error:
+        entry["reason"] = v.error
+    if v.real_trace:
+        entry["real_trace"] = Path(v.real_trace).name
+        entry["signatures"] = {"expected": v.signatures_expected, "real": v.signatures_real}
+        entry["lab_s"] = v.lab_s
+    doc.setdefault("verdicts", {})[v.kernel] = entry
+    atomic_write(meta, json.dumps(doc, indent=1) + "\n")
+    return meta
+
+
+def exit_code(verdicts: list[Verdict]) -> int:
+    """0 all confirmed, 1 any refuted, 2 a run failed, 3 any inexpressible (none refuted)."""
+    kinds = {v.verdict for v in verdicts}
+    if "refuted" in kinds:
+        return 1
+    if "error" in kinds:
+        return 2
+    return 3 if "inexpressible" in kinds else 0
+
+
+def confirm_all(
+    traces: list[str], kernels: list[str] | None, out_dir: str | None = None, record: bool = False, verbose: bool = False, log: Any = None
+) -> list[Verdict]:
+    """Every trace on every kernel (default: the one its header names, else both); every input is checked first, so bad
+    input (ValueError naming the trace) stops before any lab run. ``record``: verdicts go to the regressions' files."""
+    for k in kernels or ():
+        if k not in KERNELS:
+            raise ValueError(f"--kernel {k}: expected one of {', '.join(KERNELS)}")
+    jobs = []
+    for t in traces:
+        release = read_records(t)[0]
+        for k in kernels or kernels_for(release):
+            expected_signatures(t, k)
+            jobs.append((t, k))
+    out = []
+    for t, k in jobs:
+        v = confirm(t, k, out_dir, verbose)
+        if record:
+            record_verdict(v)
+        if log is not None:
+            log(v)
+        out.append(v)
+    return out

@@ -15,10 +15,14 @@ The trace becomes a scenario (replay/translate.py), the lab runs it on Debian's 
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
+import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,12 +34,15 @@ from replay.replayer import replay_file
 from replay.report import Divergence, Mismatch
 from replay.translate import Obstacle, Translation, event_text, read_records, requests_with_rc, translate
 from traces.atomic import atomic_path, atomic_write
-from traces.codec import Record
-from traces.events import AddMemory, Event, OfflineAndRemoveMemory, RemoveMemory
+from traces.codec import FLAG_INFERRED, Record
+from traces.events import AddMemory, Event, Mark, OfflineAndRemoveMemory, OfflineBlock, OnlineBlock, ParamWrite, RemoveMemory, Result, StateDigest
+from traces.reader import TraceReader
 from traces.text import format_record
+from traces.writer import TraceWriter
 
 KERNELS = ("6.1", "6.12")
 GUEST_STEPS = ("online", "offline", "param", "auto_online")
+ERRNO_OF = {os.strerror(e): e for e in sorted(errno.errorcode, reverse=True)}  # strerror text -> errno (the lowest wins)
 
 
 @dataclass(slots=True)
@@ -114,18 +121,22 @@ def confirm(path: str, kernel: str, out_dir: str | None = None, verbose: bool = 
         try:
             kp = cached_kernel(kernel)
             v.package = f"{kp.package} {kp.version}"
-            run_trace(tr.scenario.path, kernel, real, verbose, scenario=tr.scenario, obs_path=obs_path)
+            with contextlib.redirect_stdout(sys.stderr):  # the lab's log: stdout is for verdicts
+                run_trace(tr.scenario.path, kernel, real, verbose, scenario=tr.scenario, obs_path=obs_path)
         except (LabError, LabSetupError, ScenarioError, OSError) as e:
             v.error = f"lab run failed: {e}"
             return v
         finally:
             v.lab_s = round(time.monotonic() - t0, 1)
-        judge(v, tr, recs, str(real), json.loads(obs_path.read_text()))
+        obs = json.loads(obs_path.read_text())
+        exact = Path(tmp) / "exact.mhpt"
+        with_lab_writes(str(real), str(exact), tr, recs, obs)
+        judge(v, tr, recs, str(exact), obs)
         if v.verdict in ("confirmed", "refuted"):
             dest = real_trace_path(path, kernel, out_dir)
             dest.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(dest) as t:
-                shutil.copyfile(real, t)
+                shutil.copyfile(exact, t)
             v.real_trace = str(dest)
     return v
 
@@ -211,6 +222,50 @@ def write_difference(tr: Translation, recs: list[Record], obs: dict[str, Any]) -
                 event = f"step {k + 1}'s write: exit status {status}" + (f" ({message})" if message else "")
                 return Divergence("errno", i, rec.seq, rec.ts, event, format_record(rec), [Mismatch("rc", rc, f"status {status}: {message}" if status else 0)])
     return None
+
+
+def write_rc(status: int, message: str) -> int | None:
+    """The kernel's answer to a lab write: 0, -errno from the shell's message (``sh: write error: Invalid argument``), or
+    None when the message names no errno."""
+    if status == 0:
+        return 0
+    e = ERRNO_OF.get(message.rsplit(": ", 1)[-1].strip())
+    return None if e is None else -e
+
+
+def with_lab_writes(real: str, out: str, tr: Translation, recs: list[Record], obs: dict[str, Any]) -> int:
+    """The guest's trace with each guest step's requests as the lab wrote them, each followed by the kernel's result,
+    in place of the recorder's inferences (it sees the zone a block went to, not the online type written, and no
+    failed write); returns the number of requests put in. They go right after the full observation that follows the
+    step's mark; everything else stays as the recorder wrote it."""
+    exact: dict[int, list[Event]] = {}
+    for k, (step, sources) in enumerate(zip(tr.doc["step"], tr.sources, strict=True)):
+        if any(a in step for a in GUEST_STEPS):
+            evs: list[Event] = []
+            for i, (_, status, message) in zip(sources, obs["results"][k + 1].get("writes") or [], strict=False):
+                ev = recs[i].event
+                evs.append(ev._replace(value=ev.value.removesuffix("\n")) if isinstance(ev, ParamWrite) else ev)
+                rc = write_rc(status, message)
+                if rc is not None:
+                    evs.append(Result(rc))
+            exact[k + 1] = evs
+    put = 0
+    with TraceReader(real) as r, TraceWriter(out, r.header) as w:
+        pending: list[Event] | None = None
+        for rec in r:
+            ev = rec.event
+            if isinstance(ev, Mark):
+                step = ev.text.split(":", 1)[0]
+                pending = exact.get(int(step[5:])) if step.startswith("step ") and step[5:].isdigit() else None
+            elif pending is not None and rec.flags & FLAG_INFERRED and isinstance(ev, (OnlineBlock, OfflineBlock, ParamWrite)):
+                continue  # the recorder's inference of a write the lab made
+            w.write(ev, ts=rec.ts, flags=rec.flags)
+            if pending and isinstance(ev, StateDigest):
+                for x in pending:
+                    w.write(x, ts=rec.ts)
+                put += sum(1 for x in pending if x.KIND == "request")
+                pending = []
+    return put
 
 
 def record_verdict(v: Verdict, date: str | None = None) -> Path | None:

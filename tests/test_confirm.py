@@ -1,0 +1,402 @@
+"""mhp confirm: traces as lab scenarios (what a real machine can produce and why not), the verdicts, the stored verdicts of
+the regressions, and one end-to-end run per kernel in the lab."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from replay.cli import main
+from replay.confirm import KERNELS, Verdict, driver_difference, exit_code, judge, kernels_for, real_trace_path
+from replay.model.params import boot_params_from_cmdline
+from replay.model.profiles import get_profile
+from replay.replayer import replay_file
+from replay.simulate import Simulation, simulate, trace_header
+from replay.translate import read_records, request_key, simulated_events, translate
+from traces.events import (
+    AddFlags,
+    AddMemory,
+    BlockObserved,
+    BlockState,
+    BootBlocks,
+    BootZone,
+    Event,
+    GroupRegister,
+    InjectFailure,
+    Mark,
+    OfflineAndRemoveMemory,
+    OnlineBlock,
+    Op,
+    Param,
+    ParamWrite,
+    RemoveMemory,
+    Source,
+    ZoneType,
+)
+from traces.lab.agree import marked_observations
+from traces.scenario import Scenario, load_scenario, parse_scenario
+from traces.writer import TraceWriter
+
+ROOT = Path(__file__).resolve().parent.parent
+REGRESSIONS = ROOT / "corpus" / "regressions"
+SCENARIOS = ROOT / "corpus" / "scenarios"
+REAL = ROOT / "corpus" / "real"
+REG_TRACES = sorted(p for p in REGRESSIONS.glob("*.mhpt") if not p.name.endswith(".real.mhpt"))
+REAL_TRACES = sorted(REAL.glob("*/*.mhpt"))
+
+# Why each regression cannot run on a real machine: past its minimised boot snapshot (no preset), the first request
+# no real machine issues.
+REASONS = {
+    "AM-RATIO-NODE_movable-decision": (4, "driver-managed memory in a static group (dax/kmem)"),
+    "AM-RATIO-NODE_state": (6, "driver-managed memory in a static group (dax/kmem)"),
+    "AM-RATIO_movable-decision": (4, "a group registered smaller than its memory (1 page for 128M)"),
+    "AM-RATIO_state": (3, "a group registered smaller than its memory (1 page for 256M)"),
+    "AM-STATIC-MIXED_Normal": (7, "a static group without its add_memory right after it"),
+    "DIFF_AddMemory_decision_B2-vs-ref": (4, "a group registered smaller than its memory (1 page for 128M)"),
+    "DIFF_AddMemory_decision_M6-vs-ref": (3, "(the virtio-mem driver plugs 0x180000000, not 0x8000000)"),
+    "DIFF_AddMemory_decision_M9-vs-ref": (3, "a static group without its add_memory right after it"),
+    "DIFF_AddMemory_numbers_M2-vs-ref": (4, "(the virtio-mem driver plugs 0x180000000, not 0x8000000)"),
+    "DIFF_OfflineBlock_rc_M7-vs-ref": (3, "a group registered smaller than its memory (1 page for 512M)"),
+    "DIFF_OnlineBlock_decision_M1-vs-ref": (4, "a group registered smaller than its memory (1 page for 1G)"),
+    "DIFF_OnlineBlock_numbers_M3-vs-ref": (3, "a group registered smaller than its memory (1 page for 256M)"),
+}
+
+
+def _stem(p: Path) -> str:
+    return p.name.removesuffix(".mhpt")
+
+
+def write_events(path: Path, events: list[Event], sim: Simulation) -> str:
+    with TraceWriter(str(path), trace_header(sim)) as w:
+        for ev in events:
+            w.write(ev)
+    return str(path)
+
+
+def simulated(name: str, profile: str = "6.1", extra: list[Event] | None = None) -> tuple[Simulation, list[Event]]:
+    """A corpus scenario run through the model (the events a recorder would write)."""
+    sc = load_scenario(SCENARIOS / f"{name}.toml")
+    sim = Simulation(sc, get_profile(profile))
+    for _ in simulate(sc, sim=sim):
+        pass
+    return sim, sim.events + (extra or [])
+
+
+def small(tmp_path: Path, mutate: Any, cmdline: str = "memhp_default_state=online memory_hotplug.online_policy=auto-movable") -> str:
+    """A one-DIMM scenario's simulated trace (plug 1G, online nothing, a ratio write, offline 48), changed by ``mutate``."""
+    doc = {
+        "name": "small",
+        "machine": {"preset": "qemu-q35-4G"},
+        "kernel": {"cmdline": cmdline},
+        "step": [{"dimm": "1G"}, {"param": "auto_movable_ratio", "value": "100"}, {"offline": 48}],
+    }
+    sc = parse_scenario(doc, "small.toml")
+    sim = Simulation(sc, get_profile("6.1"))
+    for _ in simulate(sc, sim=sim):
+        pass
+    events = list(sim.events)
+    mutate(events)
+    return write_events(tmp_path / "small.mhpt", events, sim)
+
+
+def index_of(events: list[Event], kind: type, nth: int = 0) -> int:
+    return [i for i, ev in enumerate(events) if type(ev) is kind][nth]
+
+
+# --- regressions and real traces ---------------------------------------------------------------------------------
+
+
+def test_every_regression_has_a_reason() -> None:
+    assert {_stem(p) for p in REG_TRACES} == set(REASONS)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("path", REG_TRACES, ids=_stem)
+def test_regressions_are_inexpressible_for_their_reasons(path: Path, kernel: str) -> None:
+    tr = translate(str(path), kernel)
+    assert tr.obstacle is not None  # the requests are walked on the closest preset, to find their own obstacle
+    assert tr.obstacles[0].why.startswith("no machine preset boots into this snapshot: the closest, qemu-q35-4G")
+    index, why = REASONS[_stem(path)]
+    assert len(tr.obstacles) == 2 and tr.obstacles[1].index == index and why in tr.obstacles[1].why, tr.obstacles
+
+
+@pytest.mark.parametrize("path", REAL_TRACES, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_real_traces_translate_to_their_scenarios(path: Path) -> None:
+    """A real trace translates on its own kernel into a scenario with the original's machine, parameters and devices
+    whose simulation issues the original scenario's requests."""
+    kernel = path.parent.name
+    tr = translate(str(path), kernel)
+    assert tr.obstacle is None, tr.obstacle
+    assert tr.scenario is not None
+    orig = load_scenario(SCENARIOS / f"{path.stem}.toml")
+    prof = get_profile(kernel)
+    assert tr.scenario.machine.name == orig.machine.name
+    assert boot_params_from_cmdline(tr.scenario.cmdline, prof.default_online_type, prof.memmap_force_mode) == boot_params_from_cmdline(
+        orig.cmdline, prof.default_online_type, prof.memmap_force_mode
+    )
+    assert [(d.node, d.block_size) for d in tr.scenario.devices] == [(d.node, d.block_size) for d in orig.devices]
+    assert _keys(tr.scenario, kernel) == _keys(orig, kernel)
+    assert len(tr.scenario.steps) <= len(orig.steps)  # merged: consecutive writes of the same kind, resizes of one device
+
+
+def _keys(sc: Scenario, kernel: str) -> list[Any]:
+    memmap = "memmap_on_memory=1" in sc.cmdline
+    return [k for ev in simulated_events(sc, get_profile(kernel)) if ev.KIND == "request" and (k := request_key(ev, memmap)) is not None]
+
+
+@pytest.mark.parametrize("profile", KERNELS)
+@pytest.mark.parametrize("path", sorted(SCENARIOS.glob("*.toml")), ids=lambda p: p.stem)
+def test_simulated_scenarios_translate_back(path: Path, profile: str, tmp_path: Path) -> None:
+    """Every corpus scenario's simulated trace is expressible, except where the simulator injects a kernel's failure."""
+    sim, events = simulated(path.stem, profile)
+    tr = translate(write_events(tmp_path / "t.mhpt", events, sim), profile)
+    if any(isinstance(ev, InjectFailure) for ev in events):
+        assert tr.obstacle is not None and tr.obstacle.why.startswith("an injected failure") and tr.obstacle.index == index_of(events, InjectFailure)
+        return
+    assert tr.obstacle is None, tr.obstacle
+    assert tr.scenario is not None and tr.scenario.machine is sim.scenario.machine
+    assert tomllib.loads(tr.toml) == json.loads(json.dumps(tr.doc))  # the TOML text is the document
+
+
+# --- what no real machine does ---------------------------------------------------------------------------------------
+
+
+def _shift_dimm(ev: list[Event]) -> None:
+    i = index_of(ev, AddMemory)
+    ev[i] = ev[i]._replace(start=ev[i].start + (1 << 30))
+
+
+def _insert(at_type: type, new: Event, after: bool = False) -> Any:
+    def mutate(ev: list[Event]) -> None:
+        ev.insert(index_of(ev, at_type) + after, new)
+
+    return mutate
+
+
+def _replace(kind: type, **fields: Any) -> Any:
+    def mutate(ev: list[Event]) -> None:
+        i = index_of(ev, kind)
+        ev[i] = ev[i]._replace(**fields)
+
+    return mutate
+
+
+def _probe(ev: list[Event]) -> None:
+    del ev[index_of(ev, GroupRegister)]
+    i = index_of(ev, AddMemory)
+    ev[i] = ev[i]._replace(flags=AddFlags.NONE, nid=0)
+
+
+def _half_remove(ev: list[Event]) -> None:
+    ev.append(RemoveMemory(0x180000000, 1 << 29))
+
+
+def _vmem_remove_of_dimm(ev: list[Event]) -> None:
+    ev.append(OfflineAndRemoveMemory(0x180000000, 1 << 30))
+
+
+def _first(kind: type, nth: int = 0) -> Any:
+    return lambda ev: index_of(ev, kind, nth)
+
+
+def _last(ev: list[Event]) -> int:
+    return len(ev) - 1
+
+
+# case -> (how the small trace is changed, where the obstacle is, why)
+CASES: dict[str, tuple[Any, Any, str]] = {
+    "address": (_shift_dimm, _first(AddMemory), "QEMU places the DIMM at 0x180000000, not 0x1c0000000"),
+    "inject": (_insert(ParamWrite, InjectFailure(48, Op.OFFLINE, 16)), _first(InjectFailure), "an injected failure"),
+    "small-group": (_replace(GroupRegister, pages=1 << 17), _first(AddMemory), "a group registered smaller than its memory (131072 pages for 1G)"),
+    "probe": (_probe, _first(AddMemory), "a probe-style add_memory without a driver"),
+    "node": (_replace(GroupRegister, node=1), _first(GroupRegister), "memory on node 1, which the machine (qemu-q35-4G: nodes 0) lacks"),
+    "late-vmem": (_insert(ParamWrite, GroupRegister(True, 0, 32768)), _first(GroupRegister, 1), "a virtio-mem device probed after boot"),
+    "auto-online": (_insert(ParamWrite, ParamWrite(Param.AUTO_ONLINE_BLOCKS, "sometimes")), _first(ParamWrite), "the lab writes only the online types"),
+    "kernel-online": (_insert(ParamWrite, OnlineBlock(49, 1, 0, Source.KERNEL)), _first(OnlineBlock), "an online request by the kernel"),
+    "part-of-dimm": (_half_remove, _last, "removal of part of DIMM d0 (0x180000000+1G)"),
+    "vmem-call": (_vmem_remove_of_dimm, _last, "offline_and_remove_memory of a DIMM: that is virtio-mem's call"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_what_no_real_machine_does(case: str, tmp_path: Path) -> None:
+    mutate, where, why = CASES[case]
+    path = small(tmp_path, mutate)
+    tr = translate(path, "6.1")
+    assert tr.obstacle is not None and why in tr.obstacle.why, tr.obstacles
+    assert tr.obstacle.index == where([r.event for r in read_records(path)[1]])
+
+
+def test_the_small_trace_itself_is_expressible(tmp_path: Path) -> None:
+    tr = translate(small(tmp_path, lambda ev: None), "6.1")
+    assert tr.obstacle is None
+    assert tr.doc["step"] == [{"dimm": "1G", "node": 0, "id": "d0"}, {"param": "auto_movable_ratio", "value": "100"}, {"offline": 48}]
+    assert tr.doc["kernel"]["cmdline"].startswith("memhp_default_state=online memory_hotplug.online_policy=auto-movable memory_hotplug.auto_movable_ratio=301")
+
+
+def test_a_boot_snapshot_no_preset_has_names_its_record(tmp_path: Path) -> None:
+    def mutate(ev: list[Event]) -> None:
+        i = next(i for i, e in enumerate(ev) if isinstance(e, BootZone) and e.zone is ZoneType.DMA)
+        ev[i] = ev[i]._replace(present=3997, present_early=3997)
+
+    path = small(tmp_path, mutate)
+    tr = translate(path, "6.1")
+    events = [r.event for r in read_records(path)[1]]
+    assert tr.obstacle is not None and "zone DMA of node 0 (1, 4095, 3997, 3997, 0) vs (1, 4095, 3998, 3998, 0)" in tr.obstacle.why
+    assert isinstance(events[tr.obstacle.index], BootZone) and events[tr.obstacle.index].zone is ZoneType.DMA
+
+
+def test_memory_plugged_before_the_recording_is_not_rebuilt(tmp_path: Path) -> None:
+    def mutate(ev: list[Event]) -> None:
+        ev.insert(0, BootBlocks(60, 1, 0, BlockState.OFFLINE, ZoneType.NONE, False, 0, 0, 32768))
+
+    tr = translate(small(tmp_path, mutate), "6.1")
+    assert tr.obstacle is not None and tr.obstacle.index == 0 and "hot-plugged before the recording began" in tr.obstacle.why
+
+
+def test_kernels_for_the_header() -> None:
+    assert kernels_for("6.1.0-56-amd64") == ["6.1"]
+    assert kernels_for("6.12.117") == ["6.12"]
+    assert kernels_for("7.2.13+deb14-amd64") == list(KERNELS) == kernels_for("")
+
+
+# --- the verdict of a run (judged without the lab: the model's simulation stands in for the guest's trace) ------------
+
+
+def stand_in(tmp_path: Path, trace: str, kernel: str, tamper: Any = None) -> tuple[str, dict[str, Any]]:
+    """What a lab run of the trace's translation would leave if the kernel were the model: the simulated trace (marks,
+    an ``end`` mark, observations) and the host's observation JSON with every write's status from the model."""
+    tr = translate(trace, kernel)
+    assert tr.scenario is not None
+    sim = Simulation(tr.scenario, get_profile(kernel))
+    steps = list(simulate(tr.scenario, sim=sim))
+    sim.emit(Mark("end"))
+    sim.observe_state()
+    events = sim.events
+    if tamper is not None:
+        tamper(events)
+    real = write_events(tmp_path / "real.mhpt", events, sim)
+    seen = dict(marked_observations(real))
+    marks = [t for t in seen if t.startswith("step ")] + ["end"]
+    results: list[dict[str, Any]] = [{"step": "boot", **seen[marks[0]]}]
+    for k, res in enumerate(steps[1:]):
+        writes = [[None, 0 if res.rc == 0 else 1, "" if res.rc == 0 else "write error"]] * len(tr.sources[k])
+        results.append({"rc": res.rc, **seen[marks[k + 1]], "writes": writes})
+    return real, {"scenario": {"record_from": 0}, "results": results}
+
+
+CONFIRM = str(REAL / "6.1" / "stale-online-type.mhpt")
+
+
+def test_judge_confirms_what_the_model_agrees_with(tmp_path: Path) -> None:
+    real, obs = stand_in(tmp_path, CONFIRM, "6.1")
+    tr = translate(CONFIRM, "6.1")
+    v = judge(Verdict(CONFIRM, "6.1", "error", ["AM-RATIO-NODE:state", "AM-RATIO:state"]), tr, read_records(CONFIRM)[1], real, obs)
+    assert v.verdict == "confirmed", v
+    assert {"AM-RATIO:state", "AM-RATIO-NODE:state"} <= set(v.signatures_real)
+
+
+def test_judge_refutes_a_divergence(tmp_path: Path) -> None:
+    def tamper(events: list[Event]) -> None:  # the kernel "shows" memory48 in Normal after the first online
+        i = next(i for i, e in enumerate(events) if isinstance(e, BlockObserved) and e.block == 48 and e.valid_zones == (ZoneType.MOVABLE,))
+        events[i] = events[i]._replace(valid_zones=(ZoneType.NORMAL,))
+
+    real, obs = stand_in(tmp_path, CONFIRM, "6.1", tamper)
+    v = judge(Verdict(CONFIRM, "6.1", "error"), translate(CONFIRM, "6.1"), read_records(CONFIRM)[1], real, obs)
+    assert v.verdict == "refuted" and v.divergence is not None and v.divergence["kind"] == "decision"
+    assert exit_code([v]) == 1
+
+
+def test_judge_refutes_a_write_the_model_answers_otherwise(tmp_path: Path) -> None:
+    real, obs = stand_in(tmp_path, CONFIRM, "6.1")
+    tr = translate(CONFIRM, "6.1")
+    k = next(k for k, s in enumerate(tr.doc["step"]) if s.get("offline") == 48)
+    obs["results"][k + 1]["writes"] = [[48, 1, "sh: write error: Device or resource busy"]]
+    v = judge(Verdict(CONFIRM, "6.1", "error"), tr, read_records(CONFIRM)[1], real, obs)
+    assert v.verdict == "refuted" and v.divergence is not None
+    assert v.divergence["kind"] == "errno" and v.divergence["index"] == tr.sources[k][0]
+    assert v.divergence["mismatches"] == [{"field": "rc", "model": 0, "observed": "status 1: sh: write error: Device or resource busy"}]
+
+
+def test_judge_refutes_a_missing_signature(tmp_path: Path) -> None:
+    real, obs = stand_in(tmp_path, CONFIRM, "6.1")
+    v = judge(Verdict(CONFIRM, "6.1", "error", ["AM-RATIO:state", "NO:such-signature"]), translate(CONFIRM, "6.1"), read_records(CONFIRM)[1], real, obs)
+    assert v.verdict == "refuted" and v.divergence is not None and v.divergence["kind"] == "signature"
+
+
+def test_a_real_machine_with_other_driver_requests_makes_the_trace_inexpressible(tmp_path: Path) -> None:
+    def tamper(events: list[Event]) -> None:
+        i = index_of(events, AddMemory)
+        events[i] = events[i]._replace(start=events[i].start + (1 << 30))
+
+    real, _ = stand_in(tmp_path, CONFIRM, "6.1", tamper)
+    o = driver_difference(read_records(CONFIRM)[1], real, "6.1")
+    assert o is not None and o.index == 49 and "the real 6.1 machine did add_memory start=0x1c0000000" in o.why
+    assert driver_difference(read_records(CONFIRM)[1], stand_in(tmp_path, CONFIRM, "6.1")[0], "6.1") is None
+
+
+# --- the command ---------------------------------------------------------------------------------------------------------
+
+
+def test_confirm_command_on_regressions_needs_no_lab(capsys: pytest.CaptureFixture[str]) -> None:
+    paths = [str(REGRESSIONS / "AM-RATIO_state.mhpt"), str(REGRESSIONS / "DIFF_AddMemory_decision_M6-vs-ref.mhpt")]
+    assert main(["confirm", *paths, "--json"]) == 3  # the header names 6.1
+    out = json.loads(capsys.readouterr().out)
+    assert [(o["trace"], o["kernel"], o["verdict"]) for o in out] == [(p, "6.1", "inexpressible") for p in paths]
+    keys = {"trace", "kernel", "verdict", "signatures_expected", "signatures_real", "divergence", "inexpressible", "real_trace", "lab_s"}
+    assert keys <= set(out[0]) and out[0]["signatures_expected"] == ["AM-RATIO:state"] and out[0]["real_trace"] is None
+    assert set(out[0]["inexpressible"]) == {"index", "event", "why"}
+    assert main(["confirm", paths[0], "--kernel", "6.12"]) == 3
+    line = capsys.readouterr().out
+    assert line.startswith(f"{paths[0]} on 6.12: inexpressible: event 0 (boot_zone") and "; also event 3: a group registered smaller" in line
+
+
+def test_confirm_command_bad_input_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.mhpt"
+    bad.write_bytes(b"not a trace at all")
+    assert main(["confirm", str(REGRESSIONS / "AM-RATIO_state.mhpt"), str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"mhp confirm: {bad}")
+
+
+def test_confirm_record_writes_the_verdict_into_the_regression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for suffix in (".mhpt", ".json"):
+        (tmp_path / f"AM-RATIO_state{suffix}").write_bytes((REGRESSIONS / f"AM-RATIO_state{suffix}").read_bytes())
+    assert main(["confirm", str(tmp_path / "AM-RATIO_state.mhpt"), "--kernel", "6.1", "6.12", "--record"]) == 3
+    doc = json.loads((tmp_path / "AM-RATIO_state.json").read_text())
+    assert doc["signature"] == "AM-RATIO:state" and set(doc["verdicts"]) == {"6.1", "6.12"}
+    entry = doc["verdicts"]["6.12"]
+    assert entry["verdict"] == "inexpressible" and entry["reason"]["index"] == 0 and entry["also"][0]["index"] == 3 and entry["date"]
+
+
+# --- stored verdicts ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", REG_TRACES, ids=_stem)
+def test_every_regression_carries_a_verdict_that_still_holds(path: Path) -> None:
+    doc = json.loads(path.with_suffix(".json").read_text())
+    verdicts = doc.get("verdicts", {})
+    assert set(verdicts) == set(KERNELS), f"{path.name}: run mhp confirm --record --kernel 6.1 6.12"
+    for kernel, entry in verdicts.items():
+        if entry["verdict"] == "inexpressible":
+            tr = translate(str(path), kernel)
+            assert [o.to_json() for o in tr.obstacles] == [entry["reason"], *entry.get("also", [])]
+            continue
+        real = REGRESSIONS / entry["real_trace"]
+        assert real == real_trace_path(str(path), kernel, None)
+        res = replay_file(str(real))
+        assert res.error is None
+        if entry["verdict"] == "confirmed":
+            assert res.divergence_count == 0 and set(entry["signatures"]["expected"]) <= set(res.finding_signatures)
+        else:
+            assert entry["verdict"] == "refuted" and res.divergences and res.divergences[0].to_json() == entry["divergence"]
+
+
+def test_every_stored_real_trace_belongs_to_a_verdict() -> None:
+    kept = {p.name for p in REGRESSIONS.glob("*.real.mhpt")}
+    named = {e["real_trace"] for p in REG_TRACES for e in json.loads(p.with_suffix(".json").read_text()).get("verdicts", {}).values() if "real_trace" in e}
+    assert kept == named

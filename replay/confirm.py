@@ -109,7 +109,12 @@ def confirm(path: str, kernel: str, out_dir: str | None = None, verbose: bool = 
     from traces.lab.setup import LabSetupError, cached_kernel
     from traces.scenario import ScenarioError
 
-    v = Verdict(path, kernel, "error", expected_signatures(path, kernel))
+    try:
+        kp = cached_kernel(kernel)
+        package: str | None = f"{kp.package} {kp.version}"
+    except LabSetupError:
+        package = None
+    v = Verdict(path, kernel, "error", expected_signatures(path, kernel), package=package)
     recs = read_records(path)[1]
     tr = translate(path, kernel, recs)
     if tr.obstacle is not None:
@@ -119,8 +124,6 @@ def confirm(path: str, kernel: str, out_dir: str | None = None, verbose: bool = 
         real, obs_path = Path(tmp) / "real.mhpt", Path(tmp) / "obs.json"
         t0 = time.monotonic()
         try:
-            kp = cached_kernel(kernel)
-            v.package = f"{kp.package} {kp.version}"
             with contextlib.redirect_stdout(sys.stderr):  # the lab's log: stdout is for verdicts
                 run_trace(tr.scenario.path, kernel, real, verbose, scenario=tr.scenario, obs_path=obs_path)
         except (LabError, LabSetupError, ScenarioError, OSError) as e:

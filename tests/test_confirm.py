@@ -4,6 +4,7 @@ the regressions, and one end-to-end run per kernel in the lab."""
 from __future__ import annotations
 
 import json
+import os
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -11,15 +12,18 @@ from typing import Any
 import pytest
 
 from replay.cli import main
-from replay.confirm import KERNELS, Verdict, driver_difference, exit_code, judge, kernels_for, real_trace_path
+from replay.confirm import KERNELS, Verdict, driver_difference, exit_code, judge, kernels_for, real_trace_path, with_lab_writes
 from replay.model.params import boot_params_from_cmdline
 from replay.model.profiles import get_profile
+from replay.observe import model_digest, observe_block, observe_zones
 from replay.replayer import replay_file
 from replay.simulate import Simulation, simulate, trace_header
 from replay.translate import read_records, request_key, simulated_events, translate
+from traces.codec import FLAG_INFERRED
 from traces.events import (
     AddFlags,
     AddMemory,
+    Attr,
     BlockObserved,
     BlockState,
     BootBlocks,
@@ -29,11 +33,14 @@ from traces.events import (
     InjectFailure,
     Mark,
     OfflineAndRemoveMemory,
+    OfflineBlock,
     OnlineBlock,
+    OnlineType,
     Op,
     Param,
     ParamWrite,
     RemoveMemory,
+    Result,
     Source,
     ZoneType,
 )
@@ -268,63 +275,134 @@ def test_kernels_for_the_header() -> None:
 
 
 def stand_in(tmp_path: Path, trace: str, kernel: str, tamper: Any = None) -> tuple[str, dict[str, Any]]:
-    """What a lab run of the trace's translation would leave if the kernel were the model: the simulated trace (marks,
-    an ``end`` mark, observations) and the host's observation JSON with every write's status from the model."""
+    """What a lab run of the trace's translation would leave if the kernel were the model: a recorder's trace of the
+    simulation (user writes inferred from the zone they gave, failed ones unseen, no results; marks, an ``end`` mark) and
+    the host's observation JSON (each write's exit status and the shell's message)."""
     tr = translate(trace, kernel)
     assert tr.scenario is not None
     sim = Simulation(tr.scenario, get_profile(kernel))
-    steps = list(simulate(tr.scenario, sim=sim))
-    sim.emit(Mark("end"))
-    sim.observe_state()
-    events = sim.events
+    sim.boot()
+    rcs = []
+    for i, step in enumerate([*tr.scenario.steps, None], 1):  # a mark, the full observation of the moment, the step
+        sim.emit(Mark(f"step {i}: {step.describe()}" if step else "end"))
+        m = sim.kernel.m
+        for ev in (*(observe_block(m, b) for b in sorted(m.blocks)), *observe_zones(m), model_digest(m)):
+            assert sim.sink is not None
+            sim.sink(ev)
+        if step is not None:
+            rcs.append(sim._do(step))
     if tamper is not None:
-        tamper(events)
-    real = write_events(tmp_path / "real.mhpt", events, sim)
-    seen = dict(marked_observations(real))
-    marks = [t for t in seen if t.startswith("step ")] + ["end"]
-    results: list[dict[str, Any]] = [{"step": "boot", **seen[marks[0]]}]
-    for k, res in enumerate(steps[1:]):
-        writes = [[None, 0 if res.rc == 0 else 1, "" if res.rc == 0 else "write error"]] * len(tr.sources[k])
-        results.append({"rc": res.rc, **seen[marks[k + 1]], "writes": writes})
-    return real, {"scenario": {"record_from": 0}, "results": results}
+        tamper(sim.events)
+    writes: dict[int, list[list[Any]]] = {}
+    step = 0
+    path = tmp_path / "real.mhpt"
+    with TraceWriter(str(path), trace_header(sim)) as w:
+        events = sim.events
+        for i, ev in enumerate(events):
+            if isinstance(ev, Mark):
+                step = int(ev.text.split(":")[0][5:]) if ev.text.startswith("step ") else 0
+            user = isinstance(ev, (OnlineBlock, OfflineBlock, ParamWrite)) and getattr(ev, "source", Source.USER) is Source.USER
+            if isinstance(ev, Result):
+                continue  # a recorder sees no results
+            if not user:
+                w.write(ev)
+                continue
+            rc = events[i + 1].rc
+            block = getattr(ev, "block", None)
+            writes.setdefault(step, []).append([block, 0 if rc == 0 else 1, "" if rc == 0 else f"sh: write error: {os.strerror(-rc)}"])
+            if rc:
+                continue  # no uevent
+            if isinstance(ev, OnlineBlock):
+                seen = next(e for e in events[i:] if isinstance(e, BlockObserved) and e.block == ev.block)
+                kind = OnlineType.ONLINE_MOVABLE if seen.valid_zones == (ZoneType.MOVABLE,) else OnlineType.ONLINE_KERNEL
+                ev = OnlineBlock(ev.block, kind, Attr.STATE, Source.USER)
+            elif isinstance(ev, OfflineBlock):
+                ev = OfflineBlock(ev.block, Attr.STATE, Source.USER)
+            w.write(ev, flags=FLAG_INFERRED)
+    seen_at = dict(marked_observations(str(path)))
+    marks = [t for t in seen_at if t.startswith("step ")] + ["end"]
+    results: list[dict[str, Any]] = [{"step": "boot", **seen_at[marks[0]]}]
+    for k, rc in enumerate(rcs, 1):
+        results.append({"rc": rc, **seen_at[marks[k]], "writes": writes.get(k)})
+    return str(path), {"scenario": {"record_from": 0}, "results": results}
 
 
 CONFIRM = str(REAL / "6.1" / "stale-online-type.mhpt")
 
 
-def test_judge_confirms_what_the_model_agrees_with(tmp_path: Path) -> None:
+def judged(tmp_path: Path, trace: str, expected: list[str], tamper: Any = None, obs_tamper: Any = None) -> Verdict:
+    """confirm()'s judgement of a stand-in run: the lab's writes put back into the recorder's trace, then judge."""
+    real, obs = stand_in(tmp_path, trace, "6.1", tamper)
+    if obs_tamper is not None:
+        obs_tamper(obs)
+    tr = translate(trace, "6.1")
+    recs = read_records(trace)[1]
+    exact = str(tmp_path / "exact.mhpt")
+    with_lab_writes(real, exact, tr, recs, obs)
+    return judge(Verdict(trace, "6.1", "error", expected), tr, recs, exact, obs)
+
+
+def test_the_lab_writes_replace_the_recorders_inferences(tmp_path: Path) -> None:
+    """The exact trace holds the lab's writes as issued (types, attrs, failed ones) with the kernel's results, where the
+    recorder inferred writes from zones: the same requests the input trace makes."""
     real, obs = stand_in(tmp_path, CONFIRM, "6.1")
     tr = translate(CONFIRM, "6.1")
-    v = judge(Verdict(CONFIRM, "6.1", "error", ["AM-RATIO-NODE:state", "AM-RATIO:state"]), tr, read_records(CONFIRM)[1], real, obs)
+    recs = read_records(CONFIRM)[1]
+    exact = str(tmp_path / "exact.mhpt")
+    assert with_lab_writes(real, exact, tr, recs, obs) == 5
+    user = (OnlineBlock, OfflineBlock)
+    mine = [r.event for r in recs if isinstance(r.event, user)]
+    put = [(r.event, r.flags) for r in read_records(exact)[1] if isinstance(r.event, (*user, Result))]
+    assert [e for e, f in put if isinstance(e, user)] == mine and not any(f & FLAG_INFERRED for _, f in put)
+    assert [e.rc for e, _ in put if isinstance(e, Result)] == [-22, 0, 0, 0, 0]
+    inferred = [r.event for r in read_records(real)[1] if isinstance(r.event, user)]
+    assert inferred[-1] == OnlineBlock(49, OnlineType.ONLINE_KERNEL, Attr.STATE, Source.USER) and len(inferred) == 4  # the failed write is unseen
+
+
+def test_judge_confirms_what_the_model_agrees_with(tmp_path: Path) -> None:
+    v = judged(tmp_path, CONFIRM, ["AM-RATIO-NODE:state", "AM-RATIO:state"])
     assert v.verdict == "confirmed", v
     assert {"AM-RATIO:state", "AM-RATIO-NODE:state"} <= set(v.signatures_real)
+    assert exit_code([v]) == 0
 
 
 def test_judge_refutes_a_divergence(tmp_path: Path) -> None:
-    def tamper(events: list[Event]) -> None:  # the kernel "shows" memory48 in Normal after the first online
-        i = next(i for i, e in enumerate(events) if isinstance(e, BlockObserved) and e.block == 48 and e.valid_zones == (ZoneType.MOVABLE,))
+    def tamper(events: list[Event]) -> None:  # the kernel "shows" memory48 in Normal after its stale-type online
+        i = max(i for i, e in enumerate(events) if isinstance(e, BlockObserved) and e.block == 48 and e.valid_zones == (ZoneType.MOVABLE,))
         events[i] = events[i]._replace(valid_zones=(ZoneType.NORMAL,))
 
-    real, obs = stand_in(tmp_path, CONFIRM, "6.1", tamper)
-    v = judge(Verdict(CONFIRM, "6.1", "error"), translate(CONFIRM, "6.1"), read_records(CONFIRM)[1], real, obs)
+    v = judged(tmp_path, CONFIRM, [], tamper)
     assert v.verdict == "refuted" and v.divergence is not None and v.divergence["kind"] == "decision"
     assert exit_code([v]) == 1
 
 
-def test_judge_refutes_a_write_the_model_answers_otherwise(tmp_path: Path) -> None:
-    real, obs = stand_in(tmp_path, CONFIRM, "6.1")
+def test_judge_refutes_a_result_the_model_gives_otherwise(tmp_path: Path) -> None:
     tr = translate(CONFIRM, "6.1")
     k = next(k for k, s in enumerate(tr.doc["step"]) if s.get("offline") == 48)
-    obs["results"][k + 1]["writes"] = [[48, 1, "sh: write error: Device or resource busy"]]
-    v = judge(Verdict(CONFIRM, "6.1", "error"), tr, read_records(CONFIRM)[1], real, obs)
+
+    def busy(obs: dict[str, Any]) -> None:
+        obs["results"][k + 1]["writes"] = [[48, 1, "sh: write error: Device or resource busy"]]
+
+    v = judged(tmp_path, CONFIRM, [], obs_tamper=busy)
+    assert v.verdict == "refuted" and v.divergence is not None and v.divergence["kind"] == "errno"
+    assert v.divergence["mismatches"] == [{"field": "rc", "model": 0, "observed": -16}]
+
+
+def test_judge_refutes_a_write_whose_failure_names_no_errno(tmp_path: Path) -> None:
+    tr = translate(CONFIRM, "6.1")
+    k = next(k for k, s in enumerate(tr.doc["step"]) if s.get("offline") == 48)
+
+    def odd(obs: dict[str, Any]) -> None:
+        obs["results"][k + 1]["writes"] = [[48, 1, "sh: something odd"]]
+
+    v = judged(tmp_path, CONFIRM, [], obs_tamper=odd)
     assert v.verdict == "refuted" and v.divergence is not None
     assert v.divergence["kind"] == "errno" and v.divergence["index"] == tr.sources[k][0]
-    assert v.divergence["mismatches"] == [{"field": "rc", "model": 0, "observed": "status 1: sh: write error: Device or resource busy"}]
+    assert v.divergence["mismatches"] == [{"field": "rc", "model": 0, "observed": "status 1: sh: something odd"}]
 
 
 def test_judge_refutes_a_missing_signature(tmp_path: Path) -> None:
-    real, obs = stand_in(tmp_path, CONFIRM, "6.1")
-    v = judge(Verdict(CONFIRM, "6.1", "error", ["AM-RATIO:state", "NO:such-signature"]), translate(CONFIRM, "6.1"), read_records(CONFIRM)[1], real, obs)
+    v = judged(tmp_path, CONFIRM, ["AM-RATIO:state", "NO:such-signature"])
     assert v.verdict == "refuted" and v.divergence is not None and v.divergence["kind"] == "signature"
 
 

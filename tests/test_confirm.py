@@ -12,13 +12,14 @@ from typing import Any
 import pytest
 
 from replay.cli import main
-from replay.confirm import KERNELS, Verdict, driver_difference, exit_code, judge, kernels_for, real_trace_path, with_lab_writes
+from replay.confirm import KERNELS, Verdict, confirm, driver_difference, exit_code, judge, kernels_for, real_trace_path, with_lab_writes
 from replay.model.params import boot_params_from_cmdline
 from replay.model.profiles import get_profile
 from replay.observe import model_digest, observe_block, observe_zones
 from replay.replayer import replay_file
 from replay.simulate import Simulation, simulate, trace_header
 from replay.translate import read_records, request_key, simulated_events, translate
+from tests.test_real_traces import _lab
 from traces.codec import FLAG_INFERRED
 from traces.events import (
     AddFlags,
@@ -478,3 +479,20 @@ def test_every_stored_real_trace_belongs_to_a_verdict() -> None:
     kept = {p.name for p in REGRESSIONS.glob("*.real.mhpt")}
     named = {e["real_trace"] for p in REG_TRACES for e in json.loads(p.with_suffix(".json").read_text()).get("verdicts", {}).values() if "real_trace" in e}
     assert kept == named
+
+
+# --- in the lab --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_confirm_end_to_end_in_the_lab(kernel: str, tmp_path: Path) -> None:
+    """Boots Debian's kernel: the real stale-online-type trace (quirk Q1, the finding of the AM-RATIO_state regression,
+    which itself is inexpressible) runs again and is confirmed with its signatures; the kept real trace replays clean."""
+    _lab(kernel)
+    trace = str(REAL / kernel / "stale-online-type.mhpt")
+    v = confirm(trace, kernel, str(tmp_path))
+    assert v.verdict == "confirmed", v.line()
+    assert v.signatures_expected == ["AM-RATIO-NODE:state", "AM-RATIO:state"] and set(v.signatures_expected) <= set(v.signatures_real)
+    assert v.real_trace == str(real_trace_path(trace, kernel, str(tmp_path))) and v.lab_s and v.package
+    res = replay_file(v.real_trace)
+    assert res.error is None and res.divergence_count == 0 and res.observations > 0

@@ -31,6 +31,7 @@ from traces.events import (
     AddFlags,
     AddMemory,
     Attr,
+    BlockState,
     BootBlocks,
     BootGroup,
     BootMachine,
@@ -47,7 +48,9 @@ from traces.events import (
     Param,
     ParamWrite,
     RemoveMemory,
+    Result,
     Source,
+    ZoneType,
 )
 from traces.lab.run import size_text
 from traces.machines import PRESETS, MachinePreset
@@ -112,21 +115,48 @@ class Translation:
 # --- the machine -------------------------------------------------------------------------------------------------
 
 
-def machine_state(m: Machine) -> dict[str, Any]:
-    """A booted model machine as comparable data: geometry, nodes and their non-empty zones, blocks."""
+def machine_state(m: Machine, early_only: bool = False) -> dict[str, Any]:
+    """A model machine as comparable data: geometry, nodes and their non-empty zones, blocks and groups (``early_only``:
+    what boot laid out, the same before and after memory was hot-plugged: early blocks, zones' early and CMA pages)."""
     nodes = {}
     for nid, node in sorted(m.nodes.items()):
         if node.online:
             nodes[nid] = {
-                z.idx.label: (z.zone_start_pfn, z.spanned_pages, z.present_pages, z.present_early_pages, z.cma_pages)
+                z.idx.label: (z.present_early_pages, z.cma_pages)
+                if early_only
+                else (z.zone_start_pfn, z.spanned_pages, z.present_pages, z.present_early_pages, z.cma_pages)
                 for z in node.zones
-                if z.spanned_pages or z.present_pages
+                if ((z.present_early_pages or z.cma_pages) if early_only else (z.spanned_pages or z.present_pages))
             }
     blocks = {
-        b: (mem.nid, mem.state.name.lower(), mem.zone.idx.label if mem.zone else "none", mem.early, mem.nr_vmemmap_pages, mem.present_pages)
+        b: (
+            mem.nid,
+            mem.state.name.lower(),
+            mem.zone.idx.label if mem.zone else "none",
+            mem.early,
+            mem.nr_vmemmap_pages,
+            mem.present_pages,
+            mem.group.mgid if mem.group else -1,
+        )
         for b, mem in sorted(m.blocks.items())
+        if mem.early or not early_only
     }
-    return {"block_size": m.block_size, "possible_nodes": sorted(m.possible_nodes), "cpu_nodes": sorted(m.cpu_nodes), "nodes": nodes, "blocks": blocks}
+    groups = {} if early_only else {g.mgid: (g.nid, g.is_dynamic, g.pages) for g in m.groups.values()}
+    p = m.params
+    params = (
+        ()
+        if early_only
+        else (p.online_policy.name, p.auto_movable_ratio, p.auto_movable_numa_aware, p.auto_online_blocks.name, p.memmap_on_memory, p.movable_node)
+    )
+    return {
+        "block_size": m.block_size,
+        "possible_nodes": sorted(m.possible_nodes),
+        "cpu_nodes": sorted(m.cpu_nodes),
+        "params": params,
+        "nodes": nodes,
+        "blocks": blocks,
+        "groups": groups,
+    }
 
 
 def booted(events: list[Event], profile: Profile) -> Machine:
@@ -141,6 +171,8 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, tuple[A
     """What differs between two machine_state()s (``a`` the trace's, ``b`` a preset's): a phrase and what it is about
     (("machine",), ("zone", node, zone label) or ("block", id)) for each difference."""
     out: list[tuple[str, tuple[Any, ...]]] = [(f"{k} {a[k]} vs {b[k]}", ("machine",)) for k in ("block_size", "possible_nodes", "cpu_nodes") if a[k] != b[k]]
+    if a["params"] != b["params"]:
+        out.append((f"parameters {a['params']} vs {b['params']}", ("params",)))
     for nid in sorted(set(a["nodes"]) | set(b["nodes"])):
         za, zb = a["nodes"].get(nid), b["nodes"].get(nid)
         if za is None or zb is None:
@@ -153,7 +185,11 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[tuple[str, tuple[A
     ba, bb = a["blocks"], b["blocks"]
     for blk in sorted(set(ba) | set(bb)):
         if ba.get(blk) != bb.get(blk):
-            out.append((f"memory{blk} {ba.get(blk, 'absent')} vs {bb.get(blk, 'absent')} (node, state, zone, early, vmemmap, present)", ("block", blk)))
+            what = f"memory{blk} {ba.get(blk, 'absent')} vs {bb.get(blk, 'absent')} (node, state, zone, early, vmemmap, present, group)"
+            out.append((what, ("block", blk)))
+    for g in sorted(set(a["groups"]) | set(b["groups"])):
+        if a["groups"].get(g) != b["groups"].get(g):
+            out.append((f"group {g} {a['groups'].get(g, 'absent')} vs {b['groups'].get(g, 'absent')} (node, dynamic, pages)", ("group", g)))
     return out
 
 
@@ -166,17 +202,21 @@ def _record_of(boot: list[tuple[int, Event]], about: tuple[Any, ...]) -> tuple[i
             return i, ev
         if about[0] == "block" and isinstance(ev, BootBlocks) and ev.first <= about[1] < ev.first + ev.count:
             return i, ev
+        if about[0] == "group" and isinstance(ev, BootGroup) and ev.mgid == about[1]:
+            return i, ev
+        if about[0] == "params" and isinstance(ev, BootParams):
+            return i, ev
     return boot[0] if boot else (-1, None)
 
 
-def match_preset(boot: list[tuple[int, Event]], profile: Profile) -> tuple[MachinePreset, Obstacle | None]:
-    """The preset whose boot snapshot gives the model the machine the trace's boot records give, else the closest one
-    and why it is not the trace's machine."""
-    machine_events = [ev for _, ev in boot if not isinstance(ev, (BootParams, BootGroup))]
-    mine = machine_state(booted(machine_events, profile))
+def match_preset(boot: list[tuple[int, Event]], profile: Profile, early_only: bool = False) -> tuple[MachinePreset, Obstacle | None]:
+    """The preset whose boot snapshot gives the model the machine the trace's boot records give (``early_only``: the
+    part boot laid out), else the closest one and why it is not the trace's machine."""
+    machine_events = [ev for _, ev in boot if not isinstance(ev, (BootParams, BootGroup)) and not (isinstance(ev, BootBlocks) and ev.mgid >= 0)]
+    mine = machine_state(booted(machine_events, profile), early_only)
     best: tuple[int, MachinePreset, list[tuple[str, tuple[Any, ...]]]] | None = None
     for preset in PRESETS.values():
-        diff = differences(mine, machine_state(booted(list(preset.events), profile)))
+        diff = differences(mine, machine_state(booted(list(preset.events), profile), early_only))
         if not diff:
             return preset, None
         if best is None or len(diff) < best[0]:
@@ -214,6 +254,7 @@ class _Group:
     pages: int
     start: int = -1  # DIMM: its range once added
     size: int = 0
+    index: int = -1  # the record that made it
 
 
 @dataclass(slots=True)
@@ -260,11 +301,53 @@ class _Translator:
             mgid += 1
         return mgid
 
-    def boot_group(self, i: int, ev: BootGroup) -> None:
-        """A group in the boot snapshot without memory: a virtio-mem device."""
-        if not ev.dynamic:
+    def boot_group(self, i: int, ev: BootGroup, blocks: list[int]) -> None:
+        """A group in the boot snapshot: a virtio-mem device (with the units it had plugged), or a DIMM plugged before
+        the recording began."""
+        bs = self.block_size
+        if ev.dynamic:
+            self.vmem(i, ev.mgid, ev.node, ev.pages)
+            v = self.vmems[ev.mgid]
+            v.added = {b * bs // v.unit * v.unit for b in blocks}
+            if blocks:
+                v.first, v.top = min(v.added), max(v.added) + v.unit
+            return
+        if not blocks:
             raise self.fail(i, "a static group without memory in the snapshot: an ACPI DIMM's group exists only while the DIMM is plugged")
-        self.vmem(i, ev.mgid, ev.node, ev.pages)
+        if blocks != list(range(blocks[0], blocks[0] + len(blocks))) or len(blocks) * bs != ev.pages * PAGE:
+            raise self.fail(i, f"a static group of {ev.pages} pages holding memory{blocks[0]}..memory{blocks[-1]}: an ACPI DIMM's group is its one whole range")
+        self.check_node(i, ev.node)
+        g = self.groups[ev.mgid] = _Group("dimm", f"d{self.dimm_count}", ev.node, ev.pages, blocks[0] * bs, len(blocks) * bs, i)
+        self.dimm_count += 1
+        self.dimm_starts.append(g.start)
+
+    def prefix(self, online: dict[int, str], auto_online: OnlineType) -> None:
+        """The steps that make a snapshot taken mid-life, before the recorder starts: virtio-mem devices resized to what
+        they had plugged, the DIMMs plugged in address order (auto-online off), each hot-plugged block onlined to the
+        zone it is in, then auto_online_blocks as the snapshot has it."""
+        for v in sorted(self.vmems.values(), key=lambda v: v.index):
+            if v.added:
+                self.step({"vmem": v.name, "size": size_text(len(v.added) * v.unit)}, [])
+        cursor = self.preset.device_memory_base  # QEMU's first fit (the devices' regions come first)
+        for g in sorted((g for g in self.groups.values() if g.kind == "dimm"), key=lambda g: g.start):
+            if not self.vmems and g.start != cursor:
+                raise self.fail(
+                    g.index,
+                    f"a DIMM at {g.start:#x} where one plugged now lands at {cursor:#x}: memory freed before the recording left a gap (history unknown)",
+                )
+            cursor = g.start + g.size
+            self.step({"dimm": size_text(g.size), "node": g.node, "id": g.name}, [])
+        last: tuple[str, int] | None = None
+        for b in sorted(online):
+            kind = online[b]
+            if last is not None and last == (kind, b - 1):
+                first = str(self.steps[-1]["online"]).partition("-")[0]
+                self.steps[-1]["online"] = f"{first}-{b}"
+            else:
+                self.step({"online": b, "type": kind}, [])
+            last = (kind, b)
+        if auto_online is not OnlineType.OFFLINE:
+            self.step({"auto_online": ONLINE_TYPE_NAMES[auto_online]}, [])
 
     def vmem(self, i: int, mgid: int, node: int, pages: int) -> None:
         unit = pages * PAGE
@@ -279,6 +362,10 @@ class _Translator:
         nodes = sorted(n for n in range(64) if _machine_nodes(self.preset) >> n & 1)
         if node not in nodes:
             raise self.fail(i, f"memory on node {node}, which the machine ({self.preset.name}: nodes {', '.join(map(str, nodes))}) lacks")
+
+    def continues(self) -> bool:
+        """The previous step holds the previous request (a step of this trace, not of a prefix)."""
+        return bool(self.sources and self.sources[-1] and self.sources[-1][-1] == self.last_request)
 
     def step(self, doc: dict[str, Any], sources: list[int]) -> None:
         self.steps.append(doc)
@@ -355,7 +442,7 @@ class _Translator:
         """Extend the previous step if it resized the same device the same way with the previous request, else a new one."""
         size = len(v.added) * v.unit
         prev = self.steps[-1] if self.steps else None
-        if prev is not None and prev.get("vmem") == v.name and self.sources[-1][-1] == self.last_request and prev["_dir"] == direction:
+        if prev is not None and prev.get("vmem") == v.name and self.continues() and prev.get("_dir") == direction:
             prev["size"] = size_text(size)
             self.sources[-1].append(i)
         else:
@@ -404,7 +491,7 @@ class _Translator:
     on_OfflineAndRemoveMemory = remove
 
     def on_GroupUnregister(self, i: int, ev: GroupUnregister) -> None:
-        if self.last_request >= 0 and isinstance(self.recs[self.last_request].event, RemoveMemory) and self.sources and self.sources[-1][-1] == i:
+        if self.last_request >= 0 and isinstance(self.recs[self.last_request].event, RemoveMemory) and self.sources and self.sources[-1][-1:] == [i]:
             del self.groups[ev.mgid]  # the unplug step's own
             return
         g = self.groups.get(ev.mgid)
@@ -446,7 +533,7 @@ class _Translator:
             raise self.fail(i, f"a driver's online/offline of memory{block}, which no DIMM holds (the ACPI eject touches only its DIMM's blocks)")
         g = hit[1]
         prev = self.steps[-1] if self.steps else None
-        if prev is not None and prev.get("_eject") == g.name and self.sources[-1][-1] == self.last_request:
+        if prev is not None and prev.get("_eject") == g.name and self.continues():
             self.sources[-1].append(i)
         else:
             self.step({"unplug": g.name, "_eject": g.name}, [i])
@@ -454,7 +541,7 @@ class _Translator:
     def user_write(self, i: int, action: str, block: int, extra: dict[str, Any]) -> None:
         """A user-space sysfs write: extends the previous step when it wrote the next lower block the same way."""
         prev = self.steps[-1] if self.steps else None
-        if prev is not None and action in prev and self.sources[-1][-1] == self.last_request and {k: v for k, v in prev.items() if k != action} == extra:
+        if prev is not None and action in prev and self.continues() and {k: v for k, v in prev.items() if k != action} == extra:
             first, _, last = str(prev[action]).partition("-")
             if int(last or first) + 1 == block:
                 prev[action] = f"{first}-{block}"
@@ -523,32 +610,42 @@ def translate(path: str, kernel: str, records: list[Record] | None = None) -> Tr
 
 def _build(tr: Translation, recs: list[Record], profile: Profile) -> None:
     boot = [(i, r.event) for i, r in enumerate(recs) if r.event.KIND == "boot"]
-    hot = next(((i, ev) for i, ev in boot if isinstance(ev, BootBlocks) and ev.mgid >= 0), None)
-    if hot is not None:
-        i, ev = hot
-        raise Inexpressible(i, ev, "memory hot-plugged before the recording began: confirm rebuilds only traces recorded from boot")
-    preset, machine = match_preset(boot, profile)
+    hot = [ev for _, ev in boot if isinstance(ev, BootBlocks) and ev.mgid >= 0]  # memory plugged before the recording began
+    preset, machine = match_preset(boot, profile, early_only=bool(hot))
     if machine is not None:  # go on with the closest preset: the requests may have obstacles of their own
         tr.obstacles.append(machine)
     params = next((ev for _, ev in boot if isinstance(ev, BootParams)), None)
     if params is None:  # the model's defaults for this kernel
         m = booted([ev for _, ev in boot], profile).params
         params = BootParams(m.online_policy, m.auto_movable_ratio, m.auto_movable_numa_aware, m.auto_online_blocks, m.memmap_on_memory, m.movable_node)
-    cmdline = boot_cmdline(params, profile)
-    if boot_params_from_cmdline(cmdline, profile.default_online_type, profile.memmap_force_mode) != params:
+    at_boot = params._replace(auto_online_blocks=OnlineType.OFFLINE) if hot else params  # the prefix onlines by hand
+    cmdline = boot_cmdline(at_boot, profile)
+    if boot_params_from_cmdline(cmdline, profile.default_online_type, profile.memmap_force_mode) != at_boot:
         i = next((i for i, ev in boot if isinstance(ev, BootParams)), boot[0][0] if boot else -1)
         raise Inexpressible(i, recs[i].event if i >= 0 else None, f"no {profile.name} kernel command line sets these boot parameters")
     t = _Translator(recs, profile, preset)
+    blocks: dict[int, list[int]] = {}
+    online: dict[int, str] = {}
+    for ev in hot:
+        blocks.setdefault(ev.mgid, []).extend(range(ev.first, ev.first + ev.count))
+        if ev.state is BlockState.ONLINE:
+            online.update(dict.fromkeys(range(ev.first, ev.first + ev.count), "online_movable" if ev.zone is ZoneType.MOVABLE else "online_kernel"))
     for i, ev in boot:
         if isinstance(ev, BootGroup):
-            t.boot_group(i, ev)
+            t.boot_group(i, ev, sorted(blocks.pop(ev.mgid, [])))
+    if blocks:
+        i, ev = next((i, ev) for i, ev in boot if isinstance(ev, BootBlocks) and ev.mgid in blocks)
+        raise Inexpressible(i, ev, f"blocks of group {ev.mgid}, which the snapshot does not define")
+    if hot:
+        t.prefix(online, params.auto_online_blocks)
+    record_from = len(t.steps)
     t.run()
     pending = next((k for k, s in enumerate(t.steps) if "_eject" in s), None)
     if pending is not None:  # an eject whose offlines ended without a removal: a refused unplug
         t.steps[pending].pop("_eject")
     for s in t.steps:
-        s.pop("_dir", None)
-        s.pop("_eject", None)
+        for key in ("_dir", "_eject"):
+            s.pop(key, None)
     name = Path(tr.path).name.removesuffix(".mhpt")
     tr.doc = {
         "name": name,
@@ -558,6 +655,8 @@ def _build(tr: Translation, recs: list[Record], profile: Profile) -> None:
         "device": t.devices(),
         "step": t.steps,
     }
+    if record_from:
+        tr.doc["record_from"] = record_from
     tr.sources = t.sources
     tr.scenario = parse_scenario(json.loads(json.dumps(tr.doc)), f"<{name} on {profile.name}>", tr.toml)
 
@@ -608,13 +707,44 @@ def simulated_events(sc: Scenario, profile: Profile) -> list[Event]:
     return sim.events
 
 
+def simulate_recorded(sc: Scenario, profile: Profile) -> tuple[dict[str, Any] | None, list[tuple[Event, int]]]:
+    """The model's simulation of the scenario: the machine when the recorder starts (None: at boot) and each request
+    from then on with its result."""
+    sim = Simulation(sc, profile)
+    sim.boot()
+    for i, step in enumerate(sc.steps[: sc.record_from], 1):
+        sim.run_step(i, step)
+    state = machine_state(sim.kernel.m) if sc.record_from else None
+    start = 0 if not sc.record_from else len(sim.events)
+    for i, step in enumerate(sc.steps[sc.record_from :], sc.record_from + 1):
+        sim.run_step(i, step)
+    events = sim.events[start:]
+    out = []
+    for i, ev in enumerate(events):
+        if ev.KIND == "request":
+            nxt = events[i + 1] if i + 1 < len(events) else None
+            out.append((ev, nxt.rc if isinstance(nxt, Result) else 0))
+        elif ev.KIND == "inject":
+            out.append((ev, 0))
+    return state, out
+
+
 def check_by_simulation(tr: Translation, recs: list[Record], profile: Profile) -> None:
-    """The scenario's simulated requests and results must be the trace's; Inexpressible at the first that is not."""
+    """The scenario's simulated requests and results must be the trace's (and, for a snapshot taken mid-life, the
+    simulated machine when the recorder starts the snapshot's); Inexpressible at the first that is not."""
     assert tr.scenario is not None
     events = [r.event for r in recs]
     memmap_on = any(isinstance(ev, BootParams) and ev.memmap_on_memory for ev in events)
+    state, simulated = simulate_recorded(tr.scenario, profile)
+    if state is not None:
+        boot = [(i, ev) for i, ev in enumerate(events) if ev.KIND == "boot"]
+        diff = differences(machine_state(booted([ev for _, ev in boot], profile)), state)
+        if diff:
+            index, ev = _record_of(boot, diff[0][1])
+            why = f"plugging the devices and onlining the blocks from boot gives another snapshot ({len(diff)} difference(s)), first {diff[0][0]}"
+            raise Inexpressible(index, ev, why)
     mine = [(i, ev, rc, key) for i, ev, rc in requests_with_rc(events, profile) if (key := request_key(ev, memmap_on)) is not None]
-    sim = [(ev, rc, key) for _, ev, rc in requests_with_rc(simulated_events(tr.scenario, profile), profile) if (key := request_key(ev, memmap_on)) is not None]
+    sim = [(ev, rc, key) for ev, rc in simulated if (key := request_key(ev, memmap_on)) is not None]
     for pos, (i, ev, rc, key) in enumerate(mine):
         if pos >= len(sim):
             raise Inexpressible(i, ev, "the real machine's steps end before this request")

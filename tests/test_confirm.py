@@ -13,12 +13,13 @@ import pytest
 
 from replay.cli import main
 from replay.confirm import KERNELS, Verdict, confirm, driver_difference, exit_code, judge, kernels_for, real_trace_path, with_lab_writes
+from replay.model.machine import Machine
 from replay.model.params import boot_params_from_cmdline
 from replay.model.profiles import get_profile
 from replay.observe import model_digest, observe_block, observe_zones
 from replay.replayer import replay_file
 from replay.simulate import Simulation, simulate, trace_header
-from replay.translate import read_records, request_key, simulated_events, translate
+from replay.translate import read_records, request_key, simulate_recorded, translate
 from tests.test_real_traces import _lab
 from traces.codec import FLAG_INFERRED
 from traces.events import (
@@ -28,6 +29,9 @@ from traces.events import (
     BlockObserved,
     BlockState,
     BootBlocks,
+    BootGroup,
+    BootMachine,
+    BootParams,
     BootZone,
     Event,
     GroupRegister,
@@ -152,8 +156,57 @@ def test_real_traces_translate_to_their_scenarios(path: Path) -> None:
 
 
 def _keys(sc: Scenario, kernel: str) -> list[Any]:
+    """The requests (and results) a scenario's simulation issues once the recorder runs."""
     memmap = "memmap_on_memory=1" in sc.cmdline
-    return [k for ev in simulated_events(sc, get_profile(kernel)) if ev.KIND == "request" and (k := request_key(ev, memmap)) is not None]
+    return [(k, rc) for ev, rc in simulate_recorded(sc, get_profile(kernel))[1] if (k := request_key(ev, memmap)) is not None]
+
+
+def snapshot_of(m: Machine) -> list[Event]:
+    """A boot snapshot of a model machine as mhp record writes one mid-life (groups, hot-plugged blocks and all)."""
+    p = m.params
+    out: list[Event] = [
+        BootMachine(m.block_size, sum(1 << n for n in m.possible_nodes), sum(1 << n for n in m.cpu_nodes)),
+        BootParams(p.online_policy, p.auto_movable_ratio, p.auto_movable_numa_aware, p.auto_online_blocks, p.memmap_on_memory, p.movable_node),
+    ]
+    out += [BootGroup(g.mgid, g.nid, g.is_dynamic, g.pages) for g in sorted(m.groups.values(), key=lambda g: g.mgid)]
+    for nid, node in sorted(m.nodes.items()):
+        if node.online:
+            out += [
+                BootZone(nid, z.idx, z.zone_start_pfn if z.spanned_pages else 0, z.spanned_pages, z.present_pages, z.present_early_pages, z.cma_pages)
+                for z in node.zones
+            ]
+    for b, mem in sorted(m.blocks.items()):
+        zone = mem.zone.idx if mem.state is BlockState.ONLINE and mem.zone is not None else ZoneType.NONE
+        out.append(BootBlocks(b, 1, mem.nid, mem.state, zone, mem.early, mem.group.mgid if mem.group else -1, mem.nr_vmemmap_pages, mem.present_pages))
+    return out
+
+
+ATTACH = sorted(p.stem for p in SCENARIOS.glob("*.toml") if load_scenario(p).record_from)
+
+
+@pytest.mark.parametrize("profile", KERNELS)
+@pytest.mark.parametrize("name", ATTACH)
+def test_a_recording_attached_mid_life_gets_a_prefix(name: str, profile: str, tmp_path: Path) -> None:
+    """A trace whose snapshot already holds hot-plugged memory (the attach scenarios, the snapshot taken after their
+    record_from steps) becomes a prefix that rebuilds the snapshot from boot, then the recorded steps; a DIMM left behind
+    a gap (memory unplugged before the recording) cannot be rebuilt."""
+    sc = load_scenario(SCENARIOS / f"{name}.toml")
+    sim = Simulation(sc, get_profile(profile))
+    sim.boot()
+    for i, step in enumerate(sc.steps[: sc.record_from], 1):
+        sim.run_step(i, step)
+    events = snapshot_of(sim.kernel.m)
+    start = len(sim.events)
+    for i, step in enumerate(sc.steps[sc.record_from :], sc.record_from + 1):
+        sim.run_step(i, step)
+    tr = translate(write_events(tmp_path / f"{name}.mhpt", events + sim.events[start:], sim), profile)
+    if name == "dimm-unplug-attach":
+        assert tr.obstacle is not None and "memory freed before the recording left a gap" in tr.obstacle.why
+        return
+    assert tr.obstacle is None, tr.obstacles
+    assert tr.scenario is not None and tr.scenario.record_from > 0
+    assert tr.doc["kernel"]["cmdline"].startswith("memhp_default_state=offline")  # the prefix onlines each block to its zone
+    assert _keys(tr.scenario, profile) == _keys(sc, profile)
 
 
 @pytest.mark.parametrize("profile", KERNELS)
@@ -258,12 +311,12 @@ def test_a_boot_snapshot_no_preset_has_names_its_record(tmp_path: Path) -> None:
     assert isinstance(events[tr.obstacle.index], BootZone) and events[tr.obstacle.index].zone is ZoneType.DMA
 
 
-def test_memory_plugged_before_the_recording_is_not_rebuilt(tmp_path: Path) -> None:
+def test_hot_plugged_blocks_need_their_group(tmp_path: Path) -> None:
     def mutate(ev: list[Event]) -> None:
         ev.insert(0, BootBlocks(60, 1, 0, BlockState.OFFLINE, ZoneType.NONE, False, 0, 0, 32768))
 
     tr = translate(small(tmp_path, mutate), "6.1")
-    assert tr.obstacle is not None and tr.obstacle.index == 0 and "hot-plugged before the recording began" in tr.obstacle.why
+    assert tr.obstacle is not None and tr.obstacle.index == 0 and "blocks of group 0, which the snapshot does not define" in tr.obstacle.why
 
 
 def test_kernels_for_the_header() -> None:

@@ -503,27 +503,26 @@ class _Translator:
         raise self.fail(i, f"group_unregister of {what}")
 
     def on_OnlineBlock(self, i: int, ev: OnlineBlock) -> None:
-        self.started = True
-        if ev.source is Source.KERNEL:
-            raise self.fail(i, "an online request by the kernel: the kernel onlines blocks itself only inside a hot-add (auto_online_blocks)")
-        if ev.source is Source.DRIVER:
-            self.driver_write(i, ev.block)
-            return
         if ev.attr is Attr.ONLINE:
-            self.user_write(i, "online", ev.block, {"attr": "online"})
-        elif ev.online_type is OnlineType.OFFLINE:
-            self.user_write(i, "offline", ev.block, {})
+            self.block_write(i, ev, "online", {"attr": "online"})
+        elif ev.online_type is OnlineType.OFFLINE:  # "offline" written to state
+            self.block_write(i, ev, "offline", {})
         else:
-            self.user_write(i, "online", ev.block, {"type": ONLINE_TYPE_NAMES[ev.online_type]} if ev.online_type is not OnlineType.ONLINE else {})
+            self.block_write(i, ev, "online", {"type": ONLINE_TYPE_NAMES[ev.online_type]} if ev.online_type is not OnlineType.ONLINE else {})
 
     def on_OfflineBlock(self, i: int, ev: OfflineBlock) -> None:
+        self.block_write(i, ev, "offline", {"attr": "online"} if ev.attr is Attr.ONLINE else {})
+
+    def block_write(self, i: int, ev: OnlineBlock | OfflineBlock, action: str, extra: dict[str, Any]) -> None:
+        """A block's online or offline request: user space's (a step), an eject's (part of an unplug), never the kernel's."""
         self.started = True
         if ev.source is Source.KERNEL:
-            raise self.fail(i, "an offline request by the kernel: the kernel offlines blocks only for a driver")
+            what = "online" if isinstance(ev, OnlineBlock) else "offline"
+            raise self.fail(i, f"an {what} request by the kernel: the kernel onlines blocks itself only inside a hot-add, and offlines them only for a driver")
         if ev.source is Source.DRIVER:
             self.driver_write(i, ev.block)
-            return
-        self.user_write(i, "offline", ev.block, {"attr": "online"} if ev.attr is Attr.ONLINE else {})
+        else:
+            self.user_write(i, action, ev.block, extra)
 
     def driver_write(self, i: int, block: int) -> None:
         """An ACPI eject's offline (or its roll-back online) of a DIMM block: part of an ``unplug`` step (one that fails if

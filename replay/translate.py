@@ -5,7 +5,9 @@ parameters, and each request as what causes it on a real machine.
   node); ``remove_memory`` and ``group_unregister`` of a DIMM (after the eject's own offlines): ``unplug``;
 - a dynamic group from boot: a virtio-mem device (``[[device]]``, unit = memory block: SBM, larger: BBM with that
   device block size); its adds and removals: ``vmem`` resize steps;
-- user-space online/offline: ``online``/``offline`` steps (type, attr); parameter writes: ``param``/``auto_online``.
+- user-space online/offline: ``online``/``offline`` steps (type, attr); parameter writes: ``param``/``auto_online``;
+- a snapshot taken mid-life (hot-plugged memory in it): a prefix of steps that rebuilds it from boot, then
+  ``record_from``.
 
 What no real machine produces is an ``Obstacle`` naming the record and why (injected failures, a group smaller than
 its memory, a probe-style add without a driver, memory on a node the machine lacks ...). The scenario is then

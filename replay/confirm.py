@@ -35,13 +35,27 @@ from replay.report import Divergence, Mismatch
 from replay.translate import Obstacle, Translation, event_text, read_records, requests_with_rc, translate
 from traces.atomic import atomic_path, atomic_write
 from traces.codec import FLAG_INFERRED, Record
-from traces.events import AddMemory, Event, Mark, OfflineAndRemoveMemory, OfflineBlock, OnlineBlock, ParamWrite, RemoveMemory, Result, StateDigest
+from traces.events import (
+    AddMemory,
+    Attr,
+    Event,
+    Mark,
+    OfflineAndRemoveMemory,
+    OfflineBlock,
+    OnlineBlock,
+    OnlineType,
+    ParamWrite,
+    RemoveMemory,
+    Result,
+    StateDigest,
+)
 from traces.reader import TraceReader
 from traces.text import format_record
 from traces.writer import TraceWriter
 
 KERNELS = ("6.1", "6.12")
 GUEST_STEPS = ("online", "offline", "param", "auto_online")
+USER_WRITES = (OnlineBlock, OfflineBlock, ParamWrite)
 ERRNO_OF = {os.strerror(e): e for e in sorted(errno.errorcode, reverse=True)}  # strerror text -> errno (the lowest wins)
 
 
@@ -167,7 +181,7 @@ def judge(v: Verdict, tr: Translation, recs: list[Record], real: str, obs: dict[
     if odd:
         v.error = f"the guest's recorder and the host's samples disagree ({len(odd)}): {odd[0]}"
         return v
-    obstacle = driver_difference(recs, real, tr.kernel)
+    obstacle = order_difference(tr, recs, real)
     if obstacle is not None:
         return inexpressible(v, [obstacle])
     div = write_difference(tr, recs, obs)
@@ -181,34 +195,6 @@ def judge(v: Verdict, tr: Translation, recs: list[Record], real: str, obs: dict[
         return v
     v.verdict = "confirmed"
     return v
-
-
-def _memory_requests(items: list[tuple[int, Event]]) -> list[tuple[int, Event, tuple[int, int, str]]]:
-    out = []
-    for i, ev in items:
-        if isinstance(ev, AddMemory):
-            out.append((i, ev, (ev.start, ev.size, "add")))
-        elif isinstance(ev, (RemoveMemory, OfflineAndRemoveMemory)):
-            out.append((i, ev, (ev.start, ev.size, "remove")))
-    return out
-
-
-def driver_difference(recs: list[Record], real: str, kernel: str) -> Obstacle | None:
-    """The first of the trace's successful hot-adds and removals the real machine did not do the same (None: all the same)."""
-    events = [r.event for r in recs]
-    mine = _memory_requests([(i, ev) for i, ev, rc in requests_with_rc(events, get_profile(kernel)) if rc == 0])
-    theirs = _memory_requests(list(enumerate(r.event for r in read_records(real)[1])))
-    for pos, (i, ev, key) in enumerate(mine):
-        if pos >= len(theirs):
-            return Obstacle(i, event_text(ev), f"the real {kernel} machine did no more hot-adds or removals after its last")
-        j, rev, rkey = theirs[pos]
-        if rkey != key:
-            return Obstacle(i, event_text(ev), f"the real {kernel} machine did {event_text(rev)} here (its trace's record {j})")
-    if len(theirs) > len(mine):
-        j, rev, _ = theirs[len(mine)]
-        last = mine[-1][0] if mine else len(recs) - 1
-        return Obstacle(last, event_text(recs[last].event), f"the real {kernel} machine also did {event_text(rev)} (its trace's record {j})")
-    return None
 
 
 def write_difference(tr: Translation, recs: list[Record], obs: dict[str, Any]) -> Divergence | None:
@@ -236,39 +222,109 @@ def write_rc(status: int, message: str) -> int | None:
     return None if e is None else -e
 
 
-def with_lab_writes(real: str, out: str, tr: Translation, recs: list[Record], obs: dict[str, Any]) -> int:
-    """The guest's trace with each guest step's requests as the lab wrote them, each followed by the kernel's result,
-    in place of the recorder's inferences (it sees the zone a block went to, not the online type written, and no
-    failed write); returns the number of requests put in. They go right after the full observation that follows the
-    step's mark; everything else stays as the recorder wrote it."""
-    exact: dict[int, list[Event]] = {}
+def _write_key(ev: Event) -> tuple[Any, ...]:
+    """What a write and the recorder's inference of it share: the block (or parameter) and the direction."""
+    if isinstance(ev, ParamWrite):
+        return ("param", ev.param)
+    online = isinstance(ev, OnlineBlock) and not (ev.attr is Attr.STATE and ev.online_type is OnlineType.OFFLINE)
+    return ("online" if online else "offline", getattr(ev, "block", -1))
+
+
+def lab_writes(tr: Translation, recs: list[Record], obs: dict[str, Any]) -> dict[int, list[tuple[Event, int | None]]]:
+    """Each guest step's writes (by step number) as the trace's requests the lab made, with the kernel's result."""
+    out: dict[int, list[tuple[Event, int | None]]] = {}
     for k, (step, sources) in enumerate(zip(tr.doc["step"], tr.sources, strict=True)):
         if any(a in step for a in GUEST_STEPS):
-            evs: list[Event] = []
-            for i, (_, status, message) in zip(sources, obs["results"][k + 1].get("writes") or [], strict=False):
-                ev = recs[i].event
-                evs.append(ev._replace(value=ev.value.removesuffix("\n")) if isinstance(ev, ParamWrite) else ev)
-                rc = write_rc(status, message)
-                if rc is not None:
-                    evs.append(Result(rc))
-            exact[k + 1] = evs
+            writes = obs["results"][k + 1].get("writes") or []
+            evs = [recs[i].event for i in sources]
+            out[k + 1] = [
+                (ev._replace(value=ev.value.removesuffix("\n")) if isinstance(ev, ParamWrite) else ev, write_rc(status, message))
+                for ev, (_, status, message) in zip(evs, writes, strict=False)
+            ]
+    return out
+
+
+def with_lab_writes(real: str, out: str, tr: Translation, recs: list[Record], obs: dict[str, Any]) -> int:
+    """The guest's trace with each guest step's writes as the lab made them, each followed by the kernel's result, in
+    place of the recorder's inferences (it sees the zone a block went to, not the online type written, and no failed
+    write); returns the number of writes put in. A successful write takes the place of its inference (so it stays in
+    order with what the drivers did meanwhile), a failed one follows the write before it (the first: the full
+    observation after the step's mark)."""
+    exact = lab_writes(tr, recs, obs)
     put = 0
     with TraceReader(real) as r, TraceWriter(out, r.header) as w:
-        pending: list[Event] | None = None
+        todo: list[tuple[Event, int | None]] = []  # the current step's writes not yet written
+        started = False  # the full observation after the step's mark is written
+
+        def write_first(n: int, ts: int) -> None:
+            nonlocal put
+            for ev, rc in todo[:n]:
+                w.write(ev, ts=ts)
+                if rc is not None:
+                    w.write(Result(rc), ts=ts)
+            put += len(todo[:n])
+            del todo[:n]
+
+        def failed() -> int:
+            """How many writes at the head of ``todo`` failed (the recorder saw nothing of them)."""
+            return next((k for k, (_, rc) in enumerate(todo) if rc == 0), len(todo))
+
+        ts = 0
         for rec in r:
-            ev = rec.event
+            ev, ts = rec.event, rec.ts
             if isinstance(ev, Mark):
-                step = ev.text.split(":", 1)[0]
-                pending = exact.get(int(step[5:])) if step.startswith("step ") and step[5:].isdigit() else None
-            elif pending is not None and rec.flags & FLAG_INFERRED and isinstance(ev, (OnlineBlock, OfflineBlock, ParamWrite)):
-                continue  # the recorder's inference of a write the lab made
-            w.write(ev, ts=rec.ts, flags=rec.flags)
-            if pending and isinstance(ev, StateDigest):
-                for x in pending:
-                    w.write(x, ts=rec.ts)
-                put += sum(1 for x in pending if x.KIND == "request")
-                pending = []
+                write_first(len(todo), ts)  # writes whose effect the recorder never saw: before the next mark
+                head = ev.text.split(":", 1)[0]
+                todo = list(exact.get(int(head[5:]), [])) if head.startswith("step ") and head[5:].isdigit() else []
+                started = False
+            elif todo and rec.flags & FLAG_INFERRED and isinstance(ev, USER_WRITES):
+                k = failed()
+                if k < len(todo) and _write_key(todo[k][0]) == _write_key(ev):
+                    write_first(k + 1, ts)  # the failed writes before it, then it in place of the inference
+                    write_first(failed(), ts)  # and the failed ones right after it
+                    continue
+            w.write(ev, ts=ts, flags=rec.flags)
+            if todo and not started and isinstance(ev, StateDigest):
+                started = True
+                write_first(failed(), ts)
+        write_first(len(todo), ts)
     return put
+
+
+def _in_order(items: list[tuple[int, Event]]) -> list[tuple[int, Event, tuple[Any, ...]]]:
+    out = []
+    for i, ev in items:
+        if isinstance(ev, AddMemory):
+            out.append((i, ev, ("add", ev.start, ev.size)))
+        elif isinstance(ev, (RemoveMemory, OfflineAndRemoveMemory)):
+            out.append((i, ev, ("remove", ev.start, ev.size)))
+        else:
+            out.append((i, ev, _write_key(ev)))
+    return out
+
+
+def order_difference(tr: Translation, recs: list[Record], exact: str) -> Obstacle | None:
+    """The first of the trace's hot-adds, removals (those that succeed) and lab writes that the real machine did not do
+    in the same order (``exact``: its trace with the lab's writes, with_lab_writes); None: the same sequence."""
+    written = {i for step, sources in zip(tr.doc["step"], tr.sources, strict=True) if any(a in step for a in GUEST_STEPS) for i in sources}
+    memory = (AddMemory, RemoveMemory, OfflineAndRemoveMemory)
+    rcs = requests_with_rc([r.event for r in recs], get_profile(tr.kernel))
+    mine = _in_order([(i, ev) for i, ev, rc in rcs if (isinstance(ev, memory) and rc == 0) or i in written])
+    real = read_records(exact)[1]
+    lab = [(j, r.event) for j, r in enumerate(real) if isinstance(r.event, memory) or (isinstance(r.event, USER_WRITES) and not r.flags & FLAG_INFERRED)]
+    theirs = _in_order(lab)
+    kernel = tr.kernel
+    for pos, (i, ev, key) in enumerate(mine):
+        if pos >= len(theirs):
+            return Obstacle(i, event_text(ev), f"the real {kernel} machine did nothing more of the kind after its last")
+        j, rev, rkey = theirs[pos]
+        if rkey != key:
+            return Obstacle(i, event_text(ev), f"the real {kernel} machine did {event_text(rev)} here (its trace's record {j})")
+    if len(theirs) > len(mine):
+        j, rev, _ = theirs[len(mine)]
+        last = mine[-1][0] if mine else len(recs) - 1
+        return Obstacle(last, event_text(recs[last].event), f"the real {kernel} machine also did {event_text(rev)} (its trace's record {j})")
+    return None
 
 
 def record_verdict(v: Verdict, date: str | None = None) -> Path | None:

@@ -49,11 +49,11 @@ from traces.events import (
     Result,
     StateDigest,
 )
+from traces.lab.setup import KERNELS
 from traces.reader import TraceReader
 from traces.text import format_record
 from traces.writer import TraceWriter
 
-KERNELS = ("6.1", "6.12")
 GUEST_STEPS = ("online", "offline", "param", "auto_online")
 USER_WRITES = (OnlineBlock, OfflineBlock, ParamWrite)
 ERRNO_OF = {os.strerror(e): e for e in sorted(errno.errorcode, reverse=True)}  # strerror text -> errno (the lowest wins)

@@ -15,11 +15,11 @@ from replay.cli import main
 from replay.confirm import KERNELS, Verdict, confirm, exit_code, judge, kernels_for, order_difference, real_trace_path, with_lab_writes
 from replay.model.machine import Machine
 from replay.model.params import boot_params_from_cmdline
-from replay.model.profiles import get_profile
+from replay.model.profiles import PROFILES, get_profile
 from replay.observe import model_digest, observe_block, observe_zones
 from replay.replayer import replay_file
 from replay.simulate import Simulation, simulate, trace_header
-from replay.translate import read_records, request_key, simulate_recorded, translate
+from replay.translate import differences, read_records, request_key, simulate_recorded, translate
 from tests.test_real_traces import _lab
 from traces.codec import FLAG_INFERRED
 from traces.events import (
@@ -58,7 +58,9 @@ REGRESSIONS = ROOT / "corpus" / "regressions"
 SCENARIOS = ROOT / "corpus" / "scenarios"
 REAL = ROOT / "corpus" / "real"
 REG_TRACES = sorted(p for p in REGRESSIONS.glob("*.mhpt") if not p.name.endswith(".real.mhpt"))
-REAL_TRACES = sorted(REAL.glob("*/*.mhpt"))
+REAL_TRACES = sorted(p for p in REAL.glob("*/*.mhpt") if p.parent.name in PROFILES)
+# Real traces no real machine can replay as recorded, and why.
+REAL_INEXPRESSIBLE = {"dimm-unplug-attach": "memory freed before the recording left a gap"}  # the DIMM unplugged before it
 
 # Why each regression cannot run on a real machine: past its minimised boot snapshot (no preset), the first request
 # no real machine issues.
@@ -142,15 +144,22 @@ def test_real_traces_translate_to_their_scenarios(path: Path) -> None:
     whose simulation issues the original scenario's hot-adds and removals."""
     kernel = path.parent.name
     tr = translate(str(path), kernel)
+    if path.stem in REAL_INEXPRESSIBLE:
+        assert tr.obstacle is not None and REAL_INEXPRESSIBLE[path.stem] in tr.obstacle.why
+        return
     assert tr.obstacle is None, tr.obstacle
     assert tr.scenario is not None
     orig = load_scenario(SCENARIOS / f"{path.stem}.toml")
     prof = get_profile(kernel)
     assert tr.scenario.machine.name == orig.machine.name
-    assert boot_params_from_cmdline(tr.scenario.cmdline, prof.default_online_type, prof.memmap_force_mode) == boot_params_from_cmdline(
-        orig.cmdline, prof.default_online_type, prof.memmap_force_mode
-    )
     assert [(d.node, d.block_size) for d in tr.scenario.devices] == [(d.node, d.block_size) for d in orig.devices]
+    mine, theirs = simulate_recorded(tr.scenario, prof)[0], simulate_recorded(orig, prof)[0]
+    if orig.record_from:  # attached mid-life: the prefix rebuilds the machine the original's steps left
+        assert mine is not None and theirs is not None and differences(mine, theirs) == []
+    else:
+        assert mine is None and boot_params_from_cmdline(tr.scenario.cmdline, prof.default_online_type, prof.memmap_force_mode) == boot_params_from_cmdline(
+            orig.cmdline, prof.default_online_type, prof.memmap_force_mode
+        )
     assert _keys(tr.scenario, kernel, drivers_only=True) == _keys(orig, kernel, drivers_only=True)
 
 
@@ -323,7 +332,7 @@ def test_hot_plugged_blocks_need_their_group(tmp_path: Path) -> None:
 def test_kernels_for_the_header() -> None:
     assert kernels_for("6.1.0-56-amd64") == ["6.1"]
     assert kernels_for("6.12.117") == ["6.12"]
-    assert kernels_for("7.2.13+deb14-amd64") == list(KERNELS) == kernels_for("")
+    assert kernels_for("5.10.0-30-amd64") == list(KERNELS) == kernels_for("")
 
 
 # --- the verdict of a run (judged without the lab: the model's simulation stands in for the guest's trace) ------------
@@ -523,7 +532,7 @@ def test_confirm_record_writes_the_verdict_into_the_regression(tmp_path: Path, c
 def test_every_regression_carries_a_verdict_that_still_holds(path: Path) -> None:
     doc = json.loads(path.with_suffix(".json").read_text())
     verdicts = doc.get("verdicts", {})
-    assert set(verdicts) == set(KERNELS), f"{path.name}: run mhp confirm --record --kernel 6.1 6.12"
+    assert {"6.1", "6.12"} <= set(verdicts) <= set(KERNELS), f"{path.name}: run mhp confirm --record --kernel 6.1 6.12"
     for kernel, entry in verdicts.items():
         if entry["verdict"] == "inexpressible":
             tr = translate(str(path), kernel)

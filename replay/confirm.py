@@ -198,7 +198,8 @@ def judge(v: Verdict, tr: Translation, recs: list[Record], real: str, obs: dict[
 
 
 def write_difference(tr: Translation, recs: list[Record], obs: dict[str, Any]) -> Divergence | None:
-    """The first sysfs write of the lab run whose success the model predicts otherwise for the trace's request."""
+    """The first failed sysfs write of the lab run whose message names no errno (no result went into the real trace for
+    replay to compare) where the model predicts success for the trace's request."""
     rcs = {i: rc for i, _, rc in requests_with_rc([r.event for r in recs], get_profile(tr.kernel))}
     for k, (step, sources) in enumerate(zip(tr.doc["step"], tr.sources, strict=True)):
         if not any(a in step for a in GUEST_STEPS):
@@ -206,7 +207,7 @@ def write_difference(tr: Translation, recs: list[Record], obs: dict[str, Any]) -
         writes = obs["results"][k + 1].get("writes") or []
         for i, (_, status, message) in zip(sources, writes, strict=False):
             rc = rcs[i]
-            if (rc < 0) != (status != 0):
+            if write_rc(status, message) is None and rc >= 0:
                 rec = recs[i]
                 event = f"step {k + 1}'s write: exit status {status}" + (f" ({message})" if message else "")
                 return Divergence("errno", i, rec.seq, rec.ts, event, format_record(rec), [Mismatch("rc", rc, f"status {status}: {message}" if status else 0)])

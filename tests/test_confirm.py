@@ -451,14 +451,14 @@ def test_judge_refutes_a_divergence(tmp_path: Path, quirk: str) -> None:
 
 def test_judge_refutes_a_result_the_model_gives_otherwise(tmp_path: Path, quirk: str) -> None:
     tr = translate(quirk, "6.1")
-    k = next(k for k, s in enumerate(tr.doc["step"]) if s.get("offline") == 48)
+    k = next(k for k, s in enumerate(tr.doc["step"]) if s.get("type") == "online_movable")
 
-    def busy(obs: dict[str, Any]) -> None:
-        obs["results"][k + 1]["writes"] = [[48, 1, "sh: write error: Device or resource busy"]]
+    def accepted(obs: dict[str, Any]) -> None:  # the kernel "accepts" online_movable on an online block
+        obs["results"][k + 1]["writes"] = [[48, 0, ""]]
 
-    v = judged(tmp_path, quirk, [], obs_tamper=busy)
+    v = judged(tmp_path, quirk, [], obs_tamper=accepted)
     assert v.verdict == "refuted" and v.divergence is not None and v.divergence["kind"] == "errno"
-    assert v.divergence["mismatches"] == [{"field": "rc", "model": 0, "observed": -16}]
+    assert v.divergence["mismatches"] == [{"field": "rc", "model": -22, "observed": 0}]
 
 
 def test_judge_refutes_a_write_whose_failure_names_no_errno(tmp_path: Path, quirk: str) -> None:

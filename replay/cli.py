@@ -265,8 +265,11 @@ def cmd_record(args: argparse.Namespace) -> int:
         raise ValueError("--rotate-size (and --rotate-count) need -o FILE, not standard output")
     rotation = Rotation(args.output, args.rotate_size, args.rotate_count) if args.rotate_size else None
     if os.geteuid() != 0:
-        print("mhp record: warning: not root: /proc/iomem hides addresses (present pages per block and virtio-mem devices are unknown) "
-              "and /dev/kmsg may be unreadable", file=sys.stderr)
+        print(
+            "mhp record: warning: not root: /proc/iomem hides addresses (present pages per block and virtio-mem devices are unknown) "
+            "and /dev/kmsg may be unreadable",
+            file=sys.stderr,
+        )
     n = record(
         args.output,
         snapshot_only=args.snapshot,
@@ -330,6 +333,17 @@ def cmd_minimize(args: argparse.Namespace) -> int:
         print(f"past the signatures it hits first: {', '.join(sorted(mini.ignore))}")
     print("1-minimal: removing any single event loses the signature" if res.one_minimal else "budget exhausted before the 1-minimal pass finished")
     return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    """Run traces on real kernels in the lab and judge them against the model (replay/confirm.py)."""
+    from replay.confirm import confirm_all, exit_code
+
+    verdicts = confirm_all(args.traces, args.kernel, args.out_dir, args.record, args.verbose, None if args.json else lambda v: print(v.line(), flush=True))
+    if args.json:
+        json.dump([v.to_json() for v in verdicts], sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    return exit_code(verdicts)
 
 
 def cmd_lab(argv: Sequence[str]) -> int:
@@ -435,6 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time", type=seconds, default=60.0, help="time budget in seconds")
     s.add_argument("--max-replays", type=positive, default=50000)
     s.set_defaults(func=cmd_minimize)
+    s = sub.add_parser("confirm", help="run traces on Debian's real kernels in the lab: confirmed, refuted or inexpressible")
+    s.add_argument("traces", nargs="+", metavar="TRACE")
+    s.add_argument("--kernel", nargs="+", help="kernel series to run on (default: the one the trace's header names, else every one the lab has)")
+    s.add_argument("--json", action="store_true", help="one object per trace and kernel")
+    s.add_argument("--out-dir", help="where real traces go (default: beside each trace, as NAME.KERNEL.real.mhpt)")
+    s.add_argument("--record", action="store_true", help="store each verdict in the trace's regression file (NAME.json beside it)")
+    s.add_argument("-v", "--verbose", action="store_true", help="log the lab's steps")
+    s.set_defaults(func=cmd_confirm)
     s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12/7.2 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
     s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet, record: as root, in the lab); prints figures")

@@ -20,17 +20,18 @@ from replay.model.profiles import get_profile
 from replay.replayer import model_at, replay_many
 from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
+from traces.errors import InputError
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.reader import TraceReader
 from traces.record import record
-from traces.scenario import ScenarioError, load_scenario
+from traces.scenario import load_scenario
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Run a scenario through the model and print the layout after each step."""
     scenario = load_scenario(args.scenario)
     if args.step is not None and not 0 <= args.step <= len(scenario.steps):
-        raise ScenarioError(f"{args.scenario}: --step {args.step} out of range 0..{len(scenario.steps)}")
+        raise ValueError(f"--step {args.step} out of range 0..{len(scenario.steps)} ({args.scenario} has {len(scenario.steps)} steps)")
     sim = Simulation(scenario, get_profile(args.profile or scenario.profile or "6.1"))
     results = [res for res in simulate(scenario, sim=sim) if args.step is None or res.index == args.step]
     if args.trace:
@@ -262,7 +263,10 @@ def cmd_minimize(args: argparse.Namespace) -> int:
         events = list(r.events())
     mode = parse_mode(args.profile or profile_for_release(header.kernel_release or "6.1").name, args.variant, args.diff)
     mini = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any)
-    res = mini.run(events)
+    try:
+        res = mini.run(events)
+    except ValueError as e:  # what the trace does not do: about the file
+        raise InputError(str(e), path=args.trace) from None
     atomic_write(args.output, encode(res.events, reproducer_header(header, res.events, get_profile(mode.profile), "mhp minimize")))
     print(f"{args.output}: {len(events)} -> {len(res.events)} events ({mode.describe()}), {res.replays} replays in {res.seconds:.1f} s")
     print(f"signature {res.signature}: {res.hit.message}")
@@ -411,9 +415,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error
         return 0
-    except (ValueError, OSError) as e:  # ScenarioError, TraceFormatError, SnapshotError ... are ValueErrors
-        print(f"mhp {args.command}: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # InputError (TraceFormatError, ScenarioError), OSError, argument errors
+        print(f"mhp {args.command}: {error_line(e, input_file(args))}", file=sys.stderr)
         return 2
+
+
+def input_file(args: argparse.Namespace) -> str | None:
+    """The one file a subcommand reads, if it reads one (its errors name it when they do not say)."""
+    for name in ("trace", "scenario", "text"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            return value
+    traces = getattr(args, "traces", None)
+    return traces[0] if isinstance(traces, list) and len(traces) == 1 else None
+
+
+def error_line(e: Exception, path: str | None) -> str:
+    """The one error convention: ``FILE: POSITION: message`` for bad input (the file a subcommand
+    reads when the error does not name one), ``FILE: reason`` for a file that cannot be used, the
+    message alone for a bad argument."""
+    if isinstance(e, InputError):
+        return str(e if e.path is not None else e.at(path=path))
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    return str(e)
 
 
 if __name__ == "__main__":

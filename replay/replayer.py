@@ -68,7 +68,7 @@ class Replayer:
                 r.matched += 1
             return
         kind = ev.KIND
-        if kind == "observe":  # device observations: nothing the model predicts
+        if kind == "observe" or kind == "unknown":  # device observations, record types this reader does not know: skipped
             self.recent.append((seq, ts, ev, None))
             return
         if type(ev) is Loss:

@@ -11,37 +11,16 @@ Half of the inputs get their CRCs recomputed first, so mutations reach record de
 from __future__ import annotations
 
 import io
-import struct
 import sys
-import zlib
 
 import atheris
 
 with atheris.instrument_imports():
+    from fuzz.surfaces import fix_crcs
     from traces.codec import encode_record
     from traces.errors import TraceFormatError
-    from traces.header import CHUNK_HEADER, CHUNK_MAGIC, FIXED_HEADER_SIZE, MAX_CHUNK, chunk_crc
     from traces.reader import TraceReader
     from traces.text import dump, parse_text
-
-
-def fix_crcs(data: bytes) -> bytes:
-    """Recompute the header CRC and every chunk CRC the framing can find."""
-    buf = bytearray(data)
-    if len(buf) < FIXED_HEADER_SIZE:
-        return data
-    length = struct.unpack_from("<I", buf, 16)[0]
-    if FIXED_HEADER_SIZE <= length <= len(buf):
-        struct.pack_into("<I", buf, 20, zlib.crc32(bytes(buf[FIXED_HEADER_SIZE:length])))
-        pos = length
-        while pos + CHUNK_HEADER.size <= len(buf) and buf[pos : pos + 4] == CHUNK_MAGIC:
-            n = struct.unpack_from("<I", buf, pos + 16)[0]
-            if n > MAX_CHUNK or pos + CHUNK_HEADER.size + n > len(buf):
-                break
-            payload = bytes(buf[pos + CHUNK_HEADER.size : pos + CHUNK_HEADER.size + n])
-            struct.pack_into("<I", buf, pos + 20, chunk_crc(bytes(buf[pos : pos + 20]), payload))
-            pos += CHUNK_HEADER.size + n
-    return bytes(buf)
 
 
 def read(data: bytes, decoder: str) -> tuple[str, object, object]:

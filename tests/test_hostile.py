@@ -11,7 +11,9 @@ import pytest
 
 from replay.cli import main
 from replay.replayer import replay_file
-from traces.codec import Unknown
+from traces.codec import BODIES, RECORD_HEADER, Record, Unknown, encode_record
+from traces.events import AddFlags, AddMemory, BootBlocks, OnlineBlock, OnlineType
+from traces.header import TraceHeader, build_chunk
 from traces.reader import TraceReader
 from traces.writer import TraceWriter
 
@@ -178,3 +180,129 @@ def test_a_mark_step_labels_the_layout_and_does_nothing(tmp_path: Path, capsys: 
     assert step_record(load_scenario(f).steps[1]) == {"mark": "before onlining"}
     with TraceReader(tmp_path / "m.mhpt") as r:
         assert "step 2: mark=before onlining" in [ev.text for ev in r.events() if type(ev).__name__ == "Mark"]
+
+
+# --- defect 2: counts and sizes from input are bounded before anything is allocated or looped over ----------
+
+
+def seed_records(name: str = "seed-dimm") -> tuple[TraceHeader, list[Record]]:
+    with TraceReader(SEEDS / f"{name}.mhpt") as r:
+        return r.header, list(r)
+
+
+def raw_trace(path: Path, header: TraceHeader, records: list[bytes]) -> Path:
+    """A trace of hand-made record bytes (the writer refuses what no machine can have)."""
+    path.write_bytes(header.build() + build_chunk(0, len(records), b"".join(records)))
+    return path
+
+
+def huge_boot_blocks(tmp_path: Path) -> tuple[Path, int]:
+    """seed-dimm's snapshot with one boot_blocks record of 2**32 - 1 blocks (an 8 KB trace); its byte offset."""
+    header, records = seed_records()
+    out, at = [], 0
+    for rec in records:
+        if type(rec.event) is BootBlocks and rec.event.first == 32:
+            body = BODIES[BootBlocks.CODE].build({**rec.event._asdict(), "count": 2**32 - 1})  # type: ignore[attr-defined]
+            at = len(header.build()) + 24 + sum(map(len, out)) + RECORD_HEADER.size
+            out.append(RECORD_HEADER.pack(BootBlocks.CODE, 0, RECORD_HEADER.size + len(body), rec.seq, rec.ts) + body)  # type: ignore[attr-defined]
+        else:
+            out.append(encode_record(rec))
+    return raw_trace(tmp_path / "huge.mhpt", header, out), at
+
+
+@pytest.mark.parametrize("command", ["replay", "layout", "plot", "export", "minimize", "dump", "info"])
+def test_a_boot_blocks_count_beyond_the_address_space_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    path, at = huge_boot_blocks(tmp_path)
+    extra = {"plot": ["-o", str(tmp_path / "p.png")], "export": ["-o", str(tmp_path / "e.json")], "minimize": ["-o", str(tmp_path / "m.mhpt")]}
+    rc, out, err = run([command, str(path), *extra.get(command, [])], capsys)
+    if command == "replay":
+        assert rc == 2 and "ERROR" in out
+    elif command == "info":
+        assert rc == 1 and f"byte {at}: records: " in out and "BootBlocks.count" in out
+        return
+    assert rc == 2
+    one_error_line(err, command, path, f"byte {at}, record 7, field BootBlocks.count: BootBlocks: blocks 32+4294967295 end beyond block 524287")
+
+
+def test_the_writer_and_the_text_form_refuse_what_the_reader_refuses(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header, records = seed_records()
+    with pytest.raises(ValueError, match=r"BootBlocks.count: blocks 0\+524289 end beyond"), TraceWriter(tmp_path / "w.mhpt", header) as w:
+        w.write(BootBlocks(0, 524289, 0, records[3].event.state, records[3].event.zone, True, -1, 0, 1))
+    assert not list(tmp_path.iterdir())
+    text = tmp_path / "t.txt"
+    text.write_text("%mhpt 1.0\nboot_blocks first=524287 count=2 node=0 state=online zone=Normal early=true mgid=-1 vmemmap_pages=0 present_pages=1\n")
+    rc, _, err = run(["compile", str(text), "-o", str(tmp_path / "t.mhpt")], capsys)
+    assert rc == 2
+    one_error_line(err, "compile", text, "line 2:26, field count: boot_blocks: blocks 524287+2 end beyond block 524287")
+
+
+def big_add(tmp_path: Path, size: int, requests: int) -> Path:
+    """seed-dimm's snapshot, one add_memory of ``size`` bytes at 6 GiB, then ``requests`` online requests."""
+    header, records = seed_records()
+    boot = [r.event for r in records if r.event.KIND == "boot"]
+    events = [*boot, AddMemory(6 << 30, size, 0, AddFlags.NONE), *[OnlineBlock(100, OnlineType.ONLINE, 0, 0)] * requests]  # type: ignore[arg-type]
+    with TraceWriter(tmp_path / "big.mhpt", header) as w:
+        for ev in events:
+            w.write(ev, ts=0)
+    return tmp_path / "big.mhpt"
+
+
+def test_plot_samples_within_a_budget_of_block_states_and_bins_wide_ranges(tmp_path: Path) -> None:
+    from replay.plot import code_at, grid, sample
+
+    path = big_add(tmp_path, 1 << 40, 600)  # 8192 hot-added blocks, 611 events
+    s = sample(str(path), budget=200_000)
+    visited = sum(len({b for a, z, _ in row for b in range(a, z + 1)}) for row in s.rows)
+    assert visited <= 200_000 + 8192 + 48 and s.events[-1] == 610 and len(s.events) < 100  # thinned, the last event kept
+    assert code_at(s.rows[-1], 48 + 8191) == 2 and code_at(s.rows[-1], 48 + 8192) == 6  # Normal, then absent
+    cells, per = grid(s, columns=1000)
+    assert per == 9 and {len(line) for line in cells} == {916} and cells[-1][-1] == 2
+
+
+def test_plot_of_a_trace_without_records_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header, _ = seed_records()
+    with TraceWriter(tmp_path / "empty.mhpt", header):
+        pass
+    rc, _, err = run(["plot", str(tmp_path / "empty.mhpt"), "-o", str(tmp_path / "e.png")], capsys)
+    assert rc == 2 and not (tmp_path / "e.png").exists()
+    one_error_line(err, "plot", tmp_path / "empty.mhpt", "record 0: the trace has no events")
+
+
+def test_minimize_honours_its_time_budget_inside_a_long_replay(tmp_path: Path) -> None:
+    """A replay of the largest machine (2**19 blocks) takes seconds; a 0.3 s budget stops it in the
+    middle instead of after it."""
+    from fuzz.check import Mode, decode
+    from fuzz.minimize import Minimizer
+
+    events = decode(big_add(tmp_path, (64 << 40) - (6 << 30), 1).read_bytes())
+    assert events is not None
+    with pytest.raises(ValueError, match="the budget ran out before a replay of the whole input finished"):
+        Minimizer(Mode("6.1"), None, max_seconds=0.3).run(events)
+
+
+# --- defect 3: repair mends what verify reports about sequence numbers --------------------------------------
+
+
+def test_repair_output_verifies_after_any_sequence_number_damage(tmp_path: Path) -> None:
+    """Every bit of every record's seq in the first chunk flipped in turn, CRCs recomputed (damage
+    verify reports as gaps or numbers going backwards): repair writes a trace that verifies clean."""
+    from fuzz.surfaces import fix_crcs
+    from traces.files import repair, verify
+
+    data = (SEEDS / "seed-dimm.mhpt").read_bytes()
+    header_len = int.from_bytes(data[16:20], "little")
+    offsets, pos = [], header_len + 24
+    for _ in range(40):
+        offsets.append(pos + 4)
+        pos += int.from_bytes(data[pos + 2 : pos + 4], "little")
+    damaged = repaired = 0
+    for at in offsets:
+        for bit in range(0, 64, 3):
+            bad = bytearray(data)
+            bad[at + bit // 8] ^= 1 << bit % 8
+            src = tmp_path / "bad.mhpt"
+            src.write_bytes(fix_crcs(bytes(bad)))
+            damaged += not verify(str(src)).clean
+            repair(str(src), str(tmp_path / "fixed.mhpt"))
+            repaired += verify(str(tmp_path / "fixed.mhpt")).clean
+    assert damaged == repaired == len(offsets) * 22

@@ -306,3 +306,54 @@ def test_repair_output_verifies_after_any_sequence_number_damage(tmp_path: Path)
             repair(str(src), str(tmp_path / "fixed.mhpt"))
             repaired += verify(str(tmp_path / "fixed.mhpt")).clean
     assert damaged == repaired == len(offsets) * 22
+
+
+# --- defect 4: verify checks the index entries ------------------------------------------------------------
+
+
+def chunked(tmp_path: Path, records_per_chunk: int = 60) -> Path:
+    header, records = seed_records("seed-vmem")
+    with TraceWriter(tmp_path / "chunked.mhpt", header, chunk_records=records_per_chunk) as w:
+        for rec in records:
+            w.write_record(rec)
+    return tmp_path / "chunked.mhpt"
+
+
+def test_verify_reports_every_bit_flip_in_the_index_entries(tmp_path: Path) -> None:
+    from traces.files import verify
+
+    path = chunked(tmp_path)
+    data = path.read_bytes()
+    at = int.from_bytes(data[-16:-8], "little")
+    n = int.from_bytes(data[at + 4 : at + 8], "little")
+    assert n > 3 and verify(str(path)).clean
+    missed = []
+    for bit in range(0, n * 28 * 8, 5):
+        bad = bytearray(data)
+        bad[at + 8 + bit // 8] ^= 1 << bit % 8
+        path.write_bytes(bad)
+        report = verify(str(path))
+        if report.clean or not any(p.kind == "index" and "index entry" in p.message or "the index lists" in p.message for p in report.problems):
+            missed.append(bit)
+    assert missed == []
+
+
+def test_strict_reading_and_pipes_check_the_index_too(tmp_path: Path) -> None:
+    import io
+
+    from traces.errors import TraceFormatError
+
+    data = bytearray(chunked(tmp_path).read_bytes())
+    at = int.from_bytes(data[-16:-8], "little")
+    data[at + 8 + 28 + 9] ^= 0x10  # entry 1's first_seq
+    with pytest.raises(TraceFormatError, match="index entry 1 says first_seq/count/first_ts"):
+        TraceReader(io.BytesIO(bytes(data))).read_all()
+
+    class Pipe(io.BytesIO):
+        def seekable(self) -> bool:
+            return False
+
+    data[at + 8 + 28 + 9] ^= 0x10
+    data[at + 8 + 28 + 7] ^= 0x01  # entry 1's offset, far past the index
+    with pytest.raises(TraceFormatError, match="index entry 1 says its chunk starts at byte"):
+        TraceReader(Pipe(bytes(data))).read_all()

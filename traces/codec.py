@@ -429,6 +429,8 @@ def encode_record(rec: Record) -> bytes:
         data = bytes(ev.data)
         if not 0 <= ev.code <= 255 or ev.code in EVENT_TYPES:
             raise ValueError(f"unknown record code {ev.code} is invalid or taken")
+        if RECORD_HEADER_SIZE + len(data) > MAX_RECORD:
+            raise ValueError(f"record of {RECORD_HEADER_SIZE + len(data)} bytes exceeds {MAX_RECORD}")
         out = RECORD_HEADER.pack(ev.code, rec.flags, RECORD_HEADER_SIZE + len(data), rec.seq, rec.ts) + data
     else:
         enc = ENCODERS.get(type(ev))
@@ -437,7 +439,9 @@ def encode_record(rec: Record) -> bytes:
         try:
             out = enc(rec.seq, rec.ts, rec.flags, ev)
             if rec.extra:
-                out = out[:2] + struct.pack("<H", min(len(out) + len(rec.extra), MAX_RECORD + 1) & 0xFFFF) + out[4:] + rec.extra
+                if len(out) + len(rec.extra) > MAX_RECORD:
+                    raise ValueError(f"record of {len(out) + len(rec.extra)} bytes exceeds {MAX_RECORD}")
+                out = out[:2] + struct.pack("<H", len(out) + len(rec.extra)) + out[4:] + rec.extra
         except (struct.error, ValueError, UnicodeEncodeError, TypeError, AttributeError):
             check_event(ev)
             raise

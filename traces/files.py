@@ -191,6 +191,6 @@ def compile_text(path: str, out: str, *, strict: bool = True) -> int:
                 w.flush()
             try:
                 w.write_record(rec)
-            except ValueError as e:
-                raise TraceFormatError(str(e), path=path, record=rec.seq) from None
+            except ValueError as e:  # parse_text_layout checks every value: a safety net, at the record's line
+                raise TraceFormatError(str(e), path=path, line=layout.lines[i], record=i) from None
     return len(records)

@@ -384,19 +384,23 @@ COMPILE_HEAD = '%mhpt 1.0\n%writer "w"\n'
 @pytest.mark.parametrize(
     ("text", "position", "expect"),
     [
-        ("18446744073709551616 0.000000000 mark text=\"x\"\n", "line 3:1", "sequence number 18446744073709551616 does not fit in u64"),
-        ("18446744073709551615 0.000000000 mark text=\"x\"\nmark text=\"y\"\n", "line 4:1", "does not fit in u64"),
-        ("0 18446744073.709551616 mark text=\"x\"\n", "line 3:3", "time 18446744073.709551616 s is beyond the u64 nanosecond clock"),
+        ('18446744073709551616 0.000000000 mark text="x"\n', "line 3:1", "sequence number 18446744073709551616 does not fit in u64"),
+        ('18446744073709551615 0.000000000 mark text="x"\nmark text="y"\n', "line 4:1", "does not fit in u64"),
+        ('0 18446744073.709551616 mark text="x"\n', "line 3:3", "time 18446744073.709551616 s is beyond the u64 nanosecond clock"),
         ("%section 1 data=ffff\n", "line 3:10", "%section 1: not a free section type"),
         ("%section 65536 data=ff\n", "line 3:10", "not a free section type"),
         ("%geometry page_size=0x100000000 section_size=0x8000000 block_size=0x8000000\n", "line 3:1", "%geometry: page_size 4294967296 outside"),
         ("%geometry page_size=4096 section_size=0x8000000 block_size=0x10000000000000000\n", "line 3:1", "block_size 18446744073709551616 outside"),
-        ("%clock \"c\" wall_ns=9223372036854775808\n", "line 3:1", "%clock: wall_ns 9223372036854775808 outside"),
-        (f"%writer \"{'x' * 70000}\"\n", "line 3:1", "%writer: a header string holds at most 65535 UTF-8 bytes"),
+        ('%clock "c" wall_ns=9223372036854775808\n', "line 3:1", "%clock: wall_ns 9223372036854775808 outside"),
+        (f'%writer "{"x" * 70000}"\n', "line 3:1", "%writer: a header string holds at most 65535 UTF-8 bytes"),
         ("%mhpt 1.70000\n", "line 3:1", "the minor version is a u16"),
-        ("".join(f"%section {100 + i} data={'ab' * 60000}\n" for i in range(20)), "line 22:1", "a 1200", ),
+        (
+            "".join(f"%section {100 + i} data={'ab' * 60000}\n" for i in range(20)),
+            "line 22:1",
+            "a 1200",
+        ),
         ("raw code=200 data=" + "ab" * 65516 + "\n", "line 3:1", "record of 65536 bytes exceeds 65535"),
-        ("mark text=\"x\" @extra=" + "ab" * 65514 + "\n", "line 3:15", "record of 65536 bytes exceeds 65535"),
+        ('mark text="x" @extra=' + "ab" * 65514 + "\n", "line 3:15", "record of 65536 bytes exceeds 65535"),
     ],
 )
 def test_compile_errors_name_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, position: str, expect: str) -> None:
@@ -410,7 +414,7 @@ def test_compile_errors_name_the_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_what_compile_writes_every_reader_accepts(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     src = tmp_path / "t.txt"
-    src.write_text(COMPILE_HEAD + "%section 8 data=ffff\n18446744073709551615 18446744073.709551615 mark text=\"last\"\n")
+    src.write_text(COMPILE_HEAD + '%section 8 data=ffff\n18446744073709551615 18446744073.709551615 mark text="last"\n')
     assert run(["compile", str(src), "-o", str(tmp_path / "t.mhpt")], capsys)[0] == 0
     with TraceReader(tmp_path / "t.mhpt") as r:
         assert r.header.unknown_sections == [(8, b"\xff\xff")] and [(rec.seq, rec.ts) for rec in r] == [(2**64 - 1, 2**64 - 1)]

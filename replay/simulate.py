@@ -67,7 +67,11 @@ class Simulation:
 
     def emit(self, ev: Event) -> Outcome:
         """Apply one event, passing it and the observations a real kernel would give to the sink."""
-        out = self.kernel.apply(ev)
+        try:
+            out = self.kernel.apply(ev)
+        except SnapshotError as e:  # an explicit memory map no machine can have (checked at the first request)
+            sc = self.scenario
+            raise ScenarioError(f"machine: not a boot layout a kernel can have: {e}", path=sc.path, line=sc.machine_line or None) from None
         sink = self.sink
         assert sink is not None
         sink(ev)
@@ -97,12 +101,9 @@ class Simulation:
     def boot(self) -> StepResult:
         """Boot snapshot, command-line parameters and the virtio-mem drivers' probe."""
         sc = self.scenario
-        try:
-            for ev in sc.machine.events:
-                self.emit(ev)
-            self.emit(boot_params_from_cmdline(sc.cmdline, self.profile.default_online_type, self.profile.memmap_force_mode))
-        except SnapshotError as e:  # an explicit memory map no machine can have
-            raise ScenarioError(f"machine: not a boot layout a kernel can have: {e}", path=sc.path, line=sc.machine_line or None) from None
+        for ev in sc.machine.events:
+            self.emit(ev)
+        self.emit(boot_params_from_cmdline(sc.cmdline, self.profile.default_online_type, self.profile.memmap_force_mode))
         m = self.kernel.m
         for d in sc.devices:
             align = max(d.block_size, m.block_size)

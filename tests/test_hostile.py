@@ -418,3 +418,49 @@ def test_what_compile_writes_every_reader_accepts(tmp_path: Path, capsys: pytest
     assert run(["compile", str(src), "-o", str(tmp_path / "t.mhpt")], capsys)[0] == 0
     with TraceReader(tmp_path / "t.mhpt") as r:
         assert r.header.unknown_sections == [(8, b"\xff\xff")] and [(rec.seq, rec.ts) for rec in r] == [(2**64 - 1, 2**64 - 1)]
+
+
+# --- defect 8: every error names the file and the position ----------------------------------------------
+
+
+def impossible_snapshot(events: list[Any]) -> list[Any]:
+    """seed-dimm with a Normal zone too small for its 16 online blocks (found at the first request, event 15)."""
+    from traces.events import BootZone, ZoneType
+
+    return [ev._replace(present=1000, present_early=1000) if type(ev) is BootZone and ev.zone is ZoneType.NORMAL else ev for ev in events]
+
+
+@pytest.mark.parametrize("command", ["layout", "plot", "export", "replay"])
+def test_snapshot_errors_name_the_file_and_the_record(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    path = rewrite(SEEDS / "seed-dimm.mhpt", tmp_path / "bad.mhpt", impossible_snapshot)
+    extra = {"plot": ["-o", str(tmp_path / "p.png")], "export": ["-o", str(tmp_path / "e.json")]}
+    rc, _, err = run([command, str(path), *extra.get(command, [])], capsys)
+    assert rc == 2 and "zone Normal" in err and "cannot hold its online blocks" in err
+    one_error_line(err, command, path, "record 15: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mhpt"]
+
+
+def test_minimize_of_a_clean_trace_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = SEEDS / "seed-dimm.mhpt"
+    rc, _, err = run(["minimize", str(src), "-o", str(tmp_path / "m.mhpt")], capsys)
+    assert rc == 2 and not (tmp_path / "m.mhpt").exists()
+    one_error_line(err, "minimize", src, "the input does not produce any signature")
+
+
+def test_an_impossible_explicit_machine_is_an_error_at_its_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err, f = simulate_text(tmp_path, capsys, MACHINE.replace("present = 524288", "present = 1000", 1), "-o", str(tmp_path / "t.mhpt"))
+    assert rc == 2 and "cannot hold its online blocks" in err
+    one_error_line(err, "simulate", f, "line 1: machine: not a boot layout a kernel can have: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.toml"]
+
+
+def test_every_error_line_follows_the_convention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Errors raised without a file (the model's snapshot checks, a reader on standard input) get
+    the subcommand's file from the one place that prints them."""
+    from replay.cli import error_line
+    from traces.errors import InputError
+
+    assert error_line(InputError("m", record=3), "t.mhpt") == "t.mhpt: record 3: m"
+    assert error_line(InputError("m", path="a.txt", line=2, column=5), "t.mhpt") == "a.txt: line 2:5: m"
+    assert error_line(FileNotFoundError(2, "No such file or directory", "x.mhpt"), None) == "x.mhpt: No such file or directory"
+    assert error_line(ValueError("--diff: give two profiles"), "t.mhpt") == "--diff: give two profiles"

@@ -295,6 +295,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
 
 
+FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands")  # fuzz.campaign.HARNESSES
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
@@ -345,8 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--fsync", action="store_true", help="fsync every chunk")
     s.add_argument("--zone-interval", type=seconds, default=10.0, help="seconds between /proc/zoneinfo samples")
     s.set_defaults(func=cmd_record)
-    s = sub.add_parser("fuzz", help="fuzz the model (or the trace format) with atheris; new hits become regressions")
-    s.add_argument("--target", choices=("model", "format"), default="model")
+    s = sub.add_parser("fuzz", help="fuzz the model (or a file-reading surface) with atheris; new hits become regressions")
+    s.add_argument(
+        "--target",
+        choices=FUZZ_TARGETS,
+        default="model",
+        help="model; format (strict reader), repair (verify/repair), text (compile), scenario (simulate), commands (replay/layout/plot/export)",
+    )
     s.add_argument("--time", type=positive, default=60, help="seconds (default 60)")
     s.add_argument("--runs", type=positive, help="stop after N inputs")
     s.add_argument("--jobs", type=positive, default=1, help="libFuzzer fork jobs")

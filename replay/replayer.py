@@ -291,7 +291,7 @@ def model_at(path: str, at: int | None = None, profile: str | None = None) -> tu
         if at is not None and index >= at:
             break
     if kernel is None:
-        raise TraceFormatError("the trace has no events", path=path)
+        raise TraceFormatError("the trace has no events", path=path, record=0)
     if at is not None and last < at:
         raise TraceFormatError(f"event {at} is past the trace's last event {last}", path=path)
     return last, kernel
@@ -303,5 +303,8 @@ def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, K
         prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
         rp = Replayer(prof, path, context=0, oracles=False)
         for rec in reader:
-            rp.feed(rec.seq, rec.ts, rec.event)
+            try:
+                rp.feed(rec.seq, rec.ts, rec.event)
+            except TraceFormatError as e:  # a snapshot no machine can have: name the file
+                raise e.at(path=path) from None
             yield rp.index, rec, rp.kernel

@@ -464,3 +464,36 @@ def test_every_error_line_follows_the_convention(tmp_path: Path, capsys: pytest.
     assert error_line(InputError("m", path="a.txt", line=2, column=5), "t.mhpt") == "a.txt: line 2:5: m"
     assert error_line(FileNotFoundError(2, "No such file or directory", "x.mhpt"), None) == "x.mhpt: No such file or directory"
     assert error_line(ValueError("--diff: give two profiles"), "t.mhpt") == "--diff: give two profiles"
+
+
+# --- defect 9: crash safety ----------------------------------------------------------------------------------
+
+
+def test_a_writer_never_overwrites_a_crashed_runs_part_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mhp record -o X`` after a crash: X.part (what the crashed run recorded) is kept as X.1.part."""
+    from traces.events import Mark
+    from traces.files import verify
+
+    target = tmp_path / "x.mhpt"
+    crashed = TraceWriter(target, TraceHeader(), chunk_records=5)
+    for i in range(12):
+        crashed.write(Mark(str(i)))
+    crashed.f.flush()  # killed here: X.part holds two chunks
+    before = (tmp_path / "x.mhpt.part").read_bytes()
+    with TraceWriter(target, TraceHeader()) as again:
+        again.write(Mark("new run"))
+    assert again.kept == tmp_path / "x.mhpt.1.part" and again.kept.read_bytes() == before
+    assert f"{tmp_path / 'x.mhpt.part'}: left by an earlier run that did not finish; kept as {again.kept}" in capsys.readouterr().err
+    assert verify(str(again.kept)).stats.records == 10 and verify(str(target)).stats.records == 1
+    (tmp_path / "x.mhpt.part").write_bytes(b"a second crash")
+    src = tmp_path / "t.txt"
+    src.write_text('%mhpt 1.0\nmark text="x"\n')
+    rc, _, err = run(["compile", str(src), "-o", str(target)], capsys)
+    assert rc == 0 and "kept as" in err and (tmp_path / "x.mhpt.2.part").read_bytes() == b"a second crash"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.txt", "x.mhpt", "x.mhpt.1.part", "x.mhpt.2.part"]
+
+
+def test_a_header_that_does_not_fit_leaves_no_part_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="header does not fit"):
+        TraceWriter(tmp_path / "x.mhpt", TraceHeader(page_size=2**32))
+    assert list(tmp_path.iterdir()) == []

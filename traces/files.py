@@ -182,7 +182,7 @@ def compile_text(path: str, out: str, *, strict: bool = True) -> int:
     except OSError as e:
         raise TraceFormatError(f"cannot read: {e.strerror}", path=path) from None
     except UnicodeDecodeError as e:
-        raise TraceFormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
+        raise TraceFormatError("not UTF-8 text", path=path, line=e.object[: e.start].count(b"\n") + 1, offset=e.start) from None
     header, records, layout = parse_text_layout(text, strict=strict, path=path)
     starts = None if layout.chunk_starts is None else set(layout.chunk_starts)
     with TraceWriter(out, header, chunk_records=CHUNK_RECORDS if starts is None else None, index=layout.index) as w:

@@ -168,7 +168,8 @@ class _Reader:
         return table_line
 
     def fail(self, where: str, line: int, msg: str) -> ScenarioError:
-        return ScenarioError(f"{where}: {msg}", path=self.path, line=line or None)
+        """The error at ``line`` (0, a key of the document itself or one missing: line 1)."""
+        return ScenarioError(f"{where}: {msg}", path=self.path, line=line or 1)
 
     def strict(self, table: dict[str, Any], allowed: tuple[str, ...], where: str, line: int) -> None:
         """Every key of ``table`` is one of ``allowed``; the first other one is an error at its line
@@ -260,15 +261,18 @@ def load_scenario(path: str | Path) -> Scenario:
     except OSError as e:
         raise ScenarioError(f"cannot read: {e.strerror}", path=path) from None
     except UnicodeDecodeError as e:
-        raise ScenarioError(f"not UTF-8 text (byte {e.start})", path=path, offset=e.start) from None
+        raise ScenarioError("not UTF-8 text", path=path, line=e.object[: e.start].count(b"\n") + 1, offset=e.start) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        where = re.search(r"\(at line (\d+), column (\d+)\)$", str(e))
+        where = re.search(r"\(at line (\d+), column (\d+)\)$", str(e)) or re.search(r"\(at end of document\)$", str(e))
         msg = str(e)[: where.start()].rstrip() if where else str(e)
-        raise ScenarioError(
-            f"TOML syntax: {msg}", path=path, line=int(where.group(1)) if where else None, column=int(where.group(2)) if where else None
-        ) from None
+        if where and where.lastindex:
+            line, column = int(where.group(1)), int(where.group(2))
+        else:  # at the end of the document
+            lines = text.split("\n")
+            line, column = len(lines), len(lines[-1]) + 1
+        raise ScenarioError(f"TOML syntax: {msg}", path=path, line=line, column=column) from None
     return parse_scenario(doc, path, text)
 
 

@@ -250,7 +250,7 @@ def check_commands(data: bytes) -> None:
 
 def _positioned(error: str, path: str) -> None:
     """A replay's error text: one line, the file, a position."""
-    if "\n" in error or not error.startswith(f"{path}: ") or not any(w in error for w in ("byte ", "record ", "line ")):
+    if "\n" in error or not error.startswith(f"{path}: ") or not any(w in error for w in ("byte ", "record ", "line ", "field ")):
         raise AssertionError(f"replay error without file and position: {error!r}")
 
 

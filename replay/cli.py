@@ -255,13 +255,14 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     from fuzz.check import parse_mode
     from fuzz.minimize import Minimizer, reproducer_header
     from fuzz.mutator import encode
-    from replay.model.profiles import get_profile, profile_for_release
+    from replay.model.profiles import get_profile
+    from replay.replayer import trace_profile
     from traces.atomic import atomic_write
 
     with TraceReader(args.trace) as r:
         header = r.header
         events = list(r.events())
-    mode = parse_mode(args.profile or profile_for_release(header.kernel_release or "6.1").name, args.variant, args.diff)
+    mode = parse_mode(trace_profile(header.kernel_release, args.profile, args.trace).name, args.variant, args.diff)
     mini = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any)
     try:
         res = mini.run(events)

@@ -208,6 +208,17 @@ def _zone_json(z: Any) -> dict[str, Any]:
     }
 
 
+def trace_profile(release: str, profile: str | None, path: str | None) -> Profile:
+    """``profile``, else the one for a trace's kernel release; a release with no version in it is
+    an error about the trace's header."""
+    if profile:
+        return get_profile(profile)
+    try:
+        return profile_for_release(release or "6.1")
+    except ValueError as e:
+        raise TraceFormatError(f"{e}: give --profile", path=path, field="header kernel release") from None
+
+
 def replay_file(
     path: str,
     *,
@@ -224,7 +235,10 @@ def replay_file(
     except TraceFormatError as e:
         return TraceResult(path, error=str(e))
     with reader:
-        prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
+        try:
+            prof = trace_profile(reader.header.kernel_release, profile, path)
+        except TraceFormatError as e:
+            return TraceResult(path, error=str(e))
         rp = Replayer(prof, path, context=context, max_divergences=max_divergences, oracles=oracles)
         last = reader.pos
         try:
@@ -300,7 +314,7 @@ def model_at(path: str, at: int | None = None, profile: str | None = None) -> tu
 def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, Kernel]]:
     """(event index, record, model after it) for every record of a trace; no oracles."""
     with TraceReader(path) as reader:
-        prof = get_profile(profile) if profile else profile_for_release(reader.header.kernel_release or "6.1")
+        prof = trace_profile(reader.header.kernel_release, profile, path)
         rp = Replayer(prof, path, context=0, oracles=False)
         for rec in reader:
             try:

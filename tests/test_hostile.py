@@ -497,3 +497,43 @@ def test_a_header_that_does_not_fit_leaves_no_part_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="header does not fit"):
         TraceWriter(tmp_path / "x.mhpt", TraceHeader(page_size=2**32))
     assert list(tmp_path.iterdir()) == []
+
+
+# --- found by the fuzz targets -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("request_type", ["RemoveMemory", "OfflineAndRemoveMemory"])
+def test_a_removal_beyond_the_address_space_is_refused_before_the_model_walks_it(tmp_path: Path, capsys: pytest.CaptureFixture[str], request_type: str) -> None:
+    """commands fuzzer: remove_memory of 2**57 bytes made the model list 2**30 block ids (7 GB, minutes)."""
+    from traces import events
+
+    cls = getattr(events, request_type)
+    header, records = seed_records()
+    boot = [encode_record(r) for r in records if r.event.KIND == "boot"]
+    body = BODIES[cls.CODE].build({"start": 1 << 36, "size": 1 << 57})
+    bad = RECORD_HEADER.pack(cls.CODE, 0, RECORD_HEADER.size + len(body), len(boot), 0) + body
+    path = raw_trace(tmp_path / "rm.mhpt", header, [*boot, bad])
+    for command in ("replay", "layout"):
+        rc, _, err = run([command, str(path)], capsys)
+        assert rc == 2
+        one_error_line(err, command, path, f"byte {path.stat().st_size - len(body)}, record {len(boot)}, field {request_type}.size: ")
+    with pytest.raises(ValueError, match="ends beyond the 46-bit physical address space"):
+        encode_record(Record(0, 0, 0, cls(1 << 36, 1 << 57)))
+    encode_record(Record(0, 0, 0, cls((1 << 46) - (128 << 20), 128 << 20)))  # the last block: fine
+
+
+def test_a_kernel_release_without_a_version_names_the_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """commands fuzzer: '6.q.0-56-amd64' ended replay, layout, plot and export in a ValueError without the file."""
+    from dataclasses import replace
+
+    header, records = seed_records()
+    path = tmp_path / "release.mhpt"
+    with TraceWriter(path, replace(header, kernel_release="6.q.0-56-amd64")) as w:
+        for rec in records:
+            w.write_record(rec)
+    for command in ("replay", "layout", "export", "minimize"):
+        extra = {"export": ["-o", str(tmp_path / "e.json")], "minimize": ["-o", str(tmp_path / "m.mhpt")]}.get(command, [])
+        rc, _, err = run([command, str(path), *extra], capsys)
+        assert rc == 2
+        one_error_line(err, command, path, "field header kernel release: cannot read a kernel version from release '6.q.0-56-amd64'")
+    assert run(["layout", str(path), "--profile", "6.1"], capsys)[0] == 0

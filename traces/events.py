@@ -501,9 +501,20 @@ def _boot_blocks_bound(ev: BootBlocks) -> str | None:
     return None
 
 
+def _removal_bound(ev: RemoveMemory | OfflineAndRemoveMemory) -> str | None:
+    if ev.start + ev.size > PHYS_ADDR_END:
+        return f"range [{ev.start:#x}, {ev.start + ev.size:#x}) ends beyond the {PHYS_ADDR_BITS}-bit physical address space: no memory to remove there"
+    return None
+
+
 # Record-level bounds: what no real machine can have, refused by the reader and the writer before
-# anything is allocated or looped over (field named, problem or None).
-BOUNDS: dict[type, tuple[str, typing.Callable[[typing.Any], str | None]]] = {BootBlocks: ("count", _boot_blocks_bound)}
+# anything is allocated or looped over (field named, problem or None). An add_memory beyond the
+# address space is not among them: the kernel refuses it itself (mhp_range_allowed, -E2BIG), first.
+BOUNDS: dict[type, tuple[str, typing.Callable[[typing.Any], str | None]]] = {
+    BootBlocks: ("count", _boot_blocks_bound),
+    RemoveMemory: ("size", _removal_bound),
+    OfflineAndRemoveMemory: ("size", _removal_bound),
+}
 
 
 def out_of_bounds(ev: typing.Any) -> tuple[str, str] | None:

@@ -13,23 +13,37 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from fuzz.check import Mode, check_events, decode, shadowing
-from fuzz.minimize import Minimizer, reproducer_header
+from fuzz.minimize import Budget, Minimizer, deadline, reproducer_header
 from fuzz.mutator import encode
+from fuzz.surfaces import TARGETS, dictionary, die_with_parent
 from replay.model.profiles import get_profile
 from traces.atomic import atomic_write as write_whole
 from traces.files import dump_trace
 from traces.header import Capture, TraceHeader
 
 ROOT = Path(__file__).resolve().parent.parent
-HARNESSES = {"model": ROOT / "fuzz" / "model_fuzzer.py", "format": ROOT / "fuzz" / "trace_format_fuzzer.py"}
+HARNESSES = {
+    "model": ROOT / "fuzz" / "model_fuzzer.py",
+    "format": ROOT / "fuzz" / "trace_format_fuzzer.py",
+    "repair": ROOT / "fuzz" / "trace_repair_fuzzer.py",
+    "text": ROOT / "fuzz" / "trace_text_fuzzer.py",
+    "scenario": ROOT / "fuzz" / "scenario_fuzzer.py",
+    "commands": ROOT / "fuzz" / "commands_fuzzer.py",
+}
+RSS_LIMIT_MB = 2048  # libFuzzer's -rss_limit_mb for every run (the largest machine's model takes ~600 MB)
+TIMEOUTS = {"model": 25, "format": 25, "repair": 25, "text": 25, "scenario": 60, "commands": 60}  # -timeout, seconds per input
 # Requests the kernel API forbids are the caller's bug, not the kernel's: not worth a regression.
 DEFAULT_IGNORE = ("API-MISUSE:remove",)
 SEED_EVENTS = 32  # model seeds keep their boot snapshot and this many events (trim_seed)
@@ -60,7 +74,10 @@ class Summary:
         out.append(f"unique signatures: {len(self.signatures)}")
         for sig, info in sorted(self.signatures.items(), key=lambda kv: kv[1]["first_hit_s"]):
             when = "left untriaged by an interrupted campaign" if info["first_hit_s"] < 0 else f"first hit after {info['first_hit_s']:.1f} s"
-            out.append(f"  {sig}: {when}, {info['events']} events after minimising -> {info['file']}")
+            if self.target == "model":
+                out.append(f"  {sig}: {when}, {info['events']} events after minimising -> {info['file']}")
+            else:
+                out.append(f"  {sig}: {when}, still failing ({info['message']}) -> {info['file']}")
         return out
 
 
@@ -112,6 +129,30 @@ def prepare_seeds(dirs: list[Path], out: Path, events: int) -> Path:
             short = trim_seed(data, events) if events else None
             if short is not None and short != data:
                 atomic_write(out / f"{d.name}-{seed.stem}.first{events}.mhpt", short)
+    return out
+
+
+def prepare_target_seeds(target: str, profile: str, out: Path, events: int, dirs: list[Path] | None = None) -> Path:
+    """The seeds of a target in ``out``: traces (prepare_seeds; model seeds also trimmed to
+    ``events``) for the trace targets, their text forms for ``text``, the scenario files for
+    ``scenario``."""
+    traces = seed_dirs(profile) if dirs is None else dirs
+    if target not in ("text", "scenario"):
+        return prepare_seeds(traces, out, events if target == "model" else 0)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    if target == "scenario":
+        for toml in sorted((ROOT / "corpus" / "scenarios").glob("*.toml")):
+            shutil.copy(toml, out / toml.name)
+        return out
+    for d in traces:
+        for seed in sorted(d.glob("*.mhpt")):
+            text = io.StringIO()
+            try:
+                dump_trace(str(seed), text)
+            except ValueError:
+                continue  # not a trace: nothing to seed the text form with
+            atomic_write(out / f"{d.name}-{seed.stem}.txt", text.getvalue())
     return out
 
 
@@ -170,7 +211,7 @@ def run(
     seeds also trimmed to ``seed_events``).
     """
     mode = mode or Mode()
-    seed_dir = prepare_seeds(seed_dirs(mode.profile) if seeds is None else seeds, artifacts / "seeds", seed_events if target == "model" else 0)
+    seed_dir = prepare_target_seeds(target, mode.profile, artifacts / f"seeds-{target}" if target != "model" else artifacts / "seeds", seed_events, seeds)
     c = Campaign(target, mode, corpus or ROOT / "corpus" / "fuzz" / target, seed_dir, artifacts, regressions, jobs, minimize_seconds, echo)
     c.triage_new(earlier=True)
     merged = 0.0
@@ -206,6 +247,7 @@ class Campaign:
         self._write_ignore()
         self.summary = Summary(target, mode.describe())
         self.ledger = Ledger(artifacts / "triaged.txt")
+        self.checked: set[str] = set()  # artifacts triaged by this campaign
         self.started = time.time()
         self.t0 = time.monotonic()
 
@@ -216,14 +258,27 @@ class Campaign:
         """The signatures the harness ignores; it reads them when it starts."""
         atomic_write(self.ignore_file, "\n".join(sorted(self.known)) + "\n")
 
+    @property
+    def prefix(self) -> str:
+        """Artifact names start with it: the model's plain (crash-*), every other target's named."""
+        return "" if self.target == "model" else f"{self.target}-"
+
     def triage_new(self, earlier: bool = False) -> None:
         """Triage every artifact not in the ledger (``earlier``: left by an interrupted campaign);
-        new signatures join the ignore file, so harnesses started after a hit skip them."""
+        new signatures join the ignore file, so harnesses started after a hit skip them. A model
+        hit is saved as a regression, then ledgered; another target's artifact is checked again
+        once per campaign and reported while it still fails (ledgered when it passes: fixed)."""
         known = len(self.known)
-        for art in sorted(self.ledger.pending(self.artifacts), key=lambda p: p.stat().st_mtime):
+        for art in sorted(self.ledger.pending(self.artifacts, self.prefix, self.target != "model"), key=lambda p: p.stat().st_mtime):
+            if art.name in self.checked:
+                continue
+            self.checked.add(art.name)
             first_hit = -1.0 if earlier else max(0.0, art.stat().st_mtime - self.started)
-            _triage(art, self.target, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds)
-            self.ledger.add(art)
+            if self.target == "model":
+                _triage(art, self.target, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds)
+                self.ledger.add(art)
+            elif _triage_surface(art, self.target, self.summary, first_hit):
+                self.ledger.add(art)
         if len(self.known) != known:
             self._write_ignore()
 
@@ -238,12 +293,13 @@ class Campaign:
             "MHP_FUZZ_VARIANT": mode.variant or "",
             "MHP_FUZZ_DIFF": mode.diff or "",
             "MHP_FUZZ_IGNORE": str(self.ignore_file),
+            "MHP_FUZZ_CAMPAIGN": str(os.getpid()),  # the harnesses and their fork-mode workers die with this process
         }
 
     def segment(self, seconds: int | None, runs: int | None, stop_on_first: bool) -> None:
         """Run libFuzzer once, triaging new artifacts while it runs, then the rest."""
         env = self.env()
-        cmd = [sys.executable, str(HARNESSES[self.target]), f"-artifact_prefix={self.artifacts}/", "-print_final_stats=1"]
+        cmd = [sys.executable, str(HARNESSES[self.target]), *self.options(), "-print_final_stats=1"]
         if self.jobs > 1:  # a Python harness starts slowly: one job is faster without fork mode
             cmd += [f"-fork={self.jobs}", "-ignore_crashes=1"]
         if seconds:
@@ -254,32 +310,42 @@ class Campaign:
         s = self.summary
         execs = 0
         last_status = last_triage = 0.0
-        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            m = STATUS.search(line)
-            if m:
-                execs = max(execs, int(m.group(1)))
-                s.corpus = int(m.group(4))
-                if self.echo and time.monotonic() - last_status > 2:
-                    last_status = time.monotonic()
-                    print(
-                        f"\r[{self.elapsed():5.0f}s] execs {s.execs + execs} exec/s {m.group(5)} corpus {s.corpus} "
-                        f"cov {m.group(2)} signatures {len(s.signatures)}",
-                        end="",
-                        file=sys.stderr,
-                    )
-            m = re.search(r"stat::number_of_executed_units: (\d+)", line) or re.search(r"Done (\d+) runs", line)
-            if m:
-                execs = max(execs, int(m.group(1)))
-            if time.monotonic() - last_triage > 5:
-                last_triage = time.monotonic()
-                self.triage_new()
-        proc.wait()
+        with child(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                m = STATUS.search(line)
+                if m:
+                    execs = max(execs, int(m.group(1)))
+                    s.corpus = int(m.group(4))
+                    if self.echo and time.monotonic() - last_status > 2:
+                        last_status = time.monotonic()
+                        print(
+                            f"\r[{self.elapsed():5.0f}s] execs {s.execs + execs} exec/s {m.group(5)} corpus {s.corpus} "
+                            f"cov {m.group(2)} signatures {len(s.signatures)}",
+                            end="",
+                            file=sys.stderr,
+                        )
+                m = re.search(r"stat::number_of_executed_units: (\d+)", line) or re.search(r"Done (\d+) runs", line)
+                if m:
+                    execs = max(execs, int(m.group(1)))
+                if time.monotonic() - last_triage > 5:
+                    last_triage = time.monotonic()
+                    self.triage_new()
         if self.echo:
             print(file=sys.stderr)
         s.execs += execs
         self.triage_new()
+
+    def options(self) -> list[str]:
+        """libFuzzer flags of every run: where artifacts go, the memory and per-input time limits
+        and the target's dictionary."""
+        flags = [f"-artifact_prefix={self.artifacts}/{self.prefix}", f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={TIMEOUTS[self.target]}"]
+        words = dictionary(self.target)
+        if words:
+            path = self.artifacts / f"{self.target}.dict"
+            atomic_write(path, words)
+            flags.append(f"-dict={path}")
+        return flags
 
     def merge(self) -> None:
         """libFuzzer -merge=1 of the corpus and the seeds into a fresh directory, swapped in (one
@@ -289,8 +355,10 @@ class Campaign:
         merged = work.with_name(work.name + ".merged")
         shutil.rmtree(merged, ignore_errors=True)
         merged.mkdir()
-        cmd = [sys.executable, str(HARNESSES[self.target]), "-merge=1", f"-artifact_prefix={self.artifacts}/", str(merged), str(work), str(self.seeds)]
-        if subprocess.run(cmd, capture_output=True, cwd=ROOT, env=self.env()).returncode == 0 and any(merged.iterdir()):
+        cmd = [sys.executable, str(HARNESSES[self.target]), "-merge=1", *self.options(), str(merged), str(work), str(self.seeds)]
+        with child(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=self.env()) as proc:
+            ok = proc.wait() == 0
+        if ok and any(merged.iterdir()):
             old = work.with_name(work.name + ".old")
             shutil.rmtree(old, ignore_errors=True)
             os.replace(work, old)
@@ -309,8 +377,10 @@ class Ledger:
         self.path = path
         self.names = set(path.read_text().split()) if path.exists() else set()
 
-    def pending(self, artifacts: Path) -> list[Path]:
-        return [p for p in artifacts.glob("crash-*") if p.name not in self.names]
+    def pending(self, artifacts: Path, prefix: str = "", hangs: bool = False) -> list[Path]:
+        """The artifacts named ``PREFIXcrash-*`` (``hangs``: also timeout-* and oom-*) not triaged yet."""
+        kinds = ("crash", "timeout", "oom") if hangs else ("crash",)
+        return [p for kind in kinds for p in artifacts.glob(f"{prefix}{kind}-*") if p.name not in self.names]
 
     def add(self, art: Path) -> None:
         self.names.add(art.name)
@@ -322,6 +392,39 @@ def _recover(work: Path) -> None:
     old = work.with_name(work.name + ".old")
     if not work.exists() and old.exists():
         os.replace(old, work)
+
+
+@contextmanager
+def child(cmd: list[str], **kw: Any) -> Iterator[subprocess.Popen[Any]]:
+    """A libFuzzer process that dies with this one: its own process group (killed when the block
+    ends, fork-mode workers included) and PR_SET_PDEATHSIG (a SIGKILL of ``mhp fuzz`` kills it; the
+    harnesses ask the same for themselves, so fork-mode workers follow)."""
+    proc = subprocess.Popen(cmd, process_group=0, preexec_fn=die_with_parent, **kw)
+    try:
+        yield proc
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _triage_surface(art: Path, target: str, summary: Summary, first_hit: float) -> bool:
+    """Check a surface target's artifact again (fuzz/surfaces.py): report it while it fails (a
+    timeout or out-of-memory artifact is reported, not re-run); True when it passes now."""
+    kind = art.name[len(target) + 1 :].split("-", 1)[0]
+    sig, message = f"{target.upper()}-{kind.upper()}:{art.name}", f"libFuzzer {kind}"
+    if kind == "crash":
+        try:
+            with deadline(time.monotonic() + TIMEOUTS[target]):
+                TARGETS[target](art.read_bytes())
+            return True
+        except Budget:
+            message = f"runs longer than {TIMEOUTS[target]} s"
+        except Exception as e:
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            sig, message = f"{target.upper()}:{type(e).__name__}:{frame.name}", f"{type(e).__name__}: {e}"[:300]
+    summary.signatures.setdefault(sig, {"first_hit_s": first_hit, "events": 0, "file": str(art), "message": message})
+    return False
 
 
 def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float) -> None:

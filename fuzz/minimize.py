@@ -5,8 +5,11 @@ simplification to a fixed point. Deterministic; bounded by replays and time."""
 from __future__ import annotations
 
 import enum
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -31,8 +34,32 @@ def reproducer_header(base: TraceHeader, events: list[Any], profile: Profile, wr
     return replace(base, writer=writer, cmdline="", block_size=k.m.block_size, params=params_text(k.m.params), major=MAJOR, minor=MINOR)
 
 
-class Budget(Exception):
-    """The replay or time budget ran out."""
+class Budget(BaseException):
+    """The replay or time budget ran out (a BaseException: the model-crash handler of check_events,
+    which catches every Exception, lets it through)."""
+
+
+@contextmanager
+def deadline(at: float) -> Iterator[None]:
+    """Raise Budget when the monotonic clock passes ``at``, also in the middle of a replay (a
+    SIGALRM timer, in the main thread; elsewhere only the checks between replays hold)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def ring(signum: int, frame: object) -> None:
+        raise Budget
+
+    left = at - time.monotonic()
+    if left <= 0:
+        raise Budget
+    old = signal.signal(signal.SIGALRM, ring)
+    signal.setitimer(signal.ITIMER_REAL, left)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 @dataclass(slots=True)
@@ -102,7 +129,8 @@ class Minimizer:
         if self.replays >= self.max_replays or time.monotonic() > self.deadline:
             raise Budget
         self.replays += 1
-        h = check_events(events, self.mode, self.ignore)
+        with deadline(self.deadline):
+            h = check_events(events, self.mode, self.ignore)
         self.cache[key] = h
         return h
 
@@ -112,11 +140,15 @@ class Minimizer:
 
     def run(self, events: list[Any], progress: Callable[[str, int], object] | None = None) -> Result:
         t0 = time.monotonic()
-        if self.signature is not None and not self.accept_any:
-            self.ignore |= frozenset(shadowing(events, self.mode, self.signature, self.ignore))
-        first = self.hit(events)
+        try:
+            if self.signature is not None and not self.accept_any:
+                with deadline(self.deadline):
+                    self.ignore |= frozenset(shadowing(events, self.mode, self.signature, self.ignore))
+            first = self.hit(events)
+        except Budget:
+            raise ValueError(f"the budget ran out before a replay of the whole input finished ({time.monotonic() - t0:.1f} s)") from None
         if first is None:
-            raise ValueError("the input does not produce any signature")
+            raise ValueError("the input does not produce any signature (its replay raises no finding, difference or crash)")
         self.signature = self.signature or first.signature
         cur = events[: first.index + 1]  # the tail after the failing event cannot matter
         one_minimal = False

@@ -79,6 +79,9 @@ def CustomCrossOver(data1: bytes, data2: bytes, max_out: int, seed: int) -> byte
 
 
 def main() -> None:
+    from fuzz.surfaces import die_with_campaign
+
+    die_with_campaign()  # a kill -9 of mhp fuzz takes this process and its fork-mode workers along
     atheris.Setup(sys.argv, TestOneInput, custom_mutator=CustomMutator, custom_crossover=CustomCrossOver)
     atheris.Fuzz()
 

@@ -13,36 +13,35 @@ ROOT = Path(__file__).resolve().parent.parent
 # `pip3 install .`, which carries no corpus) would come first on the path.
 sys.path.insert(0, str(ROOT))
 
-from fuzz.campaign import SEED_EVENTS, atomic_write, prepare_seeds, seed_dirs  # noqa: E402
-from traces.header import CHUNK_MAGIC, INDEX_MAGIC, MAGIC, TRAILER_MAGIC  # noqa: E402
+from fuzz.campaign import HARNESSES, RSS_LIMIT_MB, SEED_EVENTS, TIMEOUTS, atomic_write, prepare_target_seeds, seed_dirs  # noqa: E402
+from fuzz.surfaces import dictionary  # noqa: E402
 
-TARGETS = ("model_fuzzer", "trace_format_fuzzer")
-OPTIONS = "[libfuzzer]\nmax_len = 65536\ntimeout = 25\n"
+TARGETS = {path.stem: target for target, path in HARNESSES.items()}  # OSS-Fuzz name -> mhp fuzz --target
+MAX_LEN = {"scenario": 8192}  # bytes; traces and text forms: 65536
 
 
-def dictionary() -> str:
-    """libFuzzer dictionary: the format's magic numbers and framing bytes."""
-    words = [MAGIC, CHUNK_MAGIC, INDEX_MAGIC, TRAILER_MAGIC, b"\x04\x03\x02\x01", b"\x01\x00\x00\x00"]
-    hexed = ["".join(f"\\x{b:02x}" for b in w) for w in words]
-    return "".join(f'"{h}"\n' for h in hexed)
+def options(target: str) -> str:
+    """The .options file: libFuzzer's limits, as ``mhp fuzz`` runs the target."""
+    return f"[libfuzzer]\nmax_len = {MAX_LEN.get(target, 65536)}\ntimeout = {TIMEOUTS[target]}\nrss_limit_mb = {RSS_LIMIT_MB}\n"
 
 
 def package(out: Path) -> list[Path]:
-    """Write <target>_seed_corpus.zip, <target>.dict and <target>.options into ``out``; the seeds
-    are those ``mhp fuzz`` starts from (fuzz.campaign.prepare_seeds) plus the regressions."""
+    """Write <fuzzer>_seed_corpus.zip, <fuzzer>.dict and <fuzzer>.options into ``out``; the seeds
+    are those ``mhp fuzz`` starts from (fuzz.campaign.prepare_target_seeds) plus the regressions."""
     out.mkdir(parents=True, exist_ok=True)
     dirs = [*seed_dirs("6.1"), ROOT / "corpus" / "regressions"]
     written = []
-    for target in TARGETS:
-        z = out / f"{target}_seed_corpus.zip"
+    for name, target in TARGETS.items():
+        z = out / f"{name}_seed_corpus.zip"
         tmp = z.with_suffix(".zip.part")
         with tempfile.TemporaryDirectory() as seeds, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as f:
-            for s in sorted(prepare_seeds(dirs, Path(seeds), SEED_EVENTS if target == "model_fuzzer" else 0).iterdir()):
+            for s in sorted(prepare_target_seeds(target, "6.1", Path(seeds) / "s", SEED_EVENTS, dirs).iterdir()):
                 f.write(s, s.name)
         tmp.replace(z)
-        atomic_write(out / f"{target}.dict", dictionary())
-        atomic_write(out / f"{target}.options", OPTIONS)
-        written += [z, out / f"{target}.dict", out / f"{target}.options"]
+        words = dictionary(target) or dictionary("format")  # the model's mutator is structure-aware; its byte fallback likes the magics
+        atomic_write(out / f"{name}.dict", words)
+        atomic_write(out / f"{name}.options", options(target))
+        written += [z, out / f"{name}.dict", out / f"{name}.options"]
     return written
 
 

@@ -20,10 +20,11 @@ from replay.model.profiles import PROFILES, get_profile
 from replay.replayer import model_at, replay_many
 from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
+from traces.errors import InputError
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
 from traces.reader import TraceReader
 from traces.record import SYSTEMD_UNIT, Rotation, record
-from traces.scenario import ScenarioError, load_scenario, parse_size
+from traces.scenario import load_scenario, parse_size
 
 PROFILE_NAMES = tuple(PROFILES)
 
@@ -32,7 +33,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     """Run a scenario through the model and print the layout after each step."""
     scenario = load_scenario(args.scenario)
     if args.step is not None and not 0 <= args.step <= len(scenario.steps):
-        raise ScenarioError(f"{args.scenario}: --step {args.step} out of range 0..{len(scenario.steps)}")
+        raise ValueError(f"--step {args.step} out of range 0..{len(scenario.steps)} ({args.scenario} has {len(scenario.steps)} steps)")
     sim = Simulation(scenario, get_profile(args.profile or scenario.profile or "6.1"))
     results = [res for res in simulate(scenario, sim=sim) if args.step is None or res.index == args.step]
     if args.trace:
@@ -317,15 +318,19 @@ def cmd_minimize(args: argparse.Namespace) -> int:
     from fuzz.check import parse_mode
     from fuzz.minimize import Minimizer, reproducer_header
     from fuzz.mutator import encode
-    from replay.model.profiles import get_profile, profile_for_release
+    from replay.model.profiles import get_profile
+    from replay.replayer import pick_profile
     from traces.atomic import atomic_write
 
     with TraceReader(args.trace) as r:
         header = r.header
         events = list(r.events())
-    mode = parse_mode(args.profile or profile_for_release(header.kernel_release or "6.1").name, args.variant, args.diff)
+    mode = parse_mode(pick_profile(header.kernel_release, args.profile).profile.name, args.variant, args.diff)
     mini = Minimizer(mode, args.signature, max_replays=args.max_replays, max_seconds=args.time, accept_any=args.accept_any)
-    res = mini.run(events)
+    try:
+        res = mini.run(events)
+    except ValueError as e:  # what the trace does not do: about the file
+        raise InputError(str(e), path=args.trace) from None
     atomic_write(args.output, encode(res.events, reproducer_header(header, res.events, get_profile(mode.profile), "mhp minimize")))
     print(f"{args.output}: {len(events)} -> {len(res.events)} events ({mode.describe()}), {res.replays} replays in {res.seconds:.1f} s")
     print(f"signature {res.signature}: {res.hit.message}")
@@ -363,6 +368,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ValueError(f"{script}: not found (mhp bench runs from a source checkout)")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
     return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
+
+
+FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands")  # fuzz.campaign.HARNESSES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,8 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--control", metavar="FIFO", help="create FIFO: each line written to it becomes a mark and a full observation (FIFO.done counts them)")
     s.add_argument("--source-detail", default="", metavar="TEXT", help="the header's source detail (default: the host name)")
     s.set_defaults(func=cmd_record)
-    s = sub.add_parser("fuzz", help="fuzz the model (or the trace format) with atheris; new hits become regressions")
-    s.add_argument("--target", choices=("model", "format"), default="model")
+    s = sub.add_parser("fuzz", help="fuzz the model (or a file-reading surface) with atheris; new hits become regressions")
+    s.add_argument(
+        "--target",
+        choices=FUZZ_TARGETS,
+        default="model",
+        help="model; format (strict reader), repair (verify/repair), text (compile), scenario (simulate), commands (replay/layout/plot/export)",
+    )
     s.add_argument("--time", type=positive, default=60, help="seconds (default 60)")
     s.add_argument("--runs", type=positive, help="stop after N inputs")
     s.add_argument("--jobs", type=positive, default=1, help="libFuzzer fork jobs")
@@ -501,9 +514,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (| head): not an error
         return 0
-    except (ValueError, OSError) as e:  # ScenarioError, TraceFormatError, SnapshotError ... are ValueErrors
-        print(f"mhp {args.command}: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # InputError (TraceFormatError, ScenarioError), OSError, argument errors
+        print(f"mhp {args.command}: {error_line(e, input_file(args))}", file=sys.stderr)
         return 2
+
+
+def input_file(args: argparse.Namespace) -> str | None:
+    """The one file a subcommand reads, if it reads one (its errors name it when they do not say)."""
+    for name in ("trace", "scenario", "text"):
+        value = getattr(args, name, None)
+        if isinstance(value, str):
+            return value
+    traces = getattr(args, "traces", None)
+    return traces[0] if isinstance(traces, list) and len(traces) == 1 else None
+
+
+def error_line(e: Exception, path: str | None) -> str:
+    """The one error convention: ``FILE: POSITION: message`` for bad input (the file a subcommand
+    reads when the error does not name one), ``FILE: reason`` for a file that cannot be used, the
+    message alone for a bad argument."""
+    if isinstance(e, InputError):
+        return str(e if e.path is not None else e.at(path=path))
+    if isinstance(e, OSError):
+        return f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,11 @@ PID = 1
 def export_chrome(path: str, out: str, profile: str | None = None) -> int:
     """Write the trace-event JSON atomically; returns the number of trace events written."""
     with atomic_path(out) as tmp, open(tmp, "w") as f:
-        return _write(path, f, profile)
+        return write_chrome(path, f, profile)
 
 
-def _write(path: str, f: TextIO, profile: str | None) -> int:
+def write_chrome(path: str, f: TextIO, profile: str | None) -> int:
+    """The trace-event JSON of a trace, to an open text file; returns the number of trace events."""
     f.write('{"displayTimeUnit": "ns", "traceEvents": [\n')
     n = 0
 

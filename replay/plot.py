@@ -5,6 +5,7 @@ matplotlib is an optional extra (``pip install mhp-replay[plot]``).
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +14,7 @@ from replay.model.kernel import Kernel
 from replay.model.machine import MEM_ONLINE, ZONE_MOVABLE
 from replay.replayer import walk
 from traces.atomic import atomic_path
+from traces.errors import TraceFormatError
 from traces.events import Mark
 from traces.reader import TraceReader
 
@@ -22,6 +24,11 @@ COLOURS = ["#7b3294", "#3a7dc9", "#e08214", "#1a9641", "#4d4d4d", "#d9d9d9", "#f
 LABELS = ["DMA", "DMA32", "Normal", "Movable", "several zones", "offline", "absent"]
 
 
+CELL_BUDGET = 1 << 22  # block states visited while sampling (bounds time and memory on the largest machines)
+MAX_COLUMNS = 1200  # picture columns: wider block ranges are binned (the figure is about 1300 pixels wide)
+Run = tuple[int, int, int]  # first block, last block, colour code
+
+
 @dataclass(slots=True)
 class Samples:
     """The block layout and ratios at sample points of a trace."""
@@ -29,11 +36,30 @@ class Samples:
     first_block: int = 0
     last_block: int = 0
     events: list[int] = field(default_factory=list)  # event index of each sample
-    rows: list[dict[int, int]] = field(default_factory=list)  # block -> colour code
+    rows: list[list[Run]] = field(default_factory=list)  # runs of blocks alike, in block order
     ratio: list[float] = field(default_factory=list)  # MOVABLE:KERNEL in %, system-wide
     node_ratio: dict[int, list[float]] = field(default_factory=dict)
     configured: list[int] = field(default_factory=list)
     marks: list[tuple[int, str]] = field(default_factory=list)
+
+
+def code_at(row: list[Run], block: int) -> int:
+    """The colour code of ``block`` in a sampled row (ABSENT if it had no memory block)."""
+    i = bisect.bisect_right(row, (block, 1 << 62, 0)) - 1
+    return row[i][2] if i >= 0 and row[i][0] <= block <= row[i][1] else ABSENT
+
+
+def _runs(k: Kernel) -> list[Run]:
+    runs: list[list[int]] = []
+    blocks = k.m.blocks
+    for b in sorted(blocks):
+        mem = blocks[b]
+        code = (int(mem.zone.idx) if mem.zone is not None else MULTI) if mem.state is MEM_ONLINE else OFFLINE
+        if runs and runs[-1][1] == b - 1 and runs[-1][2] == code:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b, code])
+    return [(a, b, c) for a, b, c in runs]
 
 
 def ratio_of(k: Kernel, nid: int | None) -> float:
@@ -50,22 +76,27 @@ def ratio_of(k: Kernel, nid: int | None) -> float:
     return 100.0 * movable / kernel if kernel else 0.0
 
 
-def sample(path: str, profile: str | None = None, max_samples: int = 400) -> Samples:
-    """Replay the trace and sample the layout at marks (scenario steps) or evenly."""
+def sample(path: str, profile: str | None = None, max_samples: int = 400, budget: int = CELL_BUDGET) -> Samples:
+    """Replay the trace and sample the layout at up to ``max_samples`` evenly spread events (and the
+    last); samples thin out so that about ``budget`` block states are visited in all."""
     with TraceReader(path) as r:
         total = sum(len(c.cols.events) for c in r.chunks())
+    if not total:
+        raise TraceFormatError("the trace has no events: nothing to plot", path=path, record=0)
     every = max(1, total // max_samples)
     s = Samples()
-    seen: set[int] = set()
+    low, high = 1 << 62, -1
+    next_at = 0
     for index, rec, k in walk(path, profile):
         if type(rec.event) is Mark:
             s.marks.append((index, rec.event.text))
-        if index % every and index != total - 1:
+        if index < next_at and index != total - 1:
             continue
-        row = {}
-        for b, mem in k.m.blocks.items():
-            row[b] = (int(mem.zone.idx) if mem.zone is not None else MULTI) if mem.state is MEM_ONLINE else OFFLINE
-        seen.update(row)
+        blocks = len(k.m.blocks)
+        next_at = index + max(every, -(-blocks * total // budget))
+        row = _runs(k)
+        if row:
+            low, high = min(low, row[0][0]), max(high, row[-1][1])
         s.events.append(index)
         s.rows.append(row)
         s.ratio.append(ratio_of(k, None))
@@ -73,9 +104,24 @@ def sample(path: str, profile: str | None = None, max_samples: int = 400) -> Sam
             if node.online:
                 s.node_ratio.setdefault(nid, [0.0] * (len(s.events) - 1)).append(ratio_of(k, nid))
         s.configured.append(k.m.params.auto_movable_ratio)
-    if seen:
-        s.first_block, s.last_block = min(seen), max(seen)
+    if high >= 0:
+        s.first_block, s.last_block = low, high
     return s
+
+
+def grid(s: Samples, columns: int = MAX_COLUMNS) -> tuple[list[list[int]], int]:
+    """The picture's cells (one row per sample) and the blocks per column (1, or more when the block
+    range is wider than ``columns``: a column then shows its blocks' last run)."""
+    width = s.last_block - s.first_block + 1
+    per = -(-width // columns)
+    cells = []
+    for row in s.rows:
+        line = [ABSENT] * -(-width // per)
+        for a, b, code in row:
+            for c in range((a - s.first_block) // per, (b - s.first_block) // per + 1):
+                line[c] = code
+        cells.append(line)
+    return cells, per
 
 
 def plot(path: str, out: str, profile: str | None = None, title: str | None = None) -> None:
@@ -85,12 +131,12 @@ def plot(path: str, out: str, profile: str | None = None, title: str | None = No
     from matplotlib.patches import Patch
 
     s = sample(path, profile)
-    width = s.last_block - s.first_block + 1
-    grid = [[row.get(b, ABSENT) for b in range(s.first_block, s.last_block + 1)] for row in s.rows]
+    cells, per = grid(s)
+    width = len(cells[0]) * per
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(12, 9), gridspec_kw={"height_ratios": [3, 1]}, sharex=False)
     cmap = ListedColormap(COLOURS)
     ax.imshow(
-        grid,
+        cells,
         aspect="auto",
         interpolation="nearest",
         cmap=cmap,
@@ -100,7 +146,7 @@ def plot(path: str, out: str, profile: str | None = None, title: str | None = No
     ticks = list(range(0, len(s.events), max(1, len(s.events) // 10)))
     ax.set_yticks(ticks, [str(s.events[i]) for i in ticks])
     ax.set_ylabel("event (time runs down)")
-    ax.set_xlabel("memory block")
+    ax.set_xlabel("memory block" if per == 1 else f"memory block ({per} per column)")
     ax.set_title(title or f"{os.path.basename(path)}: memory blocks by zone")
     ax.legend(
         handles=[Patch(facecolor=c, edgecolor="#999999", label=lab) for c, lab in zip(COLOURS, LABELS, strict=True)],

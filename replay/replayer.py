@@ -84,7 +84,7 @@ class Replayer:
                 r.matched += 1
             return
         kind = ev.KIND
-        if kind == "observe":  # device observations: nothing the model predicts
+        if kind == "observe" or kind == "unknown":  # device observations, record types this reader does not know: skipped
             self.recent.append((seq, ts, ev, None))
             return
         if type(ev) is Loss:
@@ -364,7 +364,7 @@ def model_at(path: str, at: int | None = None, profile: str | None = None) -> tu
         if at is not None and index >= at:
             break
     if kernel is None:
-        raise TraceFormatError("the trace has no events", path=path)
+        raise TraceFormatError("the trace has no events", path=path, record=0)
     if at is not None and last < at:
         raise TraceFormatError(f"event {at} is past the trace's last event {last}", path=path)
     return last, kernel
@@ -375,6 +375,9 @@ def walk(path: str, profile: str | None = None) -> Iterator[tuple[int, Record, K
     with TraceReader(path) as reader:
         rp = Replayer(pick_profile(reader.header.kernel_release, profile).profile, path, context=0, oracles=False)
         for rec in reader:
-            rp.feed(rec.seq, rec.ts, rec.event)
+            try:
+                rp.feed(rec.seq, rec.ts, rec.event)
+            except TraceFormatError as e:  # a snapshot no machine can have: name the file
+                raise e.at(path=path) from None
             yield rp.index, rec, rp.kernel
         rp.finish()

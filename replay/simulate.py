@@ -10,7 +10,7 @@ from importlib.metadata import version
 from replay.layout import Run, block_runs, format_runs, format_zone_rows, zone_table
 from replay.model.drivers import AcpiDimm, VirtioMem
 from replay.model.findings import Finding
-from replay.model.kernel import Kernel
+from replay.model.kernel import Kernel, SnapshotError
 from replay.model.outcome import Outcome, Unknowable
 from replay.model.params import boot_params_from_cmdline, module_params, params_text
 from replay.model.profiles import Profile, get_profile
@@ -89,7 +89,11 @@ class Simulation:
 
     def emit(self, ev: Event) -> Outcome:
         """Apply one event, passing it and the observations a real kernel would give to the sink."""
-        out = self.kernel.apply(ev)
+        try:
+            out = self.kernel.apply(ev)
+        except SnapshotError as e:  # an explicit memory map no machine can have (checked at the first request)
+            sc = self.scenario
+            raise ScenarioError(f"machine: not a boot layout a kernel can have: {e}", path=sc.path, line=sc.machine_line or None) from None
         sink = self.sink
         assert sink is not None
         sink(ev)
@@ -166,7 +170,7 @@ class Simulation:
         if step.action == "dimm":
             name = a["id"] or f"dimm{len(self.dimms)}"
             if name in self.dimms:
-                raise ScenarioError(f"{self.scenario.path}:{step.line}: DIMM id {name!r} is already plugged")
+                raise ScenarioError(f"DIMM id {name!r} is already plugged", path=self.scenario.path, line=step.line)
             dimm = AcpiDimm(name, a["node"], self.allocate(a["dimm"], m.block_size), a["dimm"])
             self.dimms[name] = dimm
             rc = dimm.plug(m, self.emit)
@@ -175,7 +179,7 @@ class Simulation:
         if step.action == "unplug":
             dimm = self.dimms.get(a["unplug"])
             if dimm is None:
-                raise ScenarioError(f"{self.scenario.path}:{step.line}: no plugged DIMM {a['unplug']!r}")
+                raise ScenarioError(f"no plugged DIMM {a['unplug']!r}", path=self.scenario.path, line=step.line)
             rc = dimm.unplug(m, self.emit)
             if not rc:
                 del self.dimms[dimm.name]
@@ -192,10 +196,13 @@ class Simulation:
                 if a["fails"]:
                     self.emit(InjectFailure(b, Op.ONLINE if step.action == "online" else Op.OFFLINE, a["fails"]))
                 ev: Event = OnlineBlock(b, a["type"], attr, Source.USER) if step.action == "online" else OfflineBlock(b, attr, Source.USER)
-                rc = rc or self.emit(ev).rc
+                block_rc = self.emit(ev).rc  # every block, like a shell loop over them: a failure does not stop the rest
+                rc = rc or block_rc
             return rc
         if step.action == "param":
             return self.emit(ParamWrite(PARAM_IDS[a["param"]], a["value"])).rc
+        if step.action == "mark":
+            return 0  # labels the layout only (apply_step's mark carries it)
         return self.emit(ParamWrite(Param.AUTO_ONLINE_BLOCKS, a["auto_online"].label)).rc
 
     def snapshot(self, index: int, label: str, rc: int, findings_from: int, unknowable_from: int) -> StepResult:

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from traces.codec import Record
-from traces.events import BOOL, EVENT_TYPES, STR, ZONES, FieldSpec, ZoneType, fields_of
+from traces.events import BOOL, EVENT_TYPES, STR, ZONES, FieldSpec, ZoneType, fields_of, out_of_bounds
 
 REAL_ZONES = [z for z in ZoneType if z is not ZoneType.NONE]
 
@@ -31,7 +31,8 @@ def field_values(f: FieldSpec) -> st.SearchStrategy[Any]:
 
 
 def events_of(cls: type) -> st.SearchStrategy[Any]:
-    return st.tuples(*(field_values(f) for f in fields_of(cls))).map(cls._make)
+    """Events of ``cls`` within the bounds of a real machine (traces.events.BOUNDS)."""
+    return st.tuples(*(field_values(f) for f in fields_of(cls))).map(cls._make).filter(lambda ev: out_of_bounds(ev) is None)
 
 
 events = st.sampled_from(list(EVENT_TYPES.values())).flatmap(events_of)

@@ -77,12 +77,12 @@ def test_compile_errors_and_missing_files(tmp_path: Path, capsys: pytest.Capture
     src = tmp_path / "t.txt"
     src.write_text('%mhpt 1.0\nmark text="ok"\nmark txt="no"\n')
     rc, _, err = run(["compile", str(src), "-o", str(tmp_path / "o.mhpt")], capsys)
-    assert rc == 2 and f"{src}:3:" in err and not (tmp_path / "o.mhpt").exists() and not (tmp_path / "o.mhpt.part").exists()
+    assert rc == 2 and f"{src}: line 3:6, field txt: " in err and not (tmp_path / "o.mhpt").exists() and not (tmp_path / "o.mhpt.part").exists()
     rc, _, err = run(["verify", str(tmp_path / "nope.mhpt")], capsys)
     assert rc == 2 and "cannot open" in err
     src.write_text('%mhpt 1.0\nmark text="ok"\n')
     rc, _, err = run(["compile", str(src), "-o", str(tmp_path / "nowhere" / "o.mhpt")], capsys)
-    assert rc == 2 and f"no such directory for the output file: '{tmp_path / 'nowhere'}'" in err
+    assert rc == 2 and f"{tmp_path / 'nowhere'}: no such directory for the output file" in err
 
 
 def test_cat_joins_the_parts_of_one_recording(trace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -335,7 +335,7 @@ def test_text_errors_name_line_and_column() -> None:
         with pytest.raises(TraceFormatError) as e:
             parse_text(text, path="t.txt")
         assert (e.value.line, e.value.column) == (line, col), (text, str(e.value))
-        assert msg in str(e.value) and str(e.value).startswith(f"t.txt:{line}:{col}")
+        assert msg in str(e.value) and str(e.value).startswith(f"t.txt: line {line}:{col}")
     _, lenient = parse_text("online_block block=3", strict=False)
     assert lenient[0].event.block == 3 and lenient[0].event.online_type == 0
 

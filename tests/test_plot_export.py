@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replay.cli import main
-from replay.plot import ABSENT, OFFLINE, sample
+from replay.plot import ABSENT, OFFLINE, code_at, sample
 from traces.atomic import atomic_path
 
 SEEDS = Path(__file__).resolve().parent.parent / "corpus" / "seeds"
@@ -24,8 +24,8 @@ def test_plot_writes_a_png_and_samples_the_layout(tmp_path: Path, capsys: pytest
     s = sample(str(SEEDS / "seed-vmem.mhpt"))
     last = s.rows[-1]
     assert (s.first_block, s.last_block) == (0, 175)
-    assert [last[b] for b in (48, 143, 144, 145, 148)] == [3, 3, 2, 3, 2]
-    assert last.get(20, ABSENT) == ABSENT and OFFLINE not in last.values()
+    assert [code_at(last, b) for b in (48, 143, 144, 145, 148)] == [3, 3, 2, 3, 2]
+    assert code_at(last, 20) == ABSENT and OFFLINE not in {code for _, _, code in last}
     assert max(s.ratio) <= 301 and s.configured[-1] == 301
 
 

@@ -4,10 +4,13 @@ then renamed over it."""
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,3 +45,36 @@ def atomic_write(path: str | os.PathLike[str], data: bytes | str) -> None:
     """Write ``data`` (str as UTF-8) to ``path`` atomically."""
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+def keep_aside(path: Path) -> Path:
+    """Move ``path`` to the first free ``NAME.N.SUFFIX`` beside it (``t.mhpt.part`` ->
+    ``t.mhpt.1.part``) without replacing anything there; returns the new name."""
+    stem, suffix = path.name.rsplit(".", 1) if "." in path.name else (path.name, "")
+    for n in itertools.count(1):
+        new = path.with_name(f"{stem}.{n}.{suffix}" if suffix else f"{stem}.{n}")
+        try:
+            os.link(path, new)  # fails if ``new`` exists: nothing is replaced
+        except FileExistsError:
+            continue
+        except OSError:  # no hard links on this file system
+            if new.exists():
+                continue
+            os.rename(path, new)
+            return new
+        os.unlink(path)
+        return new
+    raise AssertionError("unreachable")
+
+
+def create_new(path: Path) -> tuple[BinaryIO, Path | None]:
+    """``path`` created for writing, never over an existing file: one left there (a crashed run's
+    ``.part``) is kept aside first (keep_aside). Returns the file and where the old one went (None)."""
+    kept = None
+    while True:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            kept = keep_aside(path)
+            continue
+        return os.fdopen(fd, "wb"), kept

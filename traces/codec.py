@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import construct as cs
 
 from traces.errors import TraceFormatError
-from traces.events import BOOL, EVENT_TYPES, STR, ZONES, FieldSpec, Wire, fields_of, pack_zones, unpack_zones
+from traces.events import BOOL, BOUNDS, EVENT_TYPES, STR, ZONES, FieldSpec, Wire, fields_of, out_of_bounds, pack_zones, unpack_zones
 
 RECORD_HEADER = struct.Struct("<BBHQQ")  # type, flags, total length, sequence number, timestamp (ns)
 RECORD_HEADER_SIZE = RECORD_HEADER.size
@@ -25,10 +25,12 @@ FLAG_INFERRED = 0x01  # the recorder inferred this record instead of observing i
 
 
 class Unknown(NamedTuple):
-    """A record of a type this reader does not know (kept byte for byte)."""
+    """A record of a type this reader does not know (kept byte for byte; its kind ``unknown``
+    tells every consumer to skip it, as FORMAT.md asks)."""
 
     code: int
     data: bytes
+    KIND = "unknown"
 
 
 class Record(NamedTuple):
@@ -172,7 +174,11 @@ def parse_record_construct(buf: bytes, off: int = 0) -> tuple[Record, int]:
         except ValueError as e:
             raise TraceFormatError(f"{cls.__name__}.{f.name}: {e}", offset=off + RECORD_HEADER_SIZE + pos, field=f"{cls.__name__}.{f.name}") from None
         pos += size
-    return Record(c.seq, c.ts, c.flags, cls._make(values), body[pos:]), off + length
+    ev = cls._make(values)
+    bad = out_of_bounds(ev)
+    if bad is not None:
+        raise TraceFormatError(f"{cls.__name__}: {bad[1]}", offset=off + RECORD_HEADER_SIZE, field=f"{cls.__name__}.{bad[0]}")
+    return Record(c.seq, c.ts, c.flags, ev, body[pos:]), off + length
 
 
 def _short(e: Exception) -> str:
@@ -272,7 +278,20 @@ def _body_decoder(cls: type) -> Callable[[bytes], Any]:
     return env["decode"]  # type: ignore[no-any-return]
 
 
+def _bounded_decoder(decode: Callable[[bytes], Any], check: Callable[[Any], str | None]) -> Callable[[bytes], Any]:
+    """``decode`` refusing what no real machine can have (the construct path then names it)."""
+
+    def bounded(buf: bytes) -> Any:
+        ev = decode(buf)
+        if check(ev) is not None:
+            _bad()
+        return ev
+
+    return bounded
+
+
 BODY_DECODERS = {code: _body_decoder(cls) for code, cls in EVENT_TYPES.items()}
+BODY_DECODERS.update({cls.CODE: _bounded_decoder(BODY_DECODERS[cls.CODE], check) for cls, (_, check) in BOUNDS.items()})  # type: ignore[attr-defined]
 INTERN_MAX = 1 << 14  # events kept per record type; the cache is cleared when it is full (bounded memory)
 _INTERNED: list[dict[bytes, Any]] = [{} for _ in range(256)]
 _REPEATS = frozenset(code for code, cls in EVENT_TYPES.items() if cls.REPEATS)  # type: ignore[attr-defined]
@@ -409,7 +428,20 @@ def _compile_encoder(code: int, cls: type) -> Callable[[int, int, int, Any], byt
     return env["encode"]  # type: ignore[no-any-return]
 
 
+def _bounded_encoder(encode: Callable[[int, int, int, Any], bytes]) -> Callable[[int, int, int, Any], bytes]:
+    """``encode`` refusing what no real machine can have (ValueError naming the field)."""
+
+    def bounded(seq: int, ts: int, fl: int, ev: Any) -> bytes:
+        bad = out_of_bounds(ev)
+        if bad is not None:
+            raise ValueError(f"{type(ev).__name__}.{bad[0]}: {bad[1]}")
+        return encode(seq, ts, fl, ev)
+
+    return bounded
+
+
 ENCODERS = {cls: _compile_encoder(code, cls) for code, cls in EVENT_TYPES.items()}
+ENCODERS.update({cls: _bounded_encoder(ENCODERS[cls]) for cls in BOUNDS})
 
 
 def encode_record(rec: Record) -> bytes:
@@ -419,6 +451,8 @@ def encode_record(rec: Record) -> bytes:
         data = bytes(ev.data)
         if not 0 <= ev.code <= 255 or ev.code in EVENT_TYPES:
             raise ValueError(f"unknown record code {ev.code} is invalid or taken")
+        if RECORD_HEADER_SIZE + len(data) > MAX_RECORD:
+            raise ValueError(f"record of {RECORD_HEADER_SIZE + len(data)} bytes exceeds {MAX_RECORD}")
         out = RECORD_HEADER.pack(ev.code, rec.flags, RECORD_HEADER_SIZE + len(data), rec.seq, rec.ts) + data
     else:
         enc = ENCODERS.get(type(ev))
@@ -427,7 +461,9 @@ def encode_record(rec: Record) -> bytes:
         try:
             out = enc(rec.seq, rec.ts, rec.flags, ev)
             if rec.extra:
-                out = out[:2] + struct.pack("<H", min(len(out) + len(rec.extra), MAX_RECORD + 1) & 0xFFFF) + out[4:] + rec.extra
+                if len(out) + len(rec.extra) > MAX_RECORD:
+                    raise ValueError(f"record of {len(out) + len(rec.extra)} bytes exceeds {MAX_RECORD}")
+                out = out[:2] + struct.pack("<H", len(out) + len(rec.extra)) + out[4:] + rec.extra
         except (struct.error, ValueError, UnicodeEncodeError, TypeError, AttributeError):
             check_event(ev)
             raise
@@ -449,3 +485,6 @@ def check_event(ev: Any) -> None:
             raw_field(f, value)
         except (ValueError, TypeError) as e:
             raise ValueError(f"{type(ev).__name__}.{f.name}: {e}") from None
+    bad = out_of_bounds(ev)
+    if bad is not None:
+        raise ValueError(f"{type(ev).__name__}.{bad[0]}: {bad[1]}")

@@ -1,10 +1,18 @@
-"""The one error type for malformed traces and text forms."""
+"""Errors about bad input: one type that names the file and the position in it.
+
+Every error a user's file can cause renders as ``FILE: POSITION: message`` (the ``mhp`` command
+prefixes its name: ``mhp SUBCOMMAND: FILE: POSITION: message``). POSITION is ``line L:C`` (or
+``line L``) for text, ``byte N`` plus ``record R`` and ``field F`` for binary traces; parts that are
+not known are left out.
+"""
 
 from __future__ import annotations
 
+from typing import Self
 
-class TraceFormatError(ValueError):
-    """Malformed input: says where (file, byte offset or line:column, record index, field) and what."""
+
+class InputError(ValueError):
+    """Bad input: says where (file, line:column or byte offset, record index, field) and what."""
 
     def __init__(
         self,
@@ -26,24 +34,30 @@ class TraceFormatError(ValueError):
         self.column = column
         super().__init__(self._render())
 
-    def _render(self) -> str:
+    def position(self) -> str:
+        """Where in the file, as text ('' if nothing is known)."""
         where = []
-        if self.path is not None:
-            where.append(self.path if self.line is None else f"{self.path}:{self.line}:{self.column or 1}")
-        elif self.line is not None:
-            where.append(f"line {self.line}:{self.column or 1}")
+        if self.line is not None:
+            where.append(f"line {self.line}" + (f":{self.column}" if self.column is not None else ""))
         if self.offset is not None:
             where.append(f"byte {self.offset}")
         if self.record is not None:
             where.append(f"record {self.record}")
         if self.field is not None:
             where.append(f"field {self.field}")
-        return f"{', '.join(where)}: {self.message}" if where else self.message
+        return ", ".join(where)
 
-    def at(self, **kw: object) -> TraceFormatError:
+    def _render(self) -> str:
+        return ": ".join(part for part in (self.path, self.position(), self.message) if part)
+
+    def at(self, **kw: object) -> Self:
         """A copy with more location facts filled in (only those not yet known)."""
         args = {k: getattr(self, k) for k in ("path", "offset", "record", "field", "line", "column")}
         for k, v in kw.items():
             if args.get(k) is None:
                 args[k] = v
-        return TraceFormatError(self.message, **args)  # type: ignore[arg-type]
+        return type(self)(self.message, **args)  # type: ignore[arg-type]
+
+
+class TraceFormatError(InputError):
+    """A malformed trace or text form."""

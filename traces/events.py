@@ -155,6 +155,16 @@ class AddFlags(enum.IntFlag):
     MERGE_RESOURCE = 8
 
 
+# --- what a real machine can have (x86-64, 4-level paging) -------------------------------------------
+
+PHYS_ADDR_BITS = 46  # MAX_PHYSMEM_BITS
+PHYS_ADDR_END = 1 << PHYS_ADDR_BITS
+MAX_PFN = PHYS_ADDR_END >> 12
+MIN_BLOCK_SIZE = 128 << 20  # a memory block holds at least one 128 MiB section
+MAX_BLOCKS = PHYS_ADDR_END // MIN_BLOCK_SIZE  # block ids 0 .. 2**19 - 1
+MAX_NODES = 64  # node ids 0..63: the boot_machine node sets are u64 bit masks
+
+
 # --- the event table -----------------------------------------------------------------------------
 
 
@@ -227,8 +237,10 @@ def fields_of(cls: type) -> tuple[FieldSpec, ...]:
         hints = get_type_hints(cls, include_extras=True)
         out = []
         for name in cls._fields:  # type: ignore[attr-defined]
-            py, *meta = typing.get_args(hints[name])
-            wire = next(m for m in meta if isinstance(m, Wire))
+            py, *meta = typing.get_args(hints[name]) or (hints[name],)
+            wire = next((m for m in meta if isinstance(m, Wire)), None)
+            if wire is None:  # not an event field (codec.Unknown has none)
+                continue
             res = next((m for m in meta if isinstance(m, Res)), None)
             since = next((m.minor for m in meta if isinstance(m, Since)), 0)
             if since and cls._field_defaults.get(name, 0) is not None:  # type: ignore[attr-defined]
@@ -513,3 +525,34 @@ def unpack_zones(value: int) -> tuple[ZoneType, ...]:
             break
         zones.append(ZoneType(b))
     return tuple(zones)
+
+
+def _boot_blocks_bound(ev: BootBlocks) -> str | None:
+    if ev.first + ev.count > MAX_BLOCKS:
+        return f"blocks {ev.first}+{ev.count} end beyond block {MAX_BLOCKS - 1}, the last one a {PHYS_ADDR_BITS}-bit physical address space holds"
+    return None
+
+
+def _removal_bound(ev: RemoveMemory | OfflineAndRemoveMemory) -> str | None:
+    if ev.start + ev.size > PHYS_ADDR_END:
+        return f"range [{ev.start:#x}, {ev.start + ev.size:#x}) ends beyond the {PHYS_ADDR_BITS}-bit physical address space: no memory to remove there"
+    return None
+
+
+# Record-level bounds: what no real machine can have, refused by the reader and the writer before
+# anything is allocated or looped over (field named, problem or None). An add_memory beyond the
+# address space is not among them: the kernel refuses it itself (mhp_range_allowed, -E2BIG), first.
+BOUNDS: dict[type, tuple[str, typing.Callable[[typing.Any], str | None]]] = {
+    BootBlocks: ("count", _boot_blocks_bound),
+    RemoveMemory: ("size", _removal_bound),
+    OfflineAndRemoveMemory: ("size", _removal_bound),
+}
+
+
+def out_of_bounds(ev: typing.Any) -> tuple[str, str] | None:
+    """(field, problem) if ``ev`` describes what no real machine can have, else None."""
+    bound = BOUNDS.get(type(ev))
+    if bound is None:
+        return None
+    problem = bound[1](ev)
+    return None if problem is None else (bound[0], problem)

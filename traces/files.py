@@ -6,7 +6,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 from traces.codec import Record
 from traces.decisions import DecisionCount
@@ -15,6 +15,9 @@ from traces.events import Loss
 from traces.reader import Problem, Stats, TraceReader
 from traces.text import CLASS_NAMES, dump_chunks, parse_text_layout
 from traces.writer import CHUNK_RECORDS, TraceWriter
+
+U32_MAX = 2**32 - 1  # a Loss record's count
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -92,29 +95,49 @@ def info(path: str) -> tuple[Report, dict[str, object]]:
 
 
 def repair(path: str, out: str) -> Report:
-    """Copy every intact chunk to ``out``; a Loss record marks each place where records were dropped."""
+    """Copy every intact chunk to ``out``; a Loss record marks each place where records were dropped.
+
+    Sequence numbers that verify would report are mended so that the output verifies: a record
+    numbered out of line while its neighbours go on by one (a damaged number) and a record whose
+    number goes backwards get the next number; a gap no earlier Loss record explains gets one (a
+    gap too large for a Loss count is a damaged number too)."""
     reader, records = _full_read(path)
     kept = 0
     with reader, TraceWriter(out, reader.header) as w:
         expected = 0  # a trace starts at seq 0
         last: Record | None = None
-        seen = 0  # problems found before the last intact chunk
-        for rec in records:
-            seen = len(reader.problems)
+        seen = 0  # problems found before the last intact record
+        pulled = ((rec, len(reader.problems)) for rec in records)  # problems seen when the record was read
+        for (rec, problems), after in _with_next(pulled):
+            seen = problems
             gap = rec.seq - expected
-            explained = last is not None and type(last.event) is Loss and gap <= last.event.count
-            if gap > 0 and not explained:
-                w.write_record(Record(expected, rec.ts, 0, Loss(gap, "mhp repair: damaged chunks dropped")))
+            explained = last is not None and type(last.event) is Loss and 0 <= gap <= last.event.count
+            if gap and not explained:
+                if gap < 0 or gap > U32_MAX or (after is not None and after[0].seq == expected + 1):
+                    rec = rec._replace(seq=expected)
+                else:
+                    w.write_record(Record(expected, rec.ts, 0, Loss(gap, "mhp repair: damaged chunks dropped")))
             w.write_record(rec)
             kept += 1
             expected = rec.seq + 1
             last = rec
         tail = [p for p in reader.problems[seen:] if p.kind in ("crc", "truncated")]  # damage after the last intact chunk
         if tail:
-            lost = sum(p.lost_records for p in tail)
+            lost = min(sum(p.lost_records for p in tail), U32_MAX)
             what = "file cut short" if tail[-1].kind == "truncated" else "damaged chunks at the end dropped"
             w.write_record(Record(expected, 0 if last is None else last.ts, 0, Loss(lost, f"mhp repair: {what}, {sum(p.lost_bytes for p in tail)} bytes lost")))
     return Report(path, reader.stats, reader.problems, kept)
+
+
+def _with_next(items: Iterator[_T]) -> Iterator[tuple[_T, _T | None]]:
+    """Each item with the one after it (None for the last)."""
+    prev: _T | None = None
+    for item in items:
+        if prev is not None:
+            yield prev, item
+        prev = item
+    if prev is not None:
+        yield prev, None
 
 
 def cat(paths: list[str], out: str) -> int:
@@ -162,7 +185,7 @@ def compile_text(path: str, out: str, *, strict: bool = True) -> int:
     except OSError as e:
         raise TraceFormatError(f"cannot read: {e.strerror}", path=path) from None
     except UnicodeDecodeError as e:
-        raise TraceFormatError(f"not UTF-8 text (byte {e.start})", path=path) from None
+        raise TraceFormatError("not UTF-8 text", path=path, line=e.object[: e.start].count(b"\n") + 1, offset=e.start) from None
     header, records, layout = parse_text_layout(text, strict=strict, path=path)
     starts = None if layout.chunk_starts is None else set(layout.chunk_starts)
     with TraceWriter(out, header, chunk_records=CHUNK_RECORDS if starts is None else None, index=layout.index) as w:
@@ -171,6 +194,6 @@ def compile_text(path: str, out: str, *, strict: bool = True) -> int:
                 w.flush()
             try:
                 w.write_record(rec)
-            except ValueError as e:
-                raise TraceFormatError(str(e), path=path, record=rec.seq) from None
+            except ValueError as e:  # parse_text_layout checks every value: a safety net, at the record's line
+                raise TraceFormatError(str(e), path=path, line=layout.lines[i], record=i) from None
     return len(records)

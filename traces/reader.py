@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from traces.codec import Columns, Record, decode_payload, decode_payload_construct
+from traces.codec import RECORD_HEADER, Columns, Record, decode_payload, decode_payload_construct
 from traces.errors import TraceFormatError
 from traces.events import Loss
 from traces.header import (
@@ -28,6 +29,7 @@ from traces.header import (
 )
 
 SCAN_BLOCK = 1 << 20
+_ENTRY = struct.Struct("<QQQI")  # offset, first_seq, first_ts, count (header.INDEX's entries)
 _MAGICS = re.compile(re.escape(CHUNK_MAGIC) + b"|" + re.escape(INDEX_MAGIC))
 
 
@@ -249,7 +251,46 @@ class TraceReader:
         if magic != TRAILER_MAGIC or where != at:
             self._fail(Problem(at, "index", "index trailer does not point back to the index"), self.stats.records)
             return
+        wrong = self._wrong_entry(at, data[8:size])
+        if wrong is not None:
+            self._fail(wrong, self.stats.records)
+            return
         self.stats.has_index = True
+
+    def _wrong_entry(self, at: int, entries: bytes) -> Problem | None:
+        """The first index entry that does not describe the chunk it points at (None: all do).
+
+        Entry k names chunk k: the chunks follow each other from the end of the header to the
+        index, and each entry's first_seq, count and first_ts are its chunk's (the chunk headers and
+        first records are read back where the file can be read twice; a pipe gets the order checks)."""
+        expect = self.data_offset
+        seekable = self.f.seekable()
+        end = self.f.tell() if seekable else 0
+        try:
+            for k, (offset, first_seq, first_ts, count) in enumerate(_ENTRY.iter_unpack(entries)):
+                where = at + 8 + k * _ENTRY.size
+                if offset != expect and (seekable or not expect <= offset < at):
+                    return Problem(where, "index", f"index entry {k} says its chunk starts at byte {offset}, the chunks say {expect}")
+                if not seekable:
+                    expect = offset + 1
+                    continue
+                self.f.seek(offset)
+                head = self.f.read(CHUNK_HEADER.size)
+                if len(head) < CHUNK_HEADER.size or head[:4] != CHUNK_MAGIC:
+                    return Problem(where, "index", f"index entry {k} points at byte {offset}, where no chunk starts")
+                _, seq, n, length, _ = CHUNK_HEADER.unpack(head)
+                first = self.f.read(RECORD_HEADER.size) if length >= RECORD_HEADER.size else b""
+                ts = RECORD_HEADER.unpack(first)[4] if len(first) == RECORD_HEADER.size else first_ts
+                if (seq, n, ts) != (first_seq, count, first_ts):
+                    said, found = (first_seq, count, first_ts), (seq, n, ts)
+                    return Problem(where, "index", f"index entry {k} says first_seq/count/first_ts {said}, the chunk at byte {offset} has {found}")
+                expect = offset + CHUNK_HEADER.size + length
+            if seekable and expect != at:
+                return Problem(at + 4, "index", f"the index lists chunks up to byte {expect}, the chunks go on to byte {at}")
+        finally:
+            if seekable:
+                self.f.seek(end)
+        return None
 
     def __iter__(self) -> Iterator[Record]:
         """Every record of every intact chunk; see the class doc for damage."""

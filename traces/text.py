@@ -23,10 +23,10 @@ import enum
 import json
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from traces.codec import Record, Unknown, convert_field, raw_field
+from traces.codec import Record, Unknown, convert_field, encode_record, raw_field
 from traces.errors import TraceFormatError
 from traces.events import (
     BOOL,
@@ -41,8 +41,9 @@ from traces.events import (
     Res,
     ZoneType,
     fields_of,
+    out_of_bounds,
 )
-from traces.header import MAJOR, MINOR, Capture, TraceHeader
+from traces.header import MAJOR, MAX_HEADER, MINOR, Capture, Sec, TraceHeader
 
 NAMES = {re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower(): cls for cls in EVENT_TYPES.values()}
 CLASS_NAMES = {cls: name for name, cls in NAMES.items()}
@@ -53,8 +54,10 @@ SPECIAL_LABELS: dict[type, dict[Any, str]] = {
     BlockState: {s: s.name.lower().replace("_", "-") for s in BlockState},
     Policy: {Policy.CONTIG_ZONES: "contig-zones", Policy.AUTO_MOVABLE: "auto-movable"},
 }
-TOKEN = re.compile(r'\s*(?:(#.*)|("(?:[^"\\]|\\.)*")|([^\s=#"]+)(=)?)')
+TOKEN = re.compile(r'\s*(?:(#.*)|("(?:[^"\\]|\\.)*+")|([^\s=#"]+)(=)?)')  # possessive: no backtracking state per character
 UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+U64_MAX = 2**64 - 1
+HEADER_RANGES = {"page_size": (0, 2**32 - 1), "section_size": (0, U64_MAX), "block_size": (0, U64_MAX), "wall_ns": (-(2**63), 2**63 - 1)}
 
 
 def enum_label(value: enum.Enum) -> str:
@@ -247,6 +250,7 @@ class Layout:
 
     chunk_starts: list[int] | None = None
     index: bool = True
+    lines: list[int] = field(default_factory=list)  # the line of each record
 
 
 def parse_text(text: str | Iterable[str], *, strict: bool = True, path: str | None = None) -> tuple[TraceHeader, list[Record]]:
@@ -262,6 +266,7 @@ def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: s
     layout = Layout()
     lines = text.splitlines() if isinstance(text, str) else text
     seq, ts = -1, 0
+    header_line: _Line | None = None
     for lineno, raw in enumerate(lines, 1):
         line = _Line(raw, lineno, path)
         if not line.tokens:
@@ -272,6 +277,7 @@ def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: s
             continue
         if word.startswith("%"):
             _parse_header_line(header, line)
+            header_line = line
             continue
         rest = line.tokens
         if value is None and re.fullmatch(r"\d+", word):
@@ -282,10 +288,17 @@ def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: s
                 raise line.error(col, f"sequence number {new_seq} does not increase (previous {seq})")
             secs, frac = rest[1][1].split(".")
             seq, ts = new_seq, int(secs) * 1_000_000_000 + int(frac)
+            if ts > U64_MAX:
+                raise line.error(rest[1][0], f"time {rest[1][1]} s is beyond the u64 nanosecond clock ({format_ts(U64_MAX)} s)")
             rest = rest[2:]
         else:
             seq += 1
+        if seq > U64_MAX:
+            raise line.error(col, f"sequence number {seq} does not fit in u64")
         records.append(_parse_record(line, rest, seq, ts, strict))
+        layout.lines.append(lineno)
+    if header_line is not None:
+        _check_header(header, header_line)
     return header, records, layout
 
 
@@ -325,14 +338,16 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
                 raise ValueError
         except ValueError:
             raise line.error(c, f"expected flags 0..255, found {val}", "@flags") from None
+    extra_col = col
     if "@extra" in given:
         c, val = given.pop("@extra")
+        extra_col = c
         try:
             extra = bytes.fromhex(val)
         except ValueError:
             raise line.error(c, f"expected hex bytes, found {val}", "@extra") from None
     if name == "raw":
-        return Record(seq, ts, flags, _parse_raw(line, col, given), extra)
+        return _fitting(line, Record(seq, ts, flags, _parse_raw(line, col, given), extra), col)
     cls = NAMES.get(name)
     if cls is None:
         raise line.error(col, f"unknown event {name!r}; known: {', '.join(sorted(NAMES))}")
@@ -355,7 +370,22 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
             values.append(parse_value(f, val))
         except (ValueError, json.JSONDecodeError) as e:
             raise line.error(c + len(f.name) + 1, f"{name}.{f.name}: {e}", f.name) from None
-    return Record(seq, ts, flags, cls._make(values), extra)
+    ev = cls._make(values)
+    bad = out_of_bounds(ev)
+    if bad is not None:
+        raise line.error(given[bad[0]][0] if bad[0] in given else col, f"{name}: {bad[1]}", bad[0])
+    return _fitting(line, Record(seq, ts, flags, ev, extra), extra_col)
+
+
+def _fitting(line: _Line, rec: Record, col: int) -> Record:
+    """``rec`` if it fits in a record of at most MAX_RECORD bytes (only raw data and @extra can make
+    it longer: every field is checked already), else the error at ``col``."""
+    if rec.extra or isinstance(rec.event, Unknown):
+        try:
+            encode_record(rec)
+        except ValueError as e:
+            raise line.error(col, str(e)) from None
+    return rec
 
 
 def _zero(f: FieldSpec) -> Any:
@@ -391,7 +421,17 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
     def s(text: str | None) -> str:
         if text is None or not text.startswith('"'):
             raise line.error(col, f"%{key}: expected a quoted string")
-        return str(json.loads(text))
+        value = str(json.loads(text))
+        if len(value.encode("utf-8", "surrogatepass")) > 0xFFFF:
+            raise line.error(col, f"%{key}: a header string holds at most 65535 UTF-8 bytes")
+        return value
+
+    def n(name: str, text: str) -> int:
+        value = parse_int(text, units=name != "wall_ns")
+        lo, hi = HEADER_RANGES[name]
+        if not lo <= value <= hi:
+            raise line.error(col, f"%{key}: {name} {value} outside [{lo}, {hi}]")
+        return value
 
     try:
         if key == "mhpt":
@@ -399,6 +439,8 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
             if int(major) != MAJOR:
                 raise line.error(col, f"text form version {major}.{minor}, this reader reads {MAJOR}.x")
             h.major, h.minor = MAJOR, int(minor or MINOR)
+            if not 0 <= h.minor <= 0xFFFF:
+                raise line.error(col, f"text form version {major}.{minor}: the minor version is a u16")
         elif key == "writer":
             h.writer = s(pos[0][1] if pos else None)
         elif key == "kernel":
@@ -406,7 +448,7 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
         elif key == "arch":
             h.arch = s(pos[0][1] if pos else None)
         elif key == "geometry":
-            h.page_size, h.section_size, h.block_size = (parse_int(kv[k], units=True) for k in ("page_size", "section_size", "block_size"))
+            h.page_size, h.section_size, h.block_size = (n(k, kv[k]) for k in ("page_size", "section_size", "block_size"))
         elif key == "params":
             h.params = s(pos[0][1] if pos else None)
         elif key == "source":
@@ -414,13 +456,24 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
             h.source_detail = s(kv.get("detail", '""'))
         elif key == "clock":
             h.clock = s(pos[0][1] if pos else None)
-            h.wall_ns = parse_int(kv.get("wall_ns", "0"))
+            h.wall_ns = n("wall_ns", kv.get("wall_ns", "0"))
         elif key == "section":
             data = kv["data"]
-            h.unknown_sections.append((parse_int(pos[0][1]), b"" if data == "-" else bytes.fromhex(data)))
+            stype = parse_int(pos[0][1])
+            if stype in set(Sec) or not 0 <= stype <= 0xFFFF:
+                raise line.error(pos[0][0], f"%section {stype}: not a free section type (0..65535, not one of the known {min(Sec)}..{max(Sec)})")
+            h.unknown_sections.append((stype, b"" if data == "-" else bytes.fromhex(data)))
         else:
             raise line.error(col, f"unknown header line %{key}")
     except (KeyError, IndexError, ValueError) as e:
         if isinstance(e, TraceFormatError):
             raise
         raise line.error(col, f"%{key}: malformed ({e})") from None
+
+
+def _check_header(h: TraceHeader, last: _Line) -> None:
+    """The header fits the format (each value was checked on its line; the total length is checked
+    at the last header line)."""
+    size = len(h.build())
+    if size > MAX_HEADER:
+        raise last.error(0, f"the header lines make a {size}-byte header, more than the {MAX_HEADER}-byte limit")

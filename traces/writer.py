@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from traces.atomic import output_directory
+from traces.atomic import create_new, output_directory
 from traces.codec import ENCODERS, Record, check_event, encode_record
 from traces.header import INDEX, TRAILER, TRAILER_MAGIC, TraceHeader, build_chunk
 
@@ -21,7 +21,8 @@ class TraceWriter:
 
     A path is written as ``PATH.part`` and renamed to PATH by ``close()``; a writer killed before
     that leaves ``PATH.part``, valid up to its last flushed chunk (``mhp verify``/``repair`` read it).
-    ``"-"`` writes to standard output.
+    A later writer of PATH never overwrites it: the old ``PATH.part`` is kept as ``PATH.N.part``
+    (``kept``) and said so on standard error. ``"-"`` writes to standard output.
     """
 
     def __init__(
@@ -35,13 +36,17 @@ class TraceWriter:
     ) -> None:
         self.final: Path | None = None
         self.part: Path | None = None
+        head = header.build()  # before a file exists: a header that does not fit leaves nothing behind
+        self.kept: Path | None = None  # where a crashed run's PATH.part went
         if isinstance(target, (str, Path)) and str(target) == "-":
             self.f: BinaryIO = sys.stdout.buffer
         elif isinstance(target, (str, Path)):
             self.final = Path(target)
             output_directory(self.final)
             self.part = self.final.with_name(self.final.name + ".part")
-            self.f = open(self.part, "wb")  # noqa: SIM115 - closed by close()/abort()
+            self.f, self.kept = create_new(self.part)  # closed by close()/abort()
+            if self.kept is not None:
+                print(f"mhp: {self.part}: left by an earlier run that did not finish; kept as {self.kept} (mhp verify and mhp repair read it)", file=sys.stderr)
         else:
             self.f = target
         self.chunk_records = chunk_records
@@ -55,7 +60,7 @@ class TraceWriter:
         self.pending_first_ts = 0
         self.index: list[dict[str, int]] = []
         self.closed = False
-        self._write(header.build())
+        self._write(head)
 
     def _write(self, data: bytes) -> None:
         self.f.write(data)

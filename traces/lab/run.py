@@ -86,6 +86,8 @@ def step_record(step: Step) -> dict[str, Any]:
         return {"guest": f"param {a['param']} {a['value']}"}
     if step.action == "auto_online":
         return {"guest": f"auto {a['auto_online'].label}"}
+    if step.action == "mark":
+        return {"mark": a["mark"]}  # performs nothing: labels the layout
     raise ScenarioError(f"{step.action}: unknown step action")
 
 

@@ -129,6 +129,9 @@ class _Named:
     def tell(self) -> int:
         return self.f.tell()  # type: ignore[no-any-return]
 
+    def seekable(self) -> bool:
+        return bool(self.f.seekable())
+
     def close(self) -> None:
         self.f.close()
 

@@ -163,7 +163,7 @@ def test_a_range_goes_on_past_a_failing_block_like_a_shell_loop(tmp_path: Path, 
     rc, out, _, _ = simulate_text(tmp_path, capsys, MACHINE + '[[step]]\nonline = "47-55"\n[[step]]\nmark = "after the range"\n')
     assert rc == 0
     step2 = out[out.index("== step 2") : out.index("== step 3")]
-    assert "(rc -22)" in step2 and "Memory block 48-55:     Normal (dimm0)" in step2
+    assert "(rc -22 EINVAL)" in step2 and "Memory block 48-55:     Normal (dimm0)" in step2
     assert "== step 3: mark=after the range\n" in out and out[out.index("== step 3") :].count("Memory block") == 2
 
 
@@ -523,7 +523,8 @@ def test_a_removal_beyond_the_address_space_is_refused_before_the_model_walks_it
 
 
 def test_a_kernel_release_without_a_version_names_the_header(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """commands fuzzer: '6.q.0-56-amd64' ended replay, layout, plot and export in a ValueError without the file."""
+    """commands fuzzer: '6.q.0-56-amd64' ended replay, layout, plot and export in a ValueError without the file. Such
+    a release gets the default profile, and replay says which and why (issue 13: a release no profile covers)."""
     from dataclasses import replace
 
     header, records = seed_records()
@@ -531,9 +532,10 @@ def test_a_kernel_release_without_a_version_names_the_header(tmp_path: Path, cap
     with TraceWriter(path, replace(header, kernel_release="6.q.0-56-amd64")) as w:
         for rec in records:
             w.write_record(rec)
-    for command in ("replay", "layout", "export", "minimize"):
-        extra = {"export": ["-o", str(tmp_path / "e.json")], "minimize": ["-o", str(tmp_path / "m.mhpt")]}.get(command, [])
+    for command in ("replay", "layout", "export"):
+        extra = {"export": ["-o", str(tmp_path / "e.json")]}.get(command, [])
         rc, _, err = run([command, str(path), *extra], capsys)
-        assert rc == 2
-        one_error_line(err, command, path, "field header kernel release: cannot read a kernel version from release '6.q.0-56-amd64'")
+        assert rc in (0, 1) and "Traceback" not in err, err
+        if command == "replay":
+            assert "no kernel version in release '6.q.0-56-amd64': the default profile" in err
     assert run(["layout", str(path), "--profile", "6.1"], capsys)[0] == 0

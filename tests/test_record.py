@@ -14,6 +14,7 @@ import pytest
 from replay.model.profiles import get_profile
 from replay.replayer import replay_events, replay_file
 from traces.codec import FLAG_INFERRED
+from traces.errors import TraceFormatError
 from traces.events import (
     AddFlags,
     AddMemory,
@@ -35,8 +36,9 @@ from traces.events import (
     UnknownFact,
     ZoneType,
 )
-from traces.files import verify
+from traces.files import cat, verify
 from traces.host import Host, parse_node_list, parse_zoneinfo
+from traces.reader import TraceReader
 from traces.record import Recorder, acpi_memmap_flag, parse_uevent, snapshot_events
 
 ZONEINFO = """Node 0, zone      DMA
@@ -313,6 +315,16 @@ def test_rotated_parts_each_replay_on_their_own(tmp_path: Path) -> None:
         assert verify(str(p)).clean
         r = replay_file(str(p))
         assert r.error is None and r.divergence_count == 0 and r.matched > 0  # each part starts with a snapshot
+    joined = tmp_path / "joined.mhpt"
+    n = cat([str(p) for p in parts], str(joined))  # the second part's checkpoint is dropped: one recording
+    assert verify(str(joined)).clean and replay_file(str(joined)).divergence_count == 0
+    with TraceReader(str(parts[0])) as a, TraceReader(str(parts[1])) as b:
+        second = list(b)
+        assert n == len(list(a)) + sum(rec.event.KIND != "boot" for rec in second)
+    other = tmp_path / "other.mhpt"
+    subprocess.run(mhp("record", "--snapshot", "-o", str(other)), check=True, capture_output=True)
+    with pytest.raises(TraceFormatError, match="a new recording"):
+        cat([str(parts[0]), str(other)], str(tmp_path / "no.mhpt"))
 
 
 def test_systemd_unit_is_hardened_and_verifies(tmp_path: Path) -> None:

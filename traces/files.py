@@ -141,7 +141,12 @@ def _with_next(items: Iterator[_T]) -> Iterator[tuple[_T, _T | None]]:
 
 
 def cat(paths: list[str], out: str) -> int:
-    """Join traces of one recording into ``out`` (header of the first; sequence numbers continue)."""
+    """Join traces of one recording into ``out`` (header of the first; sequence numbers continue).
+
+    A later part that starts with a boot snapshot is the next part of a rotated recording when its header has the
+    first part's clock (``mhp record --rotate-size``: one wall time for every part): its checkpoint's boot records are
+    dropped (the earlier parts' events reach that state) and the rest continues. Any other snapshot starts a new
+    recording: refused."""
     first = TraceReader(paths[0])
     header = first.header
     first.close()
@@ -151,11 +156,14 @@ def cat(paths: list[str], out: str) -> int:
             with TraceReader(p) as r:
                 if (r.header.block_size, r.header.kernel_release) != (header.block_size, header.kernel_release):
                     raise TraceFormatError(f"kernel {r.header.kernel_release!r} / block size {r.header.block_size:#x} differ from the first trace's", path=p)
+                rotated = bool(n) and r.header.wall_ns == header.wall_ns
                 shift: int | None = None
-                for rec in r:
+                for i, rec in enumerate(r):
+                    if shift is None and n and rec.event.KIND == "boot":
+                        if not rotated:
+                            raise TraceFormatError("starts with a boot snapshot: a new recording, not a continuation of the first trace", path=p, record=i)
+                        continue  # a rotated part's checkpoint
                     if shift is None:
-                        if n and rec.event.KIND == "boot":
-                            raise TraceFormatError("starts with a boot snapshot: a new recording, not a continuation of the first trace", path=p, record=0)
                         shift = max(0, w.seq - rec.seq)
                     w.write_record(rec._replace(seq=rec.seq + shift))
                     n += 1

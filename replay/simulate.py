@@ -203,6 +203,8 @@ class Simulation:
             return self.emit(ParamWrite(PARAM_IDS[a["param"]], a["value"])).rc
         if step.action == "mark":
             return 0  # labels the layout only (apply_step's mark carries it)
+        if step.action == "run":
+            return 0  # a guest workload: it moves no memory block (what it allocates is what the model cannot see)
         return self.emit(ParamWrite(Param.AUTO_ONLINE_BLOCKS, a["auto_online"].label)).rc
 
     def snapshot(self, index: int, label: str, rc: int, findings_from: int, unknowable_from: int) -> StepResult:

@@ -364,3 +364,13 @@ def test_cli_trace_options(capsys: pytest.CaptureFixture[str]) -> None:
         assert e.value.code == 2
     assert ".mhpt" in capsys.readouterr().err
     assert cli.main([str(SCENARIOS / "missing.toml"), "--kernel", "6.1", "-o", "x.mhpt"]) == 2
+
+
+def test_a_run_step_is_a_guest_command_the_model_does_not_see() -> None:
+    from replay.simulate import simulate
+
+    sc = load_scenario(SCENARIOS / "dimm-unplug-busy.toml")
+    run = [s for s in sc.steps if s.action == "run"]
+    assert len(run) == 2 and step_record(run[0]) == {"guest": f"run {run[0].args['run']}"}
+    results = list(simulate(sc, "6.12"))
+    assert results[2].rc == 0 and results[2].runs == results[1].runs  # the workload moved no block

@@ -38,12 +38,14 @@ def real_steps(path: Path) -> dict[int, dict[tuple[int, str], tuple[int, int]]]:
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_simulate_accounts_managed_pages_as_the_real_kernel_did(path: Path) -> None:
-    """Every scenario on its kernel: after every step, each zone's present pages and the change of its
+    """Every scenario on its kernel: after every step up to one whose outcome the model cannot know, each zone's present pages and the change of its
     managed pages since boot (memmap_on_memory vmemmap pages are present, never managed; 6.1 hosts
     the memmap of one-block DIMMs only, 6.12 of every block) equal the real kernel's."""
     real = real_steps(path)
     scenario = load_scenario(ROOT / "corpus" / "scenarios" / f"{path.stem}.toml")
     for res in simulate(scenario, path.parent.name):
+        if res.unknowable:
+            break  # what follows is the model's assumption (success), not a prediction
         got = {(z["node"], z["zone"]): (z["present"], z["managed_since_boot"]) for z in res.zones}
         assert {k: got.get(k) for k in real[res.index]} == real[res.index], f"step {res.index}: {res.label}"
 

@@ -23,7 +23,8 @@ size = "12G"
 ```
 Other steps: `unplug = "dimm0"`, `online = 48` (`type`, `attr = "state"|"online"`),
 `offline = 48` (`attr`); both take `fails = "EBUSY"` (the real kernel's failure, injected), `param = "auto_movable_ratio"` with `value`,
-`auto_online = "offline"`, `mark = "text"` (does nothing; labels the layout). `online`/`offline`
+`auto_online = "offline"`, `mark = "text"` (does nothing; labels the layout), `run = "shell command"`
+(the lab runs it in the guest, e.g. a workload that allocates memory; the model sees nothing of it). `online`/`offline`
 also take a range, `online = "48-55"`, done block by block like a shell loop over the blocks: a
 block that fails does not stop the others.
 
@@ -365,6 +366,7 @@ STEP_KEYS = {
     "param": {"value"},
     "auto_online": set(),
     "mark": set(),
+    "run": set(),
 }
 
 
@@ -410,8 +412,8 @@ def _step(r: _Reader, s: dict[str, Any], i: int, sc: Scenario) -> Step:
         if "value" not in s:
             raise r.fail(where, line, "missing key 'value' (the string written to the parameter)")
         args["value"] = r.text(s, "value", where, line)
-    elif action == "mark":
-        args["mark"] = r.text(s, "mark", where, line)
+    elif action in ("mark", "run"):
+        args[action] = r.text(s, action, where, line)
     else:
         args["auto_online"] = ONLINE_TYPES[r.get(s, "auto_online", "str", where, line, allow=tuple(ONLINE_TYPES))]
     step = Step(action, args, line, dict(s))

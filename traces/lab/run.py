@@ -37,6 +37,7 @@ DIMM_EVENT_MAX_S = 90.0
 UNPLUG_MAX_S = 180.0
 VMEM_STALL_S = 15.0  # virtio-mem size unchanged this long (and short of the request): the device has settled
 VMEM_MAX_S = 300.0
+RUN_MAX_S = 600.0  # a scenario's guest command (run = "...")
 # ACPI _OST status codes that are not a refusal: 0 success, 0x84 "ejection in progress" (sent when the guest starts).
 OST_NOT_FAILED = (0, 0x84)
 
@@ -88,6 +89,8 @@ def step_record(step: Step) -> dict[str, Any]:
         return {"guest": f"auto {a['auto_online'].label}"}
     if step.action == "mark":
         return {"mark": a["mark"]}  # performs nothing: labels the layout
+    if step.action == "run":
+        return {"guest": f"run {a['run']}"}
     raise ScenarioError(f"{step.action}: unknown step action")
 
 
@@ -225,6 +228,9 @@ class LabRun:
             return Performed(self.unplug_dimm(step.args["unplug"]), device=step.args["unplug"])
         if step.action == "vmem":
             return Performed(self.resize_vmem(step.args["vmem"], step.args["size"]), device=step.args["vmem"])
+        if step.action == "run":  # the scenario's own shell command, run in the guest as its author wrote it
+            status, out = self.g.agent(step.args["run"], timeout=RUN_MAX_S)
+            return Performed(status, [[None, status, out.strip()[-2000:]]], [time.monotonic_ns()])
         writes: list[list[Any]] = []
         times: list[int] = []
         for block, path, value in guest_writes(step):

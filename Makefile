@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/mhp simulate corpus/scenarios/seed-vmem.toml --step 2
 	@# the main job: replay real-kernel traces; exit 1 (findings: real kernel behaviours, see
 	@# corpus/real/README.md) is expected here, 2 (bad input) is not
-	@echo "== replaying the 84 real-kernel traces (Debian 6.1, 6.12 and 7.2 under QEMU, recorded by mhp record in the guest): 0 divergences expected;"
+	@echo "== replaying the 102 real-kernel traces (Debian 6.1, 6.12 and 7.2 under QEMU, recorded by mhp record in the guest): 0 divergences expected;"
 	@echo "== FAILED lines carry findings, real kernel behaviours these scenarios provoke (corpus/real/README.md)"
 	@$(BIN)/mhp replay corpus/real/*/*.mhpt; test $$? -le 1
 

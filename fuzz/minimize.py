@@ -42,7 +42,9 @@ class Budget(BaseException):
 @contextmanager
 def deadline(at: float) -> Iterator[None]:
     """Raise Budget when the monotonic clock passes ``at``, also in the middle of a replay (a
-    SIGALRM timer, in the main thread; elsewhere only the checks between replays hold)."""
+    SIGALRM timer, in the main thread; elsewhere only the checks between replays hold). The timer
+    repeats every 50 ms until the block ends: a Budget raised inside a finalizer is swallowed by
+    Python ("exception ignored"), and the next one interrupts the replay itself."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -54,7 +56,7 @@ def deadline(at: float) -> Iterator[None]:
     if left <= 0:
         raise Budget
     old = signal.signal(signal.SIGALRM, ring)
-    signal.setitimer(signal.ITIMER_REAL, left)
+    signal.setitimer(signal.ITIMER_REAL, left, 0.05)
     try:
         yield
     finally:

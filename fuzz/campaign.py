@@ -266,8 +266,9 @@ class Campaign:
     def triage_new(self, earlier: bool = False) -> None:
         """Triage every artifact not in the ledger (``earlier``: left by an interrupted campaign);
         new signatures join the ignore file, so harnesses started after a hit skip them. A model
-        hit is saved as a regression, then ledgered; another target's artifact is checked again
-        once per campaign and reported while it still fails (ledgered when it passes: fixed)."""
+        hit is saved as a regression, then ledgered; another target's artifact (crash, timeout or
+        out-of-memory) is checked again once per campaign and reported while it still fails
+        (ledgered when it passes: fixed)."""
         known = len(self.known)
         for art in sorted(self.ledger.pending(self.artifacts, self.prefix, self.target != "model"), key=lambda p: p.stat().st_mtime):
             if art.name in self.checked:
@@ -277,7 +278,7 @@ class Campaign:
             if self.target == "model":
                 _triage(art, self.target, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds)
                 self.ledger.add(art)
-            elif _triage_surface(art, self.target, self.summary, first_hit):
+            elif _triage_surface(art, self.target, self.summary, first_hit, self.env()):
                 self.ledger.add(art)
         if len(self.known) != known:
             self._write_ignore()
@@ -408,12 +409,19 @@ def child(cmd: list[str], **kw: Any) -> Iterator[subprocess.Popen[Any]]:
         proc.wait()
 
 
-def _triage_surface(art: Path, target: str, summary: Summary, first_hit: float) -> bool:
-    """Check a surface target's artifact again (fuzz/surfaces.py): report it while it fails (a
-    timeout or out-of-memory artifact is reported, not re-run); True when it passes now."""
+def _triage_surface(art: Path, target: str, summary: Summary, first_hit: float, env: dict[str, str]) -> bool:
+    """Check a surface target's artifact again: report it while it fails; True when it passes now
+    (fixed). Crashes and timeouts run here (fuzz/surfaces.py, within the target's -timeout),
+    out-of-memory artifacts in the harness under libFuzzer's -rss_limit_mb."""
     kind = art.name[len(target) + 1 :].split("-", 1)[0]
     sig, message = f"{target.upper()}-{kind.upper()}:{art.name}", f"libFuzzer {kind}"
-    if kind == "crash":
+    if kind == "oom":
+        cmd = [sys.executable, str(HARNESSES[target]), f"-rss_limit_mb={RSS_LIMIT_MB}", f"-timeout={TIMEOUTS[target]}", str(art)]
+        with child(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT, env=env) as proc:
+            if proc.wait() == 0:
+                return True
+        message = f"takes more than {RSS_LIMIT_MB} MB"
+    else:
         try:
             with deadline(time.monotonic() + TIMEOUTS[target]):
                 TARGETS[target](art.read_bytes())

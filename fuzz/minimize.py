@@ -43,14 +43,16 @@ class Budget(BaseException):
 def deadline(at: float) -> Iterator[None]:
     """Raise Budget when the monotonic clock passes ``at``, also in the middle of a replay (a
     SIGALRM timer, in the main thread; elsewhere only the checks between replays hold). The timer
-    repeats every 50 ms until the block ends: a Budget raised inside a finalizer is swallowed by
-    Python ("exception ignored"), and the next one interrupts the replay itself."""
+    rings again every 50 ms until the block ends: a ring that lands where exceptions are swallowed
+    (a gc callback, a __del__) is followed by one that is not."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    armed = [True]
 
     def ring(signum: int, frame: object) -> None:
-        raise Budget
+        if armed[0]:
+            raise Budget
 
     left = at - time.monotonic()
     if left <= 0:
@@ -60,6 +62,7 @@ def deadline(at: float) -> Iterator[None]:
     try:
         yield
     finally:
+        armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
 
@@ -229,9 +232,7 @@ class Minimizer:
 
 
 def _simpler(f: Any, v: Any) -> list[Any]:
-    """Candidate simpler values, simplest first (an appended field: not recorded)."""
-    if f.since:
-        return [] if v is None else [None]
+    """Candidate simpler values, simplest first."""
     if f.wire is STR:
         return [""] if v else []
     if f.wire is ZONES:

@@ -93,7 +93,7 @@ class Simulation:
             out = self.kernel.apply(ev)
         except SnapshotError as e:  # an explicit memory map no machine can have (checked at the first request)
             sc = self.scenario
-            raise ScenarioError(f"machine: not a boot layout a kernel can have: {e}", path=sc.path, line=sc.machine_line or None) from None
+            raise ScenarioError(f"machine: not a boot layout a kernel can have: {e}", path=sc.path, line=sc.machine_line or 1) from None
         sink = self.sink
         assert sink is not None
         sink(ev)

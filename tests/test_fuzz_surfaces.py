@@ -161,3 +161,15 @@ def test_a_short_campaign_of_each_surface_finds_nothing(tmp_path: Path, target: 
     assert summary.execs >= 60 and summary.corpus > 0 and summary.signatures == {}, summary.lines()
     assert not [p for p in (tmp_path / "a").iterdir() if p.name.startswith(f"{target}-")]
     shutil.rmtree(tmp_path / "c")
+
+
+def test_timeout_and_oom_artifacts_are_run_again_and_forgotten_once_they_pass(tmp_path: Path) -> None:
+    """A timeout runs here under the target's -timeout, an out-of-memory artifact in the harness
+    under -rss_limit_mb: both pass now (seed traces), so both are ledgered."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    for name in ("format-timeout-1", "format-oom-1"):
+        shutil.copy(SEEDS / "seed-dimm.mhpt", artifacts / name)
+    c = Campaign("format", Mode(), tmp_path / "c", tmp_path / "s", artifacts, tmp_path / "r", 1, 5, False)
+    c.triage_new(earlier=True)
+    assert c.summary.signatures == {} and set((artifacts / "triaged.txt").read_text().split()) == {"format-timeout-1", "format-oom-1"}

@@ -539,3 +539,26 @@ def test_a_kernel_release_without_a_version_names_the_header(tmp_path: Path, cap
         if command == "replay":
             assert "no kernel version in release '6.q.0-56-amd64': the default profile" in err
     assert run(["layout", str(path), "--profile", "6.1"], capsys)[0] == 0
+
+
+def test_numbers_longer_than_python_converts_are_positioned_errors_and_quotes_are_clipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Integers of more than 4300 digits raise a bare ValueError in int() and tomllib; errors quote
+    at most a clip of what they name."""
+    rc, _, err, f = simulate_text(tmp_path, capsys, "[machine]\nblock_size = " + "9" * 5000 + "\n")
+    assert rc == 2
+    one_error_line(err, "simulate", f, "line 2:14: TOML: an integer of more than 4300 digits")
+    rc, _, err, f = simulate_text(tmp_path, capsys, '[machine]\npreset = "qemu-q35-4G"\n[[step]]\ndimm = ' + "9" * 4000 + "\n")
+    assert rc == 2 and len(err) < 200
+    one_error_line(err, "simulate", f, "line 4: step[0].dimm: a 13288-bit number outside 1..64T")
+    src = tmp_path / "t.txt"
+    for body, position in [
+        ("9" * 5000 + ' 0.000000000 mark text="x"', "line 2:1: sequence number or time beyond u64"),
+        ("0 " + "9" * 5000 + '.000000000 mark text="x"', "line 2:1: sequence number or time beyond u64"),
+        ("%section " + "9" * 5000 + " data=ff", "line 2:1: %section: malformed (a number of 5000 characters)"),
+        ("online_block block=" + "9" * 5000 + " online_type=online attr=state source=user", "line 2:20, field block: online_block.block: expected an integer"),
+        ("x" * 3000 + " a=1", "line 2:1: unknown event 'xxxxxxxx"),
+    ]:
+        src.write_text("%mhpt 1.0\n" + body + "\n")
+        rc, _, err = run(["compile", str(src), "-o", str(tmp_path / "t.mhpt")], capsys)
+        assert rc == 2 and len(err) < 600, err[:600]
+        one_error_line(err, "compile", src, position)

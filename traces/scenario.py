@@ -143,7 +143,7 @@ def _size_text(n: int) -> str:
     for unit in ("T", "G", "M", "K"):
         if n and n % UNITS[unit] == 0:
             return f"{n // UNITS[unit]}{unit}"
-    return str(n)
+    return _shown(n)
 
 
 class _Reader:
@@ -182,7 +182,7 @@ class _Reader:
                 at = self.key_line(key, line)
                 if at == line and isinstance(table[key], (dict, list)):
                     at = self.line_of(f"{where}.{key}") or at
-                raise self.fail(where, at, f"unknown key {key!r}; expected one of {', '.join(allowed)}")
+                raise self.fail(where, at, f"unknown key {_shown(key)}; expected one of {', '.join(allowed)}")
 
     def get(self, table: dict[str, Any], key: str, kind: str, where: str, line: int, default: Any = ..., allow: tuple[str, ...] = ()) -> Any:
         if key not in table:
@@ -207,14 +207,14 @@ class _Reader:
                 if allow
                 else {"size": "a size like '4G' or a byte count", "int": "an integer", "str": "a string", "bool": "true or false"}[kind]
             )
-            raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected {expected}, got {v!r}")
+            raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected {expected}, got {_shown(v)}")
         return ok
 
     def number(self, table: dict[str, Any], key: str, where: str, line: int, lo: int, hi: int, default: Any = ..., kind: str = "int") -> int:
         """An integer (or a size) in [lo, hi]: what a real machine can have."""
         v = self.get(table, key, kind, where, line, default)
         if v is not default and not lo <= v <= hi:
-            text = _size_text if kind == "size" else str
+            text = _size_text if kind == "size" else _shown
             raise self.fail(f"{where}.{key}", self.key_line(key, line), f"{text(v)} outside {text(lo)}..{text(hi)}{_why(key, hi)}")
         return int(v)
 
@@ -232,7 +232,9 @@ class _Reader:
         v = table.get(key, [0])
         if not isinstance(v, list) or not all(isinstance(n, int) and not isinstance(n, bool) and 0 <= n < MAX_NODES for n in v) or len(set(v)) != len(v):
             hint = " (node sets are lists of node ids, not bit masks)" if isinstance(v, int) else ""
-            raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected a list of distinct node ids 0..{MAX_NODES - 1} like [0, 1], got {v!r}{hint}")
+            raise self.fail(
+                f"{where}.{key}", self.key_line(key, line), f"expected a list of distinct node ids 0..{MAX_NODES - 1} like [0, 1], got {_shown(v)}{hint}"
+            )
         return frozenset(v)
 
     def text(self, table: dict[str, Any], key: str, where: str, line: int, limit: int = STR_MAX) -> str:
@@ -241,11 +243,17 @@ class _Reader:
         if isinstance(v, bool):
             v = "Y" if v else "N"
         if not isinstance(v, (str, int)):
-            raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected a string, got {v!r}")
+            raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected a string, got {_shown(v)}")
         v = str(v)
         if len(v.encode()) > limit or any(ord(c) < 0x20 or ord(c) == 0x7F for c in v):
             raise self.fail(f"{where}.{key}", self.key_line(key, line), f"expected one line of at most {limit} UTF-8 bytes without control characters")
         return v
+
+
+def _shown(value: object) -> str:
+    """A value as an error message quotes it: its repr, cut short (a 4000-digit number is not one line to read)."""
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 4000 else f"a {value.bit_length()}-bit number"
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def _why(key: str, hi: int) -> str:
@@ -267,7 +275,12 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError("not UTF-8 text", path=path, line=e.object[: e.start].count(b"\n") + 1, offset=e.start) from None
     try:
         doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except ValueError as e:  # TOMLDecodeError, or an integer longer than Python converts (4300 digits)
+        if not isinstance(e, tomllib.TOMLDecodeError):
+            digits = re.search(r"\d{4300,}", text)
+            at = digits.start() if digits else 0
+            line, column = text.count("\n", 0, at) + 1, at - text.rfind("\n", 0, at)
+            raise ScenarioError("TOML: an integer of more than 4300 digits", path=path, line=line, column=column) from None
         where = re.search(r"\(at line (\d+), column (\d+)\)$", str(e)) or re.search(r"\(at end of document\)$", str(e))
         msg = str(e)[: where.start()].rstrip() if where else str(e)
         if where and where.lastindex:
@@ -303,7 +316,7 @@ def parse_scenario(doc: dict[str, Any], path: str, text: str = "") -> Scenario:
     sc = Scenario(path, name, r.get(doc, "description", "str", "description", 0, ""), machine, profile, cmdline, machine_line=mline)
     expect = doc.get("expect_findings", [])
     if not isinstance(expect, list) or not all(isinstance(x, str) for x in expect):
-        raise r.fail("expect_findings", r.key_line("expect_findings", 0), f"expected a list of finding signatures, got {expect!r}")
+        raise r.fail("expect_findings", r.key_line("expect_findings", 0), f"expected a list of finding signatures, got {_shown(expect)}")
     sc.expect_findings = expect
     nodes = machine_nodes(machine)
     for i, d in enumerate(_list(r, doc, "device")):
@@ -352,7 +365,7 @@ def _device_id(r: _Reader, t: dict[str, Any], key: str, where: str, line: int) -
     v = r.get(t, key, "str", where, line)
     if not DEVICE_ID.fullmatch(v):
         raise r.fail(
-            f"{where}.{key}", r.key_line(key, line), f"expected an id of letters, digits, '-', '.' and '_' starting with a letter (at most 64), got {v!r}"
+            f"{where}.{key}", r.key_line(key, line), f"expected an id of letters, digits, '-', '.' and '_' starting with a letter (at most 64), got {_shown(v)}"
         )
     return str(v)
 
@@ -405,7 +418,7 @@ def _step(r: _Reader, s: dict[str, Any], i: int, sc: Scenario) -> Step:
             args["type"] = ONLINE_TYPES[r.get(s, "type", "str", where, line, "online", ("online", "online_kernel", "online_movable"))]
         name = r.get(s, "fails", "str", where, line, None)
         if name is not None and name not in ERRNOS:
-            raise r.fail(f"{where}.fails", r.key_line("fails", line), f"expected an errno name like 'EBUSY', got {name!r}")
+            raise r.fail(f"{where}.fails", r.key_line("fails", line), f"expected an errno name like 'EBUSY', got {_shown(name)}")
         args["fails"] = ERRNOS[name] if name else 0
     elif action == "param":
         args["param"] = r.get(s, "param", "str", where, line, allow=PARAMS)
@@ -431,7 +444,7 @@ def _block_range(r: _Reader, v: object, where: str, line: int, blocks: int) -> t
         if m:
             first, last = int(m.group(1)), int(m.group(2) or m.group(1))
     if not 0 <= first <= last:
-        raise r.fail(where, line, f"expected a block id or a range 'first-last', got {v!r}")
+        raise r.fail(where, line, f"expected a block id or a range 'first-last', got {_shown(v)}")
     if last >= blocks:
         raise r.fail(where, line, f"block {last} is beyond block {blocks - 1}, the last one a {PHYS_ADDR_BITS}-bit physical address space holds")
     return first, last
@@ -442,7 +455,7 @@ def _machine(r: _Reader, t: dict[str, Any], line: int) -> MachinePreset:
         name = r.get(t, "preset", "str", "machine", line, allow=tuple(PRESETS))
         extra = set(t) - {"preset"}
         if extra:
-            raise r.fail("machine", min(r.key_line(k, line) for k in extra), f"a preset takes no other keys, got {', '.join(sorted(extra))}")
+            raise r.fail("machine", min(r.key_line(k, line) for k in extra), f"a preset takes no other keys, got {_shown(', '.join(sorted(extra)))}")
         return PRESETS[name]
     r.strict(t, MACHINE_KEYS, "machine", line)
     block = r.number(t, "block_size", "machine", line, MIN_BLOCK_SIZE, PHYS_ADDR_END // 2, kind="size")
@@ -462,7 +475,7 @@ def _machine(r: _Reader, t: dict[str, Any], line: int) -> MachinePreset:
         r.strict(z, ZONE_KEYS, where, zl)
         zone = ZONE_NAMES.get(str(r.get(z, "zone", "str", where, zl)).lower())
         if zone is None or zone is ZoneType.NONE:
-            raise r.fail(f"{where}.zone", r.key_line("zone", zl), f"expected DMA, DMA32, Normal or Movable, got {z['zone']!r}")
+            raise r.fail(f"{where}.zone", r.key_line("zone", zl), f"expected DMA, DMA32, Normal or Movable, got {_shown(z['zone'])}")
         start = r.number(z, "start_pfn", where, zl, 0, MAX_PFN)
         spanned = r.number(z, "spanned", where, zl, 0, MAX_PFN - start)
         present = r.number(z, "present", where, zl, 0, spanned)
@@ -475,7 +488,7 @@ def _machine(r: _Reader, t: dict[str, Any], line: int) -> MachinePreset:
         r.strict(b, BLOCKS_KEYS, where, bl)
         zone = ZONE_NAMES.get(str(r.get(b, "zone", "str", where, bl)).lower())
         if zone is None:
-            raise r.fail(f"{where}.zone", r.key_line("zone", bl), f"expected a zone name or 'none', got {b['zone']!r}")
+            raise r.fail(f"{where}.zone", r.key_line("zone", bl), f"expected a zone name or 'none', got {_shown(b['zone'])}")
         state = BlockState.ONLINE if r.get(b, "state", "str", where, bl, "online", ("online", "offline")) == "online" else BlockState.OFFLINE
         first = r.number(b, "first", where, bl, 0, blocks - 1)
         count = r.number(b, "count", where, bl, 1, blocks - first, 1)
@@ -494,5 +507,5 @@ def _machine(r: _Reader, t: dict[str, Any], line: int) -> MachinePreset:
 def _tables(r: _Reader, t: dict[str, Any], key: str, line: int) -> list[dict[str, Any]]:
     v = t.get(key, [])
     if not isinstance(v, list) or not all(isinstance(x, dict) for x in v):
-        raise r.fail(f"machine.{key}", r.key_line(key, line), f"expected [[machine.{key}]] tables, got {v!r}")
+        raise r.fail(f"machine.{key}", r.key_line(key, line), f"expected [[machine.{key}]] tables, got {_shown(v)}")
     return v

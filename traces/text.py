@@ -176,7 +176,7 @@ class _Line:
                 key = m.group(3)
                 vm = TOKEN.match(text, m.end())
                 if vm is None or vm.group(1) or vm.end() == m.end() or vm.group(4) or text[m.end() : m.end() + 1].isspace():
-                    raise self.error(m.end(), f"missing value after {key}=")
+                    raise self.error(m.end(), f"missing value after {clip(key)}=")
                 value = vm.group(2) or vm.group(3)
                 self.tokens.append((col, key, value))
                 pos = vm.end()
@@ -188,8 +188,16 @@ class _Line:
         return TraceFormatError(msg, path=self.path, line=self.lineno, column=col + 1, field=field)
 
 
+def clip(text: str) -> str:
+    """Input text as an error message quotes it: cut short."""
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
 def parse_int(text: str, *, units: bool = False) -> int:
-    """Decimal or 0x hex, optionally negative; a K/M/G/T suffix where ``units``."""
+    """Decimal or 0x hex, optionally negative; a K/M/G/T suffix where ``units``. No field takes more
+    than 64 bits: longer texts are not read (ValueError)."""
+    if len(text) > 40:
+        raise ValueError(f"a number of {len(text)} characters")
     mult = 1
     if units and text[-1:].upper() in UNITS:
         mult, text = UNITS[text[-1].upper()], text[:-1]
@@ -200,7 +208,7 @@ def parse_value(f: FieldSpec, text: str) -> Any:
     """One field value from text; ValueError with what was expected."""
     if f.wire is STR:
         if not text.startswith('"'):
-            raise ValueError(f"expected a quoted string, found {text}")
+            raise ValueError(f"expected a quoted string, found {clip(text)}")
         return json.loads(text)
     if f.wire is ZONES:
         if text == "none":
@@ -209,17 +217,17 @@ def parse_value(f: FieldSpec, text: str) -> Any:
         try:
             return tuple(by_label[z.lower()] for z in text.split(","))
         except KeyError:
-            raise ValueError(f"expected zones like Movable,Normal or none, found {text}") from None
+            raise ValueError(f"expected zones like Movable,Normal or none, found {clip(text)}") from None
     if f.wire is BOOL:
         if text not in ("true", "false"):
-            raise ValueError(f"expected true or false, found {text}")
+            raise ValueError(f"expected true or false, found {clip(text)}")
         return text == "true"
     if isinstance(f.py, type) and issubclass(f.py, enum.Enum):
         return _parse_enum(f.py, text)
     try:
         value = parse_int(text, units=f.res in HEX_RES)
     except ValueError:
-        raise ValueError(f"expected an integer, found {text}") from None
+        raise ValueError(f"expected an integer, found {clip(text)}") from None
     raw_field(f, value)
     return value
 
@@ -233,13 +241,13 @@ def _parse_enum(cls: type[enum.Enum], text: str) -> Any:
         for part in text.split("|"):
             member = cls.__members__.get(part.upper())
             if member is None:
-                raise ValueError(f"expected {cls.__name__} flags joined by '|' ({', '.join(m.lower() for m in cls.__members__)}), found {part}")
+                raise ValueError(f"expected {cls.__name__} flags joined by '|' ({', '.join(m.lower() for m in cls.__members__)}), found {clip(part)}")
             value |= member
         return value
     member = labels.get(text.lower()) or cls.__members__.get(text.upper().replace("-", "_"))
     if member is None:
         names = [SPECIAL_LABELS[cls][m] for m in cls] if cls in SPECIAL_LABELS else [m.name.lower() for m in cls]
-        raise ValueError(f"expected one of {', '.join(names)}, found {text}")
+        raise ValueError(f"expected one of {', '.join(names)}, found {clip(text)}")
     return member
 
 
@@ -283,6 +291,8 @@ def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: s
         if value is None and re.fullmatch(r"\d+", word):
             if len(rest) < 3 or rest[1][2] is not None or not re.fullmatch(r"\d+\.\d{9}", rest[1][1]):
                 raise line.error(rest[1][0] if len(rest) > 1 else col, "expected SEQ TIME NAME: a time like 12.000000000 after the sequence number")
+            if len(word) > 20 or len(rest[1][1]) > 21:
+                raise line.error(col, "sequence number or time beyond u64")
             new_seq = int(word)
             if new_seq <= seq:
                 raise line.error(col, f"sequence number {new_seq} does not increase (previous {seq})")
@@ -321,14 +331,14 @@ def _parse_layout_line(layout: Layout, line: _Line, position: int) -> None:
 def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: int, ts: int, strict: bool) -> Record:
     col, name, value = tokens[0]
     if value is not None:
-        raise line.error(col, f"expected an event name, found {name}={value}")
+        raise line.error(col, f"expected an event name, found {clip(name + '=' + value)}")
     flags, extra = 0, b""
     given: dict[str, tuple[int, str]] = {}
     for c, key, val in tokens[1:]:
         if val is None:
-            raise line.error(c, f"expected FIELD=VALUE, found {key}")
+            raise line.error(c, f"expected FIELD=VALUE, found {clip(key)}")
         if key in given:
-            raise line.error(c, f"field {key} given twice", key)
+            raise line.error(c, f"field {clip(key)} given twice", clip(key))
         given[key] = (c, val)
     if "@flags" in given:
         c, val = given.pop("@flags")
@@ -337,7 +347,7 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
             if not 0 <= flags <= 255:
                 raise ValueError
         except ValueError:
-            raise line.error(c, f"expected flags 0..255, found {val}", "@flags") from None
+            raise line.error(c, f"expected flags 0..255, found {clip(val)}", "@flags") from None
     extra_col = col
     if "@extra" in given:
         c, val = given.pop("@extra")
@@ -345,16 +355,16 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
         try:
             extra = bytes.fromhex(val)
         except ValueError:
-            raise line.error(c, f"expected hex bytes, found {val}", "@extra") from None
+            raise line.error(c, f"expected hex bytes, found {clip(val)}", "@extra") from None
     if name == "raw":
         return _fitting(line, Record(seq, ts, flags, _parse_raw(line, col, given), extra), col)
     cls = NAMES.get(name)
     if cls is None:
-        raise line.error(col, f"unknown event {name!r}; known: {', '.join(sorted(NAMES))}")
+        raise line.error(col, f"unknown event {clip(repr(name))}; known: {', '.join(sorted(NAMES))}")
     names = [f.name for f in fields_of(cls)]
     for key, (c, _) in given.items():
         if key not in names:
-            raise line.error(c, f"{name}: unknown field {key} (fields: {', '.join(names)})", key)
+            raise line.error(c, f"{name}: unknown field {clip(key)} (fields: {', '.join(names)})", clip(key))
     values = []
     for f in fields_of(cls):
         if f.name not in given:
@@ -464,7 +474,7 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
                 raise line.error(pos[0][0], f"%section {stype}: not a free section type (0..65535, not one of the known {min(Sec)}..{max(Sec)})")
             h.unknown_sections.append((stype, b"" if data == "-" else bytes.fromhex(data)))
         else:
-            raise line.error(col, f"unknown header line %{key}")
+            raise line.error(col, f"unknown header line %{clip(key)}")
     except (KeyError, IndexError, ValueError) as e:
         if isinstance(e, TraceFormatError):
             raise

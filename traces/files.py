@@ -144,21 +144,24 @@ def cat(paths: list[str], out: str) -> int:
     """Join traces of one recording into ``out`` (header of the first; sequence numbers continue).
 
     A later part that starts with a boot snapshot is the next part of a rotated recording when its header has the
-    first part's clock (``mhp record --rotate-size``: one wall time for every part): its checkpoint's boot records are
+    first part's clock (``mhp record --rotate-size``: one wall time for every part) and its time goes on from the
+    previous part's last record: its checkpoint's boot records are
     dropped (the earlier parts' events reach that state) and the rest continues. Any other snapshot starts a new
     recording: refused."""
     first = TraceReader(paths[0])
     header = first.header
     first.close()
-    n = 0
+    n = last_ts = 0
     with TraceWriter(out, header) as w:
         for p in paths:
             with TraceReader(p) as r:
                 if (r.header.block_size, r.header.kernel_release) != (header.block_size, header.kernel_release):
                     raise TraceFormatError(f"kernel {r.header.kernel_release!r} / block size {r.header.block_size:#x} differ from the first trace's", path=p)
-                rotated = bool(n) and r.header.wall_ns == header.wall_ns
+                rotated: bool | None = None  # decided at the first record: same clock, and its time goes on
                 shift: int | None = None
                 for i, rec in enumerate(r):
+                    if rotated is None:
+                        rotated = bool(n) and r.header.wall_ns == header.wall_ns and rec.ts >= last_ts
                     if shift is None and n and rec.event.KIND == "boot":
                         if not rotated:
                             raise TraceFormatError("starts with a boot snapshot: a new recording, not a continuation of the first trace", path=p, record=i)
@@ -166,6 +169,7 @@ def cat(paths: list[str], out: str) -> int:
                     if shift is None:
                         shift = max(0, w.seq - rec.seq)
                     w.write_record(rec._replace(seq=rec.seq + shift))
+                    last_ts = rec.ts
                     n += 1
     return n
 

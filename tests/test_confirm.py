@@ -61,19 +61,22 @@ REG_TRACES = sorted(p for p in REGRESSIONS.glob("*.mhpt") if not p.name.endswith
 REAL_TRACES = sorted(p for p in REAL.glob("*/*.mhpt") if p.parent.name in PROFILES)
 # Real traces no real machine can replay as recorded, and why.
 REAL_INEXPRESSIBLE = {"dimm-unplug-attach": "memory freed before the recording left a gap"}  # the DIMM unplugged before it
+# Scenarios whose guest workload (run steps) made the kernel answer as it did: a trace does not show the workload, so
+# its translation keeps the machine and the requests but cannot bring back the cause (dimm-unplug-busy's slab).
+REAL_WORKLOAD = {"dimm-unplug-busy"}
 
 # Why each regression cannot run on a real machine: past its minimised boot snapshot (no preset), the first request
 # no real machine issues.
 REASONS = {
     "AM-RATIO-NODE_movable-decision": (4, "driver-managed memory in a static group (dax/kmem)"),
-    "AM-RATIO-NODE_state": (6, "driver-managed memory in a static group (dax/kmem)"),
+    "AM-RATIO-NODE_state": (5, "memory on node 1, which the machine (qemu-q35-2G: nodes 0) lacks"),
     "AM-RATIO_movable-decision": (4, "a group registered smaller than its memory (1 page for 128M)"),
     "AM-RATIO_state": (3, "a group registered smaller than its memory (1 page for 256M)"),
     "AM-STATIC-MIXED_Normal": (7, "a static group without its add_memory right after it"),
     "DIFF_AddMemory_decision_B2-vs-ref": (4, "a group registered smaller than its memory (1 page for 128M)"),
-    "DIFF_AddMemory_decision_M6-vs-ref": (3, "(the virtio-mem driver plugs 0x180000000, not 0x8000000)"),
+    "DIFF_AddMemory_decision_M6-vs-ref": (3, "on a real machine this step gives add_memory start=0x100000000"),
     "DIFF_AddMemory_decision_M9-vs-ref": (3, "a static group without its add_memory right after it"),
-    "DIFF_AddMemory_numbers_M2-vs-ref": (4, "(the virtio-mem driver plugs 0x180000000, not 0x8000000)"),
+    "DIFF_AddMemory_numbers_M2-vs-ref": (4, "on a real machine this step gives add_memory start=0x100000000"),
     "DIFF_OfflineBlock_rc_M7-vs-ref": (3, "a group registered smaller than its memory (1 page for 512M)"),
     "DIFF_OnlineBlock_decision_M1-vs-ref": (4, "a group registered smaller than its memory (1 page for 1G)"),
     "DIFF_OnlineBlock_numbers_M3-vs-ref": (3, "a group registered smaller than its memory (1 page for 256M)"),
@@ -133,7 +136,7 @@ def test_every_regression_has_a_reason() -> None:
 def test_regressions_are_inexpressible_for_their_reasons(path: Path, kernel: str) -> None:
     tr = translate(str(path), kernel)
     assert tr.obstacle is not None  # the requests are walked on the closest preset, to find their own obstacle
-    assert tr.obstacles[0].why.startswith("no machine preset boots into this snapshot: the closest, qemu-q35-4G")
+    assert tr.obstacles[0].why.startswith("no machine preset boots into this snapshot: the closest, ")
     index, why = REASONS[_stem(path)]
     assert len(tr.obstacles) == 2 and tr.obstacles[1].index == index and why in tr.obstacles[1].why, tr.obstacles
 
@@ -150,6 +153,9 @@ def test_real_traces_translate_to_their_scenarios(path: Path) -> None:
     assert tr.obstacle is None, tr.obstacle
     assert tr.scenario is not None
     orig = load_scenario(SCENARIOS / f"{path.stem}.toml")
+    if path.stem in REAL_WORKLOAD:
+        assert tr.scenario.machine.name == orig.machine.name
+        return
     prof = get_profile(kernel)
     assert tr.scenario.machine.name == orig.machine.name
     assert [(d.node, d.block_size) for d in tr.scenario.devices] == [(d.node, d.block_size) for d in orig.devices]

@@ -232,7 +232,9 @@ class Minimizer:
 
 
 def _simpler(f: Any, v: Any) -> list[Any]:
-    """Candidate simpler values, simplest first."""
+    """Candidate simpler values, simplest first (an appended field: not recorded)."""
+    if f.since:
+        return [] if v is None else [None]
     if f.wire is STR:
         return [""] if v else []
     if f.wire is ZONES:

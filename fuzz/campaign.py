@@ -28,6 +28,7 @@ from fuzz.check import Mode, check_events, decode, shadowing
 from fuzz.minimize import Budget, Minimizer, deadline, reproducer_header
 from fuzz.mutator import encode
 from fuzz.surfaces import TARGETS, dictionary, die_with_parent
+from fuzz.totals import Total, record, totals
 from replay.model.profiles import get_profile
 from traces.atomic import atomic_write as write_whole
 from traces.files import dump_trace
@@ -47,6 +48,8 @@ TIMEOUTS = {"model": 25, "format": 25, "repair": 25, "text": 25, "scenario": 60,
 # Requests the kernel API forbids are the caller's bug, not the kernel's: not worth a regression.
 DEFAULT_IGNORE = ("API-MISUSE:remove",)
 SEED_EVENTS = 32  # model seeds keep their boot snapshot and this many events (trim_seed)
+# A surface target's whole seeds stop here: an 85 KB real trace runs the format target at ~50 inputs/s, its first 32 events at ~650.
+SURFACE_WHOLE_MAX = 16 << 10
 STATUS = re.compile(r"#(\d+):?\s+(?:\w+\s+)?cov: (\d+) ft: (\d+) corp: (\d+)\S* .*?exec/s:? (\d+)")
 
 
@@ -115,44 +118,48 @@ def seed_dirs(profile: str) -> list[Path]:
     return [d for d in (ROOT / "corpus" / "seeds", ROOT / "corpus" / "real" / profile) if d.is_dir()]
 
 
-def prepare_seeds(dirs: list[Path], out: Path, events: int) -> Path:
-    """The seed traces of ``dirs`` copied into ``out`` (as ``<dir>-<file>``), each whole and, if
-    ``events``, also trimmed (trim_seed) beside it: the short ones run fast, the whole ones keep
-    the deep states."""
+def prepare_seeds(dirs: list[Path], out: Path, events: int, whole_max: int | None = None) -> Path:
+    """The seed traces of ``dirs`` copied into ``out`` (as ``<dir>-<file>``), each whole (only up to
+    ``whole_max`` bytes, if given) and, if ``events``, also trimmed (trim_seed) beside it: the short
+    ones run fast, the whole ones keep the deep states."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.mhpt"):
         old.unlink()
     for d in dirs:
         for seed in sorted(d.glob("*.mhpt")):
             data = seed.read_bytes()
-            atomic_write(out / f"{d.name}-{seed.name}", data)
             short = trim_seed(data, events) if events else None
+            if whole_max is None or len(data) <= whole_max or short is None:
+                atomic_write(out / f"{d.name}-{seed.name}", data)
             if short is not None and short != data:
                 atomic_write(out / f"{d.name}-{seed.stem}.first{events}.mhpt", short)
     return out
 
 
 def prepare_target_seeds(target: str, profile: str, out: Path, events: int, dirs: list[Path] | None = None) -> Path:
-    """The seeds of a target in ``out``: traces (prepare_seeds; model seeds also trimmed to
-    ``events``) for the trace targets, their text forms for ``text``, the scenario files for
-    ``scenario``."""
+    """The seeds of a target in ``out``: traces (prepare_seeds, trimmed to ``events``; a surface
+    target takes whole only the traces up to SURFACE_WHOLE_MAX) for the trace targets, their text
+    forms for ``text``, the scenario files for ``scenario``."""
     traces = seed_dirs(profile) if dirs is None else dirs
-    if target not in ("text", "scenario"):
-        return prepare_seeds(traces, out, events if target == "model" else 0)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
     if target == "scenario":
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
         for toml in sorted((ROOT / "corpus" / "scenarios").glob("*.toml")):
             shutil.copy(toml, out / toml.name)
         return out
-    for d in traces:
-        for seed in sorted(d.glob("*.mhpt")):
-            text = io.StringIO()
-            try:
-                dump_trace(str(seed), text)
-            except ValueError:
-                continue  # not a trace: nothing to seed the text form with
-            atomic_write(out / f"{d.name}-{seed.stem}.txt", text.getvalue())
+    whole_max = None if target == "model" else SURFACE_WHOLE_MAX
+    if target != "text":
+        return prepare_seeds(traces, out, events, whole_max)
+    shutil.rmtree(out, ignore_errors=True)
+    binary = prepare_seeds(traces, out / "binary", events, whole_max)
+    for seed in sorted(binary.glob("*.mhpt")):
+        text = io.StringIO()
+        try:
+            dump_trace(str(seed), text)
+        except ValueError:
+            continue  # not a trace: nothing to seed the text form with
+        atomic_write(out / f"{seed.stem}.txt", text.getvalue())
+    shutil.rmtree(binary)
     return out
 
 
@@ -207,8 +214,8 @@ def run(
     is merged every ``merge_every`` seconds and at the end; it is ``corpus`` (default
     corpus/fuzz/<target>), resumed. Crash artifacts are triaged as they
     appear, and ones an interrupted campaign left untriaged (not in ``artifacts/triaged.txt``)
-    first. Seeds (default: seed_dirs) are prepared into ``artifacts/seeds`` (prepare_seeds; model
-    seeds also trimmed to ``seed_events``).
+    first. Seeds (default: seed_dirs) are prepared into ``artifacts/seeds`` (``seeds-TARGET`` for
+    the surface targets; prepare_target_seeds, trimmed to ``seed_events``).
     """
     mode = mode or Mode()
     seed_dir = prepare_target_seeds(target, mode.profile, artifacts / f"seeds-{target}" if target != "model" else artifacts / "seeds", seed_events, seeds)
@@ -309,7 +316,7 @@ class Campaign:
             cmd.append(f"-runs={runs}")
         cmd += [str(self.work), str(self.seeds)]
         s = self.summary
-        execs = 0
+        execs, began, before = 0, time.monotonic(), set(s.signatures)
         last_status = last_triage = 0.0
         with child(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
             assert proc.stderr is not None
@@ -336,6 +343,7 @@ class Campaign:
             print(file=sys.stderr)
         s.execs += execs
         self.triage_new()
+        record(self.artifacts, self.target, s.mode, execs, time.monotonic() - began, set(s.signatures) - before)
 
     def options(self) -> list[str]:
         """libFuzzer flags of every run: where artifacts go, the memory and per-input time limits
@@ -369,6 +377,14 @@ class Campaign:
             shutil.rmtree(merged, ignore_errors=True)
         self.summary.merges += 1
         self.triage_new()
+
+
+def campaign_totals(artifacts: Path) -> dict[str, Total]:
+    """Every target's executions across the campaigns of ``artifacts`` (fuzz.totals) and its crash
+    artifacts not yet seen to pass."""
+    ledger = Ledger(artifacts / "triaged.txt")
+    pending = {t: len(ledger.pending(artifacts, "" if t == "model" else f"{t}-", t != "model")) for t in HARNESSES}
+    return totals(artifacts, {t: n for t, n in pending.items() if n})
 
 
 class Ledger:

@@ -288,9 +288,21 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
     """A fuzzing campaign (atheris/libFuzzer); exit 1 if it found new signatures."""
-    from fuzz.campaign import run
+    from fuzz.campaign import campaign_totals, run
     from fuzz.check import parse_mode
+    from fuzz.totals import lines
 
+    if args.totals:
+        try:
+            sums = campaign_totals(Path(args.artifacts))
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if args.json:
+            json.dump([t.to_json() for t in sorted(sums.values(), key=lambda t: t.target)], sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            print("\n".join(lines(sums)))
+        return 0
     summary = run(
         args.target,
         seconds=args.time,
@@ -445,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-events", type=natural, default=32, help="model seeds also come cut to their boot snapshot and N events (default 32; 0: whole only)")
     s.add_argument("--corpus", help="working corpus directory, used as given and resumed (default corpus/fuzz/<target>)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
+    s.add_argument("--totals", action="store_true", help="print every target's executions, time and open crashes across the campaigns of --artifacts; no fuzzing")
     s.add_argument("--regressions", default="corpus/regressions")
     s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")

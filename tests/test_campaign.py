@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.campaign import DEFAULT_IGNORE, ROOT, Campaign, Summary, _recover, _triage, prepare_seeds, run, seed_dirs
+from fuzz.campaign import DEFAULT_IGNORE, ROOT, SURFACE_WHOLE_MAX, Campaign, Summary, _recover, _triage, prepare_seeds, run, seed_dirs
 from fuzz.check import Mode, check_events, check_input, decode, shadowing
 from fuzz.package import package
 from replay.replayer import replay_file
@@ -84,10 +84,11 @@ def test_a_campaign_starts_from_the_prepared_seeds(tmp_path: Path) -> None:
 def test_fuzz_package_zips_the_campaign_seeds(tmp_path: Path) -> None:
     written = package(tmp_path)
     assert {p.name for p in written} >= {"model_fuzzer_seed_corpus.zip", "model_fuzzer.options", "trace_format_fuzzer.dict"}
-    model = set(zipfile.ZipFile(tmp_path / "model_fuzzer_seed_corpus.zip").namelist())
+    sizes = {i.filename: i.file_size for i in zipfile.ZipFile(tmp_path / "model_fuzzer_seed_corpus.zip").infolist()}
     fmt = set(zipfile.ZipFile(tmp_path / "trace_format_fuzzer_seed_corpus.zip").namelist())
-    assert {"seeds-seed-vmem.mhpt", "seeds-seed-vmem.first32.mhpt", "6.1-memmap-on-memory.mhpt", "regressions-AM-RATIO_state.mhpt"} <= model
-    assert fmt == {n for n in model if ".first" not in n}  # the format fuzzer takes the seeds whole only
+    assert {"seeds-seed-vmem.mhpt", "seeds-seed-vmem.first32.mhpt", "6.1-memmap-on-memory.mhpt", "regressions-AM-RATIO_state.mhpt"} <= set(sizes)
+    # the format fuzzer takes the seeds cut and, when small, whole
+    assert fmt == {n for n, size in sizes.items() if ".first" in n or size <= SURFACE_WHOLE_MAX or n.replace(".mhpt", ".first32.mhpt") not in sizes}
     assert not list(tmp_path.glob("*.part"))
 
 
@@ -116,3 +117,32 @@ def test_a_saved_regression_replays_on_its_profile_and_quotes_the_minimised_trac
     note = json.loads(saved.with_suffix(".json").read_text())["note"]
     assert found is not None and hit is not None and hit.message != found.message
     assert hit.message in note and summary.signatures["AM-RATIO:state"]["message"] == hit.message
+
+
+def test_totals_add_up_every_segment_across_campaigns(tmp_path: Path) -> None:
+    """Two campaigns of one target: the log holds a segment each and the totals are their sums."""
+    from fuzz.campaign import campaign_totals
+
+    first = run("format", runs=30, corpus=tmp_path / "c", artifacts=tmp_path / "a", regressions=tmp_path / "r", echo=False)
+    second = run("format", runs=40, corpus=tmp_path / "c", artifacts=tmp_path / "a", regressions=tmp_path / "r", echo=False)
+    log = [json.loads(line) for line in (tmp_path / "a" / "campaigns.jsonl").read_text().splitlines()]
+    assert [e["execs"] for e in log] == [first.execs, second.execs] and first.execs >= 30 and second.execs >= 40
+    total = campaign_totals(tmp_path / "a")["format"]
+    assert (total.execs, total.segments, total.open_crashes) == (first.execs + second.execs, 2, 0)
+    (tmp_path / "a" / "campaigns.jsonl").write_text('{"target": "format"}\n')
+    with pytest.raises(ValueError, match=r"campaigns.jsonl:1: not a campaign record"):
+        campaign_totals(tmp_path / "a")
+
+
+def test_surface_targets_take_only_small_whole_seeds(tmp_path: Path) -> None:
+    """A surface target gets every seed cut to its first events, whole only if small."""
+    from fuzz.campaign import prepare_target_seeds
+
+    real = ROOT / "corpus" / "real" / "6.1"
+    big = sorted(p.name for p in real.glob("*.mhpt") if p.stat().st_size > SURFACE_WHOLE_MAX)
+    names = {p.name for p in prepare_target_seeds("format", "6.1", tmp_path / "s", 8, [real]).iterdir()}
+    assert big and not {f"6.1-{n}" for n in big} & names and {f"6.1-{n[:-5]}.first8.mhpt" for n in big} <= names
+    model = {p.name for p in prepare_target_seeds("model", "6.1", tmp_path / "m", 8, [real]).iterdir()}
+    assert {f"6.1-{n}" for n in big} <= model
+    texts = list(prepare_target_seeds("text", "6.1", tmp_path / "t", 8, [real]).iterdir())
+    assert texts and all(p.suffix == ".txt" for p in texts)

@@ -69,5 +69,5 @@ def lines(all_totals: dict[str, Total]) -> list[str]:
     """The totals as a table."""
     out = [f"{'target':<10} {'execs':>12} {'hours':>7} {'segments':>8} {'signatures':>10} {'open crashes':>12}  period"]
     for t in sorted(all_totals.values(), key=lambda t: t.target):
-        out.append(f"{t.target:<10} {t.execs:>12,} {t.seconds / 3600:>7.2f} {t.segments:>8} {len(t.signatures):>10} {t.open_crashes:>12}  {t.first} .. {t.last}")
+        out.append(f"{t.target:<10} {t.execs:>12,} {t.seconds / 3600:>7.2f} {t.segments:>8} {len(t.signatures):>10} {t.open_crashes:>12}  {t.first}..{t.last}")
     return out

@@ -457,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed-events", type=natural, default=32, help="model seeds also come cut to their boot snapshot and N events (default 32; 0: whole only)")
     s.add_argument("--corpus", help="working corpus directory, used as given and resumed (default corpus/fuzz/<target>)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
-    s.add_argument("--totals", action="store_true", help="print every target's executions, time and open crashes across the campaigns of --artifacts; no fuzzing")
+    s.add_argument("--totals", action="store_true", help="print each target's executions, time and open crashes over the campaigns of --artifacts; no fuzzing")
     s.add_argument("--regressions", default="corpus/regressions")
     s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")

@@ -13,7 +13,7 @@ import pytest
 from traces.lab import cli
 from traces.lab.initramfs import AGENT, INIT, initramfs_entries, is_static_elf, modinfo_depends, module_plan, read_newc, write_newc
 from traces.lab.qemu import GuestConfig, LabError, kernel_append, qemu_command
-from traces.lab.run import guest_writes, header, machine_record, parse_sample, run_scenario, step_record
+from traces.lab.run import guest_writes, header, machine_record, parse_sample, run_scenario, step_record, write_command
 from traces.lab.setup import KernelPaths, LabSetupError, cache_dir, cached_kernel, lab_ready, parse_candidate, parse_search
 from traces.machines import PRESETS
 from traces.scenario import ScenarioError, VirtioMemSpec, load_scenario, parse_scenario
@@ -216,6 +216,28 @@ def test_qemu_command_for_numa_dimm_scenario(tmp_path: Path) -> None:
     sc = load_scenario(SCENARIOS / "numa-aware.toml")
     cmd = qemu_command(GuestConfig(Path("k"), Path("i"), sc.machine, sc.cmdline), tmp_path)
     assert "node,nodeid=1,cpus=1,memdev=n1" in cmd and "virtio-mem-pci" not in " ".join(cmd)
+
+
+def test_the_guest_has_no_network_device(tmp_path: Path) -> None:
+    """QEMU's default NIC (user-mode networking) is switched off; no other network device is added."""
+    sc = load_scenario(SCENARIOS / "seed-vmem.toml")
+    cmd = qemu_command(GuestConfig(Path("k"), Path("i"), sc.machine, sc.cmdline, tuple(sc.devices)), tmp_path)
+    assert cmd[cmd.index("-nic") + 1] == "none" and cmd.count("-nic") == 1
+    assert not [a for a in cmd if a.startswith(("-netdev", "user,")) or "virtio-net" in a or "e1000" in a]
+
+
+@pytest.mark.parametrize("value", ["301; touch {pwned}", "$(touch {pwned})", "`touch {pwned}`", "'; touch {pwned}; echo '", "a > {pwned}", "| tee {pwned}"])
+def test_a_parameter_value_is_written_literally_never_run(tmp_path: Path, value: str) -> None:
+    """Issue 17 defect 10: a scenario's param value reaches the guest shell as data: a POSIX shell
+    running the lab's write command writes exactly the value and runs nothing in it."""
+    import subprocess
+
+    pwned, target = tmp_path / "pwned", tmp_path / "auto_movable_ratio"
+    text = value.format(pwned=pwned)
+    sc = parse_scenario({"machine": {"preset": "qemu-q35-4G"}, "step": [{"param": "auto_movable_ratio", "value": text}]}, "t.toml")
+    [(_, _, written)] = guest_writes(sc.steps[0])
+    subprocess.run(["sh", "-c", write_command(str(target), written)], check=True)
+    assert target.read_text() == text + "\n" and not pwned.exists()
 
 
 def test_kernel_append_and_unplug_online() -> None:

@@ -113,6 +113,12 @@ def guest_writes(step: Step) -> list[tuple[int | None, str, str]]:
     raise ValueError(f"{step.action} is not a guest step")
 
 
+def write_command(path: str, value: str) -> str:
+    """The guest shell command writing ``value`` to ``path``: both quoted, so a scenario's value is
+    data and never shell syntax."""
+    return f"echo {shlex.quote(value)} > {shlex.quote(path)}"
+
+
 def machine_record(m: MachinePreset) -> dict[str, Any]:
     """machine / mem / numa of the observation header, read from the preset's QEMU options."""
     args = list(m.qemu_args)
@@ -234,7 +240,7 @@ class LabRun:
         writes: list[list[Any]] = []
         times: list[int] = []
         for block, path, value in guest_writes(step):
-            status, out = self.g.agent(f"echo {shlex.quote(value)} > {shlex.quote(path)}")
+            status, out = self.g.agent(write_command(path, value))
             times.append(time.monotonic_ns())
             writes.append([block, status, out.strip()])
         return Performed(next((w[1] for w in writes if w[1]), 0), writes, times)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import atheris
 
-with atheris.instrument_imports():
+from fuzz import OWN_PACKAGES
+
+with atheris.instrument_imports(include=OWN_PACKAGES):
     from fuzz.surfaces import check_format
 
 from fuzz.harness import run

@@ -451,21 +451,28 @@ def _triage_surface(art: Path, target: str, summary: Summary, first_hit: float, 
 
 
 def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float) -> None:
-    """Signature of a crash artifact; minimise it and save it if its signature is new or its
-    minimised cause is not one the regressions of its signature have (fuzz.cause)."""
+    """Triage a crash artifact: each hit it raises past ``known``, in turn (the harness raised the
+    first), is minimised and saved if its signature is new or its minimised cause is not one the
+    regressions of its signature have (fuzz.cause); a later hit of a signature this input already
+    raised on a path just triaged is its consequence."""
     if target != "model":
         summary.signatures.setdefault(f"FORMAT:{art.name}", {"first_hit_s": first_hit, "events": 0, "file": str(art)})
         return
     events = decode(art.read_bytes())
-    hit = None if events is None else check_events(events, mode, frozenset(known))  # what the harness raised
-    if hit is None or hit.signature in known:
-        return
-    assert events is not None
+    while events is not None and (hit := check_events(events, mode, frozenset(known))) is not None and hit.signature not in known:
+        _triage_hit(events, hit, mode, summary, regressions, known, first_hit, minimize_seconds)
+
+
+def _triage_hit(
+    events: list[Any], hit: Any, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float
+) -> None:
+    """One hit of an artifact (fuzz.cause.classify); ``known`` learns its path."""
     sig, causes = hit.signature, Known.load(regressions)
     result, cause, new = classify(events, hit, mode, causes, known, minimize_seconds)
     if not new:
         summary.known_causes[sig] = summary.known_causes.get(sig, 0) + 1
         return
+    assert result is not None and cause is not None
     known_sig = bool(causes.files.get(sig))
     note = f"{sig}: found by mhp fuzz ({mode.describe()}); {result.hit.message}. Minimised to {len(result.events)} events" + (
         " (1-minimal)." if result.one_minimal else "."

@@ -6,12 +6,19 @@ A cause is what a minimised reproducer shows beyond its signature:
   the auto-movable policy, the zone, the checks and the accounting terms in play);
 - ``tip``: for a ratio finding, the terms of the oracle's MOVABLE <= ratio% x KERNEL whose removal
   alone would make it hold (``block``: the block just decided; ``cma``: CMA pages counted as
-  MOVABLE and off KERNEL; ``movable``: the other MOVABLE pages);
+  MOVABLE and off KERNEL);
 - ``boot``: the boot-state features the reproducer needs (each one neutralised loses the hit);
-- ``events``: the kinds of its requests.
+- ``events``: the kinds of its requests;
+- ``broken_by``: for a state finding (a kernel zone picked while the ratio is already broken), what
+  broke it: ``boot``, or the event after which it stopped holding (fuzz.cause.breaker).
 
-Two findings of one signature have the same cause iff all four agree. ``python -m fuzz.cause
-corpus/regressions/*.json`` recomputes the ``cause`` of committed regressions.
+Two findings of one signature have the same cause iff their path, tip and accounted boot features
+(those that are a term of the ratio themselves: CMA) agree; the other boot features and the event
+kinds describe the reproducer's shape (each is one way of supplying memory or state the path and the
+tip already show). A hit is minimised keeping its branch and zone and adding no accounting term
+(fuzz.path.within), so the minimiser cannot trade its cause for another one (a group shrunk to one
+page is a cause of its own). ``python -m fuzz.cause corpus/regressions/*.json`` recomputes the
+``cause`` of committed regressions.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ from typing import Any
 
 from fuzz.check import Hit, Mode, check_events, shadowing
 from fuzz.minimize import Minimizer, Result
-from fuzz.path import pathed, plain
+from fuzz.path import decision_path, pathed, plain, within
 from replay.model.findings import Finding
 from replay.model.kernel import Kernel
 from replay.model.machine import MEM_ONLINE, ZONE_MOVABLE, Machine
@@ -35,6 +42,7 @@ from traces.atomic import atomic_write
 from traces.events import BootBlocks, BootGroup, BootZone, ZoneType
 
 RATIO_ORACLES = ("AM-RATIO", "AM-RATIO-NODE")
+ACCOUNTED = ("cma",)  # boot features that are terms of the ratio of their own
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +53,26 @@ class Cause:
     tip: tuple[str, ...]
     boot: tuple[str, ...]
     events: tuple[str, ...]
+    broken_by: str = ""  # a state finding: what broke the ratio before the hit's decision (boot, or an event's path)
+
+    def key(self) -> tuple[Any, ...]:
+        """What two causes of one signature are compared by: a state finding's decision is not its
+        cause (any branch that picks a kernel zone meets the broken ratio), what broke the ratio is."""
+        return self.broken_by or self.path, self.tip, tuple(f for f in self.boot if f in ACCOUNTED)
 
     def to_json(self) -> dict[str, Any]:
-        return {"path": self.path, "tip": list(self.tip), "boot": list(self.boot), "events": list(self.events)}
+        out: dict[str, Any] = {"path": self.path, "tip": list(self.tip), "boot": list(self.boot), "events": list(self.events)}
+        if self.broken_by:
+            out["broken_by"] = self.broken_by
+        return out
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Cause:
-        return cls(str(d["path"]), tuple(d["tip"]), tuple(d["boot"]), tuple(d["events"]))
+        return cls(str(d["path"]), tuple(d["tip"]), tuple(d["boot"]), tuple(d["events"]), str(d.get("broken_by", "")))
 
     def describe(self) -> str:
-        return f"path {self.path}; tipped by {'+'.join(self.tip) or '-'}; boot {'+'.join(self.boot) or '-'}; events {'+'.join(self.events)}"
+        broke = f"; ratio broken by {self.broken_by}" if self.broken_by else ""
+        return f"path {self.path}{broke}; tipped by {'+'.join(self.tip) or '-'}; boot {'+'.join(self.boot) or '-'}; events {'+'.join(self.events)}"
 
 
 # --- boot-state features and their neutralisers ---------------------------------------------------------------
@@ -111,7 +129,9 @@ def booted(events: list[Any], profile: str) -> Machine:
 
 
 def ratio_tip(m: Machine, f: Finding) -> tuple[str, ...]:
-    """The terms of a ratio finding's MOVABLE <= ratio% x KERNEL whose removal alone makes it hold."""
+    """The terms of a ratio finding's MOVABLE <= ratio% x KERNEL whose removal alone makes it hold:
+    the block just decided, CMA (as MOVABLE and off KERNEL). The other MOVABLE pages are not one:
+    how much memory a reproducer needs before its decision is its size, not its cause."""
     ctx = f.context
     movable, kernel, ratio, block = int(ctx["movable"]), int(ctx["kernel"]), int(ctx["ratio"]), ctx["block"]  # type: ignore[call-overload]
     mem = m.blocks.get(int(block))  # type: ignore[call-overload]
@@ -127,20 +147,37 @@ def ratio_tip(m: Machine, f: Finding) -> tuple[str, ...]:
         tip.append("block")
     if cma and holds(movable - cma, kernel + cma):
         tip.append("cma")
-    if movable - own - cma > 0 and holds(own + cma, kernel):
-        tip.append("movable")
     return tuple(tip)
 
 
-def finding_at(events: list[Any], mode: Mode, hit: Hit) -> tuple[Machine, Finding | None]:
-    """The model under test after the hit's event, and the finding of the hit's signature there."""
+def breaker(m: Machine, ev: Any, out: Any) -> str:
+    """What an event that broke the ratio did: its decision path less the checks (which scopes
+    the policy asked is not what broke it), or ``EVENT:ok|fail``."""
+    path = decision_path(m, ev, out).split(":")
+    return ":".join(path[:2] + path[3:]) if len(path) == 4 else ":".join(path)
+
+
+def finding_at(events: list[Any], mode: Mode, hit: Hit) -> tuple[Machine, Finding | None, dict[int | None, str]]:
+    """The model under test after the hit's event, the finding of the hit's signature there, and
+    per ratio scope (None: the system) what last broke MOVABLE <= ratio% x KERNEL (``boot``, or the
+    event's name or decision path) before the hit ('' where it holds)."""
     k = Kernel(get_profile(mode.profile), variants=frozenset({mode.variant}) if mode.variant else frozenset())
+    assert k.oracles is not None
     out = None
+    broken: dict[int | None, str] = {}
     for ev in events[: hit.index + 1]:
-        if ev.KIND in ("boot", "request", "inject"):
-            out = k.apply(ev)
+        if ev.KIND not in ("boot", "request", "inject"):
+            continue
+        out = k.apply(ev)
+        ratio = k.m.params.auto_movable_ratio
+        for scope in (None, *k.m.nodes):
+            movable, kernel = k.oracles._ratio_terms(scope)  # the oracle's own terms
+            if movable * 100 <= ratio * kernel:
+                broken[scope] = ""
+            elif not broken.get(scope):
+                broken[scope] = "boot" if ev.KIND == "boot" else breaker(k.m, ev, out)
     f = None if out is None else next((x for x in out.findings if x.signature == hit.signature), None)
-    return k.m, f
+    return k.m, f, broken
 
 
 def needs(other: list[Any], events: list[Any], mode: Mode, signature: str, ignore: frozenset[str]) -> bool:
@@ -162,11 +199,17 @@ def fingerprint(events: list[Any], mode: Mode, signature: str, ignore: frozenset
     hit = check_events(events, mode, ignore)
     if hit is None or hit.signature != signature:
         raise ValueError(f"the input does not produce {signature} (it hits {hit.signature if hit else 'nothing'})")
-    m, f = finding_at(events, mode, hit)
-    tip = ratio_tip(m, f) if f is not None and f.oracle in RATIO_ORACLES else ()
+    m, f, broken = finding_at(events, mode, hit)
+    tip: tuple[str, ...] = ()
+    broken_by = ""
+    if f is not None and f.oracle in RATIO_ORACLES:
+        tip = ratio_tip(m, f)
+        if f.key == ("state",):  # the ratio was broken before this decision: by what
+            mem = m.blocks.get(int(f.context["block"]))  # type: ignore[call-overload]
+            broken_by = broken.get(None if f.oracle == "AM-RATIO" or mem is None else mem.nid, "")
     boot = [name for name, neutral in boot_features(booted(events, mode.profile)).items() if needs(neutral(events), events, mode, signature, ignore)]
     kinds = sorted({type(e).__name__ for e in events if e.KIND in ("request", "inject")})
-    return Cause(hit.path, tip, tuple(boot), tuple(kinds))
+    return Cause(hit.path, tip, tuple(boot), tuple(kinds), broken_by)
 
 
 # --- known causes ---------------------------------------------------------------------------------------------
@@ -204,7 +247,7 @@ class Known:
         return out
 
     def match(self, signature: str, cause: Cause) -> bool:
-        return cause in self.causes.get(signature, ())
+        return any(c.key() == cause.key() for c in self.causes.get(signature, ()))
 
     def add(self, signature: str, cause: Cause) -> None:
         self.causes.setdefault(signature, []).append(cause)
@@ -226,13 +269,31 @@ def known_ignores(regressions: Path) -> set[str]:
     return Known.load(regressions).ignores()
 
 
-def classify(events: list[Any], hit: Hit, mode: Mode, known: Known, ignore: set[str], minimize_seconds: float) -> tuple[Result, Cause, bool]:
+class CauseMinimizer(Minimizer):
+    """A Minimizer that also keeps the hit's branch and zone and adds no accounting term to its path."""
+
+    def __init__(self, mode: Mode, signature: str, origin: str, *, max_seconds: float, ignore: frozenset[str]) -> None:
+        super().__init__(mode, signature, max_seconds=max_seconds, ignore=ignore)
+        self.origin = origin
+
+    def keeps(self, events: list[Any]) -> bool:
+        h = self.hit(events)
+        return h is not None and h.signature == self.signature and within(h.path, self.origin)
+
+
+def classify(events: list[Any], hit: Hit, mode: Mode, known: Known, ignore: set[str], minimize_seconds: float) -> tuple[Result | None, Cause | None, bool]:
     """Minimise a hit and fingerprint the result: (result, cause, new). ``ignore`` (the campaign's
-    entries) learns the hit's path and the cause's, so the harness skips them from now on."""
+    entries) learns the hit's path and the cause's, so the harness skips them from now on. A hit
+    after the input's first of its signature (on a path ``ignore`` skips) is that one's
+    consequence (the ratio it broke stays broken): (None, None, False), not minimised."""
     sig = hit.signature
-    result = Minimizer(mode, sig, max_seconds=minimize_seconds, ignore=plain(ignore) - {sig}).run(events)
+    first = check_events(events, mode, plain(ignore) - {sig})
+    ignore.add(pathed(sig, hit.path))
+    if first is None or first.signature != sig or not within(first.path, hit.path):
+        return None, None, False
+    result = CauseMinimizer(mode, sig, hit.path, max_seconds=minimize_seconds, ignore=plain(ignore) - {sig}).run(events)
     cause = fingerprint(result.events, mode, sig, frozenset(ignore))
-    ignore.update((pathed(sig, hit.path), pathed(sig, cause.path)))
+    ignore.add(pathed(sig, cause.path))
     return result, cause, not known.match(sig, cause)
 
 

@@ -63,12 +63,17 @@ def decision_branch(m: Machine, d: Decision) -> str:
 
 
 def terms_in_play(m: Machine, d: Decision) -> list[str]:
-    """The accounting terms auto_movable_can_online_movable (6.1) had non-zero for ``d``: the
-    question asked smaller than a block (``under``), other dynamic groups' requirement and movable
+    """The accounting terms auto_movable_can_online_movable (6.1) had non-zero for ``d``: a
+    question smaller than the memory it decides (``under``: less than a block, or a static group
+    registered smaller than the blocks it holds), other dynamic groups' requirement and movable
     pages (``req``, ``gmov``), the group's own kernel pages (``gkern``), CMA pages in the scope."""
     out: list[str] = []
     st = d.stats
-    if any(s.nr_pages < m.block_pages for s in st):
+    if not st:  # no ratio check made: no term in play
+        return out
+    mem = m.blocks.get(d.block)
+    g = None if mem is None else mem.group
+    if any(s.nr_pages < m.block_pages for s in st) or (g is not None and not g.is_dynamic and g.pages < len(g.blocks) * m.block_pages):
         out.append("under")
     for name in ("req", "gmov", "group_kernel"):
         if any(getattr(s, name) for s in st):
@@ -80,11 +85,20 @@ def terms_in_play(m: Machine, d: Decision) -> list[str]:
 
 
 def decision_path(m: Machine, ev: Any, out: Outcome, block: object = None) -> str:
-    """``EVENT:branch:zone:checks:terms`` of the decision about ``block`` (the finding's; the
-    event's last decision if the finding names none), or ``EVENT:rc`` for an event deciding no zone."""
-    name = type(ev).__name__
+    """``branch:zone:checks:terms`` of the decision about ``block`` (the finding's; the event's
+    last decision if the finding names none; the same whether a user's online or a driver's
+    auto-online asked for it), or ``EVENT:ok|fail`` for an event deciding no zone."""
     d = next((x for x in reversed(out.decisions) if x.block == block), out.decisions[-1] if out.decisions else None)
     if d is None:
-        return f"{name}:{'fail' if out.rc < 0 else 'ok'}"
+        return f"{type(ev).__name__}:{'fail' if out.rc < 0 else 'ok'}"
     checks = ",".join(("global" if s.nid < 0 else "node") + ("+" if s.result else "-") for s in d.stats) or "-"
-    return f"{name}:{decision_branch(m, d)}:{d.zone.label}:{checks}:{','.join(terms_in_play(m, d)) or '-'}"
+    return f"{decision_branch(m, d)}:{d.zone.label}:{checks}:{','.join(terms_in_play(m, d)) or '-'}"
+
+
+def within(path: str, origin: str) -> bool:
+    """Whether ``path`` is ``origin``'s branch and zone with no accounting term ``origin`` lacks
+    (its checks may differ): what a minimised reproducer may keep of the hit it came from."""
+    a, b = path.split(":"), origin.split(":")
+    if len(a) != 4 or len(b) != 4:
+        return path == origin
+    return a[:2] == b[:2] and set(a[3].split(",")) - {"-"} <= set(b[3].split(",")) - {"-"}

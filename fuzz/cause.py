@@ -104,7 +104,7 @@ def boot_features(m: Machine) -> dict[str, Callable[[list[Any]], list[Any]]]:
     out: dict[str, Callable[[list[Any]], list[Any]]] = {}
     if any(z.cma_pages for z in zones if z.idx is not ZONE_MOVABLE):
         out["cma"] = _no_cma
-    if any(z.present_pages for z in zones if z.idx is ZONE_MOVABLE):
+    if any(z.present_early_pages for z in zones if z.idx is ZONE_MOVABLE):  # kernelcore=/movablecore=
         out["movable-at-boot"] = _no_boot_movable
     if m.groups:
         out["boot-groups"] = _no_boot_groups

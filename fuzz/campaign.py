@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fuzz.cause import Known, classify
-from fuzz.check import Mode, check_events, decode, shadowing
+from fuzz.check import Hit, Mode, check_events, decode, shadowing
 from fuzz.minimize import Budget, deadline, reproducer_header
 from fuzz.mutator import encode
 from fuzz.surfaces import TARGETS, dictionary, die_with_parent
@@ -464,7 +464,7 @@ def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: P
 
 
 def _triage_hit(
-    events: list[Any], hit: Any, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float
+    events: list[Any], hit: Hit, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float
 ) -> None:
     """One hit of an artifact (fuzz.cause.classify); ``known`` learns its path."""
     sig, causes = hit.signature, Known.load(regressions)

@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz.check import Hit, Mode, check_events, shadowing
+from fuzz.check import Hit, Mode, check_events, decode, shadowing
 from fuzz.minimize import Minimizer, Result
+from fuzz.mutator import MODEL_INPUTS
 from fuzz.path import decision_path, pathed, plain, within
 from replay.model.findings import Finding
 from replay.model.kernel import Kernel
@@ -287,6 +288,7 @@ def classify(events: list[Any], hit: Hit, mode: Mode, known: Known, ignore: set[
     after the input's first of its signature (on a path ``ignore`` skips) is that one's
     consequence (the ratio it broke stays broken): (None, None, False), not minimised."""
     sig = hit.signature
+    events = [e for e in events if e.KIND in MODEL_INPUTS]  # observations and marks cannot matter: minimise without them
     first = check_events(events, mode, plain(ignore) - {sig})
     ignore.add(pathed(sig, hit.path))
     if first is None or first.signature != sig or not within(first.path, hit.path):
@@ -302,8 +304,6 @@ def classify(events: list[Any], hit: Hit, mode: Mode, known: Known, ignore: set[
 
 def recompute(paths: Iterable[Path]) -> list[tuple[Path, Cause]]:
     """Store the cause of each regression (``NAME.json`` beside ``NAME.mhpt``) in its ``cause`` field."""
-    from fuzz.check import decode
-
     done = []
     for meta_path in paths:
         meta = json.loads(meta_path.read_text())

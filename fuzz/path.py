@@ -87,11 +87,13 @@ def terms_in_play(m: Machine, d: Decision) -> list[str]:
 def decision_path(m: Machine, ev: Any, out: Outcome, block: object = None) -> str:
     """``branch:zone:checks:terms`` of the decision about ``block`` (the finding's; the event's
     last decision if the finding names none; the same whether a user's online or a driver's
-    auto-online asked for it), or ``EVENT:ok|fail`` for an event deciding no zone."""
+    auto-online asked for it), or ``EVENT:ok|fail`` for an event deciding no zone. The checks are
+    the ones that failed (``global-``, ``node-``), ``pass`` if all passed, ``-`` if none was made:
+    which scopes the policy asked that passed does not change its answer."""
     d = next((x for x in reversed(out.decisions) if x.block == block), out.decisions[-1] if out.decisions else None)
     if d is None:
         return f"{type(ev).__name__}:{'fail' if out.rc < 0 else 'ok'}"
-    checks = ",".join(("global" if s.nid < 0 else "node") + ("+" if s.result else "-") for s in d.stats) or "-"
+    checks = ",".join(("global" if s.nid < 0 else "node") + "-" for s in d.stats if not s.result) or ("pass" if d.stats else "-")
     return f"{decision_branch(m, d)}:{d.zone.label}:{checks}:{','.join(terms_in_play(m, d)) or '-'}"
 
 

@@ -16,12 +16,13 @@ from fuzz.cause import Cause, Known, booted, fingerprint, known_ignores, main
 from fuzz.check import Mode, check_events, decode
 from fuzz.mutator import encode, mutate_boot
 from fuzz.path import known_paths, pathed, plain, within
-from traces.events import BootParams, BootZone, ZoneType
+from traces.events import AddFlags, AddMemory, BootZone, GroupRegister, ZoneType
 
 ROOT = Path(__file__).resolve().parent.parent
 REGRESSIONS = ROOT / "corpus" / "regressions"
 SEED_DIR = ROOT / "corpus" / "seeds"
 C1 = Mode("7.2", "C1")
+BLOCK = 128 << 20
 
 
 def events_of(path: Path) -> list:
@@ -63,9 +64,7 @@ def test_every_regression_stores_the_cause_its_trace_has(meta: Path) -> None:
 def test_the_decision_path_names_the_branch_the_checks_and_the_terms() -> None:
     """The understated DIMM: a static group asked about 1 page, the system check passed, the block went
     Movable; the ratio 0 case takes the policy's early return; a variant's rc difference decides no zone."""
-    assert Cause.from_json(meta_of("AM-RATIO_movable-decision")["cause"]) == Cause(
-        "static:Movable:global+:under", ("block",), (), ("AddMemory", "GroupRegister")
-    )
+    assert Cause.from_json(meta_of("AM-RATIO_movable-decision")["cause"]) == Cause("static:Movable:pass:under", ("block",), (), ("AddMemory", "GroupRegister"))
     state = Cause.from_json(meta_of("AM-RATIO_state")["cause"])
     assert state.path == "ratio-0:Normal:-:-" and state.broken_by == "type-online_movable:Movable:-"
     assert state.key()[0] == state.broken_by  # a state finding: what broke the ratio, not the branch meeting it
@@ -73,9 +72,9 @@ def test_the_decision_path_names_the_branch_the_checks_and_the_terms() -> None:
 
 
 def test_within_keeps_branch_and_zone_and_adds_no_term() -> None:
-    assert within("static:Movable:global+:under", "static:Movable:global+,node+:under,gmov")
-    assert not within("static:Movable:global+:under", "static:Movable:global+:cma")  # the minimiser may not trade CMA for a shrunk group
-    assert not within("dynamic:Movable:global+:-", "static:Movable:global+:-")
+    assert within("static:Normal:global-:under", "static:Normal:node-:under,gmov")
+    assert not within("static:Movable:pass:under", "static:Movable:pass:cma")  # the minimiser may not trade CMA for a shrunk group
+    assert not within("dynamic:Movable:pass:-", "static:Movable:pass:-")
     assert within("OfflineBlock:ok", "OfflineBlock:ok") and not within("OfflineBlock:ok", "OfflineBlock:fail")
 
 
@@ -83,9 +82,9 @@ def test_ignore_entries_with_a_path_skip_that_path_only() -> None:
     events = events_of(REGRESSIONS / "AM-RATIO_movable-decision.mhpt")
     sig = "AM-RATIO:movable-decision"
     hit = check_events(events, Mode())
-    assert hit is not None and hit.signature == sig and hit.path == "static:Movable:global+:under"
+    assert hit is not None and hit.signature == sig and hit.path == "static:Movable:pass:under"
     assert check_events(events, Mode(), frozenset({pathed(sig, hit.path)})) is None
-    other = check_events(events, Mode(), frozenset({pathed(sig, "static:Movable:global+:cma")}))
+    other = check_events(events, Mode(), frozenset({pathed(sig, "static:Movable:pass:cma")}))
     assert other is not None and other.signature == sig
     assert known_paths(frozenset({pathed(sig, "a"), pathed(sig, "b"), "X"})) == {sig: frozenset({"a", "b"})}
     assert plain({pathed(sig, "a"), "X"}) == {sig, "X"}
@@ -93,7 +92,7 @@ def test_ignore_entries_with_a_path_skip_that_path_only() -> None:
 
 def test_the_campaign_knows_every_regression_by_its_paths() -> None:
     entries = known_ignores(REGRESSIONS)
-    assert pathed("AM-RATIO:movable-decision", "static:Movable:global+:under") in entries
+    assert pathed("AM-RATIO:movable-decision", "static:Movable:pass:under") in entries
     assert not {e for e in entries if " @ " not in e}  # every regression has its cause: no signature ignored whole
 
 
@@ -123,22 +122,23 @@ def test_recomputing_causes_rewrites_the_field(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_a_known_cause_on_a_new_path_is_minimised_and_suppressed(tmp_path: Path) -> None:
-    """The understated DIMM with numa-awareness on: a new path (the node check too), the same cause once minimised."""
-    events = [e._replace(auto_movable_numa_aware=True) if type(e) is BootParams else e for e in events_of(REGRESSIONS / "AM-RATIO_movable-decision.mhpt")]
-    art = tmp_path / "crash-numa"
+    """The understated DIMM (a static group of 1 page) on a machine a virtio-mem device filled up to the
+    ratio: a new path (the device's requirement and movable pages in play), the known cause once minimised."""
+    events = events_of(SEED_DIR / "seed-vmem.mhpt")  # with its observations: the minimiser drops them first
+    events += [GroupRegister(False, 0, 1), AddMemory(204 * BLOCK, BLOCK, 1, AddFlags.NID_IS_MGID)]
+    art = tmp_path / "crash-noisy"
     art.write_bytes(encode(events))
     regs = tmp_path / "r"
     shutil.copytree(REGRESSIONS, regs)
     known = Known.load(regs).ignores() | set(DEFAULT_IGNORE)
     hit = check_events(events, Mode(), frozenset(known))
-    assert hit is not None and hit.signature == "AM-RATIO:movable-decision" and hit.path == "static:Movable:global+,node+:under"
+    assert hit is not None and hit.signature == "AM-RATIO:movable-decision" and hit.path == "static:Movable:pass:under,req,gmov"
     summary = Summary("model", "profile 6.1")
     _triage(art, "model", Mode(), summary, regs, known, 0.0, 30)
-    assert summary.signatures == {} and summary.known_causes["AM-RATIO:movable-decision"] == 1
+    assert summary.signatures == {} and summary.known_causes == {"AM-RATIO:movable-decision": 1, "AM-RATIO-NODE:movable-decision": 1}
     assert sorted(p.name for p in regs.iterdir()) == sorted(p.name for p in REGRESSIONS.iterdir())  # nothing saved
-    again = check_events(events, Mode(), frozenset(known))  # the harness skips the path from now on
-    assert again is None or again.signature != hit.signature
-    assert "known cause (suppressed): " in "\n".join(summary.lines()) and "AM-RATIO:movable-decision x1" in summary.lines()[-1]
+    assert check_events(events, Mode(), frozenset(known)) is None  # the harness skips both paths from now on
+    assert summary.lines()[-1] == "known cause (suppressed): AM-RATIO-NODE:movable-decision x1, AM-RATIO:movable-decision x1"
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ SEEDS := seed-dimm seed-vmem contig-zones offline-fails dimm-manual-mix vmem-bbm
 # Seed traces from the simulator, and (as root) the real traces from the lab.
 corpus: $(STAMP)
 	for s in $(SEEDS); do $(BIN)/mhp simulate corpus/scenarios/$$s.toml -o corpus/seeds/$$s.mhpt >/dev/null || exit 1; done
+	$(BIN)/python -m fuzz.boot_states corpus/seeds >/dev/null
 	@if [ "$$(id -u)" = 0 ]; then $(MAKE) corpus-real; else echo "not root: corpus/real not regenerated (make corpus-real as root)"; fi
 
 # Real traces from Debian's kernels under QEMU, written by mhp record inside the guest, and the host's own

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuzz.check import Mode, check_events, decode, shadowing
-from fuzz.minimize import Budget, Minimizer, deadline, reproducer_header
+from fuzz.cause import Known, classify
+from fuzz.check import Hit, Mode, check_events, decode, shadowing
+from fuzz.minimize import Budget, deadline, reproducer_header
 from fuzz.mutator import encode
 from fuzz.surfaces import TARGETS, dictionary, die_with_parent
 from fuzz.totals import Total, record, totals
@@ -63,7 +64,13 @@ class Summary:
     execs: int = 0
     corpus: int = 0
     merges: int = 0
-    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)  # signature -> first hit, file, minimised size
+    signatures: dict[str, dict[str, Any]] = field(default_factory=dict)  # signature (SIG__cause-N: a new cause of a known one) -> first hit, file ...
+    known_causes: dict[str, int] = field(default_factory=dict)  # signature -> hits whose minimised cause was a known one (suppressed)
+
+    @property
+    def hits(self) -> int:
+        """Hits triaged: new signatures and causes, and suppressed known causes."""
+        return len(self.signatures) + sum(self.known_causes.values())
 
     @property
     def exec_per_s(self) -> float:
@@ -78,9 +85,12 @@ class Summary:
         for sig, info in sorted(self.signatures.items(), key=lambda kv: kv[1]["first_hit_s"]):
             when = "left untriaged by an interrupted campaign" if info["first_hit_s"] < 0 else f"first hit after {info['first_hit_s']:.1f} s"
             if self.target == "model":
-                out.append(f"  {sig}: {when}, {info['events']} events after minimising -> {info['file']}")
+                new = f"new cause of a known signature ({info['cause']['path']}), " if info.get("known_signature") else ""
+                out.append(f"  {sig}: {new}{when}, {info['events']} events after minimising -> {info['file']}")
             else:
                 out.append(f"  {sig}: {when}, still failing ({info['message']}) -> {info['file']}")
+        if self.known_causes:
+            out.append("known cause (suppressed): " + ", ".join(f"{sig} x{n}" for sig, n in sorted(self.known_causes.items())))
         return out
 
 
@@ -163,11 +173,14 @@ def prepare_target_seeds(target: str, profile: str, out: Path, events: int, dirs
     return out
 
 
-def save_regression(regressions: Path, signature: str, mode: Mode, events: list[Any], note: str) -> Path:
-    """Write <sig>.mhpt (its header names the profile's kernel release, so ``mhp replay`` picks that
-    profile), its text form, a metadata file and a ready-to-paste pytest; the metadata's ``ignore``
-    lists the signatures the trace hits first (shadowing)."""
-    name = safe_name(signature)
+def save_regression(
+    regressions: Path, signature: str, mode: Mode, events: list[Any], note: str, name: str | None = None, cause: dict[str, Any] | None = None
+) -> Path:
+    """Write <name>.mhpt (default name: the signature's; its header names the profile's kernel
+    release, so ``mhp replay`` picks that profile), its text form, a metadata file and a
+    ready-to-paste pytest; the metadata's ``ignore`` lists the signatures the trace hits first
+    (shadowing), its ``cause`` the fingerprint (fuzz.cause)."""
+    name = name or safe_name(signature)
     profile = get_profile(mode.profile)
     data = encode(events, reproducer_header(TraceHeader(kernel_release=profile.release, source=Capture.FUZZER), events, profile, "mhp fuzz"))
     trace = regressions / f"{name}.mhpt"
@@ -177,6 +190,8 @@ def save_regression(regressions: Path, signature: str, mode: Mode, events: list[
     atomic_write(regressions / f"{name}.txt", text.getvalue())
     ignore = shadowing(events, mode, signature)
     meta = {"signature": signature, "profile": mode.profile, "variant": mode.variant, "diff": mode.diff, "ignore": ignore, "note": note}
+    if cause is not None:
+        meta["cause"] = cause
     atomic_write(regressions / f"{name}.json", json.dumps(meta, indent=1) + "\n")
     test = f'''def test_{re.sub(r"[^a-z0-9]+", "_", name.lower())}() -> None:
     """{note}"""
@@ -224,9 +239,9 @@ def run(
     merged = 0.0
     while True:
         left = None if not seconds else seconds - c.elapsed()
-        hits = len(c.summary.signatures)
+        hits = c.summary.hits
         c.segment(None if left is None else max(1, round(min(left, merge_every - (c.elapsed() - merged)))), runs, stop_on_first)
-        new_hit = len(c.summary.signatures) > hits  # a segment ended by a hit goes on after it
+        new_hit = c.summary.hits > hits  # a segment ended by a hit goes on after it
         done = (c.summary.execs >= runs or not new_hit or stop_on_first) if runs else (not seconds or (stop_on_first and new_hit) or c.elapsed() >= seconds - 1)
         if done or c.elapsed() - merged >= merge_every - 1:
             c.merge()
@@ -249,7 +264,7 @@ class Campaign:
         _recover(work)
         work.mkdir(parents=True, exist_ok=True)
         artifacts.mkdir(parents=True, exist_ok=True)
-        self.known = known_signatures(regressions) | set(DEFAULT_IGNORE)
+        self.known = Known.load(regressions).ignores() | set(DEFAULT_IGNORE)  # plain signatures and known (signature @ path) pairs
         self.ignore_file = artifacts / "ignore.txt"
         self._write_ignore()
         self.summary = Summary(target, mode.describe())
@@ -452,19 +467,36 @@ def _triage_surface(art: Path, target: str, summary: Summary, first_hit: float, 
 
 
 def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float) -> None:
-    """Signature of a crash artifact; minimise and save it if it is new."""
+    """Triage a crash artifact: each hit it raises past ``known``, in turn (the harness raised the
+    first), is minimised and saved if its signature is new or its minimised cause is not one the
+    regressions of its signature have (fuzz.cause); a later hit of a signature this input already
+    raised on a path just triaged is its consequence."""
     if target != "model":
         summary.signatures.setdefault(f"FORMAT:{art.name}", {"first_hit_s": first_hit, "events": 0, "file": str(art)})
         return
     events = decode(art.read_bytes())
-    hit = None if events is None else check_events(events, mode, frozenset(known))  # what the harness raised
-    if hit is None or hit.signature in known:
+    while events is not None and (hit := check_events(events, mode, frozenset(known))) is not None and hit.signature not in known:
+        _triage_hit(events, hit, mode, summary, regressions, known, first_hit, minimize_seconds)
+
+
+def _triage_hit(
+    events: list[Any], hit: Hit, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float
+) -> None:
+    """One hit of an artifact (fuzz.cause.classify); ``known`` learns its path."""
+    sig, causes = hit.signature, Known.load(regressions)
+    result, cause, new = classify(events, hit, mode, causes, known, minimize_seconds)
+    if not new:
+        summary.known_causes[sig] = summary.known_causes.get(sig, 0) + 1
         return
-    known.add(hit.signature)
-    assert events is not None
-    result = Minimizer(mode, hit.signature, max_seconds=minimize_seconds, ignore=frozenset(known - {hit.signature})).run(events)
-    note = f"{hit.signature}: found by mhp fuzz ({mode.describe()}); {result.hit.message}. Minimised to {len(result.events)} events" + (
+    assert result is not None and cause is not None
+    known_sig = bool(causes.files.get(sig))
+    note = f"{sig}: found by mhp fuzz ({mode.describe()}); {result.hit.message}. Minimised to {len(result.events)} events" + (
         " (1-minimal)." if result.one_minimal else "."
     )  # the message of the minimised trace: the numbers a replay of the saved file shows
-    path = save_regression(regressions, hit.signature, mode, result.events, note)
-    summary.signatures[hit.signature] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": result.hit.message}
+    if known_sig:
+        note += f" A new cause of a known signature: {cause.describe()}."
+    name = causes.name(sig, safe_name(sig), lambda n: (regressions / f"{n}.json").exists())
+    path = save_regression(regressions, sig, mode, result.events, note, name, cause.to_json())
+    key = f"{sig}__{name.rpartition('__')[2]}" if known_sig else sig
+    summary.signatures[key] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": result.hit.message,
+                               "signature": sig, "cause": cause.to_json(), "known_signature": known_sig}  # fmt: skip

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any
 
+from fuzz.path import decision_path, known_paths
 from replay.differential import compare_outcomes
 from replay.model.kernel import Kernel
 from replay.model.profiles import PROFILES, get_profile
@@ -73,6 +74,7 @@ class Hit:
     signature: str
     index: int
     message: str
+    path: str = ""  # fuzz.path.decision_path of the hit
 
 
 def header_length(data: bytes) -> int:
@@ -147,14 +149,16 @@ def state_feature(k: Kernel, out: Any) -> int | None:
 
 
 def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozenset(), feedback: Callable[[int], object] | None = None) -> Hit | None:
-    """The first hit (finding, difference or crash) whose signature is not in ``ignore``;
-    ``feedback`` gets the state_feature of every zone decision.
+    """The first hit (finding, difference or crash) whose signature is not in ``ignore``, nor
+    given there with the hit's decision path (``SIG @ PATH``, fuzz.path); ``feedback`` gets the
+    state_feature of every zone decision.
 
     In differential mode the input is checked up to its first difference only: that difference
     is the hit, or nothing if it is ignored (the models have diverged; later differences and
     findings follow from it). Findings of the events before it count.
     """
     prof = get_profile(mode.profile)
+    paths = known_paths(ignore) if ignore else {}
     variants = frozenset({mode.variant}) if mode.variant else frozenset()
     k = Kernel(prof, variants=variants)
     other = None
@@ -170,7 +174,10 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
                 d = compare_outcomes(i, ev, k, a, other, b)
                 if d is not None:
                     sig = f"{d.signature}:{mode.variant or mode.profile}-vs-{mode.diff}"
-                    return None if sig in ignore else Hit(sig, i, d.describe())
+                    if sig in ignore:
+                        return None
+                    path = decision_path(k.m, ev, a)
+                    return None if path in paths.get(sig, ()) else Hit(sig, i, d.describe(), path)
                 theirs = {f.signature for f in b.findings}  # differential: only findings the other model lacks
                 findings = [f for f in a.findings if f.signature not in theirs]
             elif kind in ("boot", "request", "inject"):
@@ -184,7 +191,9 @@ def check_events(events: list[Any], mode: Mode, ignore: frozenset[str] = frozens
                     feedback(feature)
             for f in findings:
                 if f.signature not in ignore:
-                    return Hit(f.signature, i, f.message)
+                    path = decision_path(k.m, ev, a, f.context.get("block"))
+                    if path not in paths.get(f.signature, ()):
+                        return Hit(f.signature, i, f.message, path)
     except ValueError:  # SnapshotError: a snapshot no machine can be in
         return None
     except Exception as e:  # a crash of the model itself

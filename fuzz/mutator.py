@@ -17,6 +17,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from fuzz.boot_states import boot_state
 from fuzz.check import decode, header_length
 from replay.model.kernel import Kernel
 from replay.model.outcome import AutoMovableStats, Outcome
@@ -225,7 +226,14 @@ def pick_by_shape(events: list[Any], indices: list[int], shape: Callable[[Any], 
 
 
 def mutate_boot(events: list[Any], rng: random.Random) -> None:
-    """Change one field of a boot record, each record type equally likely (parameters, zones ...)."""
+    """Change one field of a boot record, each record type equally likely (parameters, zones ...),
+    or, half the time, give the snapshot a boot state no one-field change reaches (fuzz.boot_states:
+    CMA in a kernel zone, ZONE_MOVABLE at boot, a group hot-plugged before it, an offline early block)."""
+    if rng.random() < 0.5:
+        out = boot_state(events, rng)
+        if out is not None:
+            events[:] = out
+            return
     boot = [i for i, e in enumerate(events) if e.KIND == "boot"]
     if boot:
         i = pick_by_shape(events, boot, lambda e: type(e).__name__, rng)

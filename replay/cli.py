@@ -318,7 +318,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
     )
     if args.json:
         json.dump({"target": summary.target, "mode": summary.mode, "seconds": summary.seconds, "execs": summary.execs, "exec_per_s": summary.exec_per_s,
-                   "corpus": summary.corpus, "merges": summary.merges, "signatures": summary.signatures}, sys.stdout, indent=1)  # fmt: skip
+                   "corpus": summary.corpus, "merges": summary.merges, "signatures": summary.signatures,
+                   "known_causes": summary.known_causes}, sys.stdout, indent=1)  # fmt: skip
         sys.stdout.write("\n")
     else:
         print("\n".join(summary.lines()))

@@ -190,17 +190,19 @@ def test_compound_moves_reach_failed_registration_sequences() -> None:
     raise AssertionError("no B1 exposure in 200 compound mutants")
 
 
-def test_mutate_boot_changes_one_boot_record_only() -> None:
+def test_mutate_boot_changes_boot_records_only() -> None:
+    """One field of one boot record, or a boot state of fuzz.boot_states (tests/test_causes.py)."""
     events = decode(SEEDS[0].read_bytes())
     assert events is not None
     params = 0
     for seed in range(100):
         out = list(events)
         mutate_boot(out, random.Random(seed))
-        changed = [i for i, (a, b) in enumerate(zip(events, out, strict=True)) if a != b]
-        assert len(changed) <= 1 and all(events[i].KIND == "boot" for i in changed)
-        params += any(type(out[i]) is BootParams for i in changed)
-    assert params >= 10  # each boot record type is equally likely, whatever its count
+        assert [e for e in out if e.KIND != "boot"] == [e for e in events if e.KIND != "boot"]
+        if len(out) == len(events):
+            changed = [i for i, (a, b) in enumerate(zip(events, out, strict=True)) if a != b]
+            params += any(type(out[i]) is BootParams for i in changed)
+    assert params >= 5  # each boot record type is equally likely, whatever its count
 
 
 @pytest.mark.parametrize("seed", ["seed-dimm", "dimm-manual-mix"])

@@ -211,7 +211,8 @@ def update_zone_stats(m: Machine, zone: Zone) -> None:
     elif zone.idx is ZONE_MOVABLE:
         mov, kern = zone.present_pages, 0
     else:
-        mov, kern = zone.cma_pages, zone.present_early_pages - zone.cma_pages
+        cma = 0 if "C1" in m.variants else zone.cma_pages  # C1 (seeded mutation): CMA pages stay kernel memory
+        mov, kern = cma, zone.present_early_pages - cma
     d_mov, d_kern = mov - zone.share_movable, kern - zone.share_kernel
     if not (d_mov or d_kern):
         return

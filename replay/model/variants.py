@@ -20,6 +20,7 @@ VARIANTS = {
     "M8": "zone spans shrink by recomputing the hull from online blocks (interior holes too)",
     "M9": "auto-online continues after a failing block",
     "M10": "memmap_on_memory: +vmemmap pages forgotten after online",
+    "C1": "CMA pages counted as kernel memory in the ratio (CONFIG_CMA, profile 7.2): neither added to MOVABLE nor taken off the early kernel pages",
 }
 
 

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fuzz.mutator import PARAM_POOLS, decision_stats
+from replay.model.kernel import Kernel
 from replay.model.outcome import AutoMovableStats
 from replay.model.profiles import get_profile
 from replay.simulate import Simulation, simulate
@@ -232,10 +233,28 @@ def _range(v: object) -> tuple[int, int]:
 
 
 def simulated(doc: dict[str, Any], profile: str = "6.1") -> list[Event]:
-    """The events the model's simulation of the document issues (a recorder's trace of it); ScenarioError if the
-    simulation meets what the scenario cannot do (an unplug of a DIMM whose eject failed ...)."""
+    """The events the model's simulation of the document issues (a recorder's trace of it; the list is shared: do not
+    change it); ScenarioError if the simulation meets what the scenario cannot do (an unplug of a DIMM whose eject
+    failed ...). The last SIMULATIONS are kept: the mutator, its check and the harness simulate the same documents."""
+    key = (encode(doc), profile)
+    events = _simulations.get(key)
+    if events is None:
+        events = _simulate(doc, profile)
+        if len(_simulations) >= SIMULATIONS:
+            del _simulations[next(iter(_simulations))]
+        _simulations[key] = events
+    return events
+
+
+SIMULATIONS = 256
+_simulations: dict[tuple[bytes, str], list[Event]] = {}
+
+
+def _simulate(doc: dict[str, Any], profile: str) -> list[Event]:
     sc = scenario(doc)
-    sim = Simulation(sc, get_profile(profile))
+    prof = get_profile(profile)
+    sim = Simulation(sc, prof)
+    sim.kernel = Kernel(prof, oracles=False)  # the events only: whoever wants findings replays them
     for _ in simulate(sc, sim=sim):
         pass
     return sim.events

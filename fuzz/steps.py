@@ -68,8 +68,8 @@ RETRIES = 8  # mutants tried before the input is given back unchanged
 
 
 def encode(doc: dict[str, Any]) -> bytes:
-    """The document as TOML text (UTF-8)."""
-    return scenario_toml(doc).encode()
+    """The document as TOML text (UTF-8; no ``device`` table when there is none)."""
+    return scenario_toml({k: v for k, v in doc.items() if k != "device" or v}).encode()
 
 
 def decode(data: bytes) -> dict[str, Any] | None:

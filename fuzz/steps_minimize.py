@@ -48,7 +48,6 @@ class StepsMinimizer(Minimizer):
     def __init__(self, mode: Mode, signature: str | None, *, max_replays: int = 5000, max_seconds: float = 60.0, ignore: frozenset[str] = frozenset()) -> None:
         super().__init__(mode, signature, max_replays=max_replays, max_seconds=max_seconds, ignore=ignore)
         self.base: dict[str, Any] = {}
-        self.verdicts: dict[bytes, Hit | None] = {}
         self.expressible: dict[bytes, bool] = {}
 
     def doc_of(self, steps: list[Any]) -> dict[str, Any]:
@@ -57,16 +56,7 @@ class StepsMinimizer(Minimizer):
         return normalize(doc, PRESETS[doc["machine"]["preset"]])
 
     def doc_hit(self, doc: dict[str, Any]) -> Hit | None:
-        key = encode(doc)
-        if key in self.verdicts:
-            return self.verdicts[key]
-        if self.replays >= self.max_replays or time.monotonic() > self.deadline:
-            raise Budget
-        self.replays += 1
-        with deadline(self.deadline):
-            h = check_doc(doc, self.mode, self.ignore)
-        self.verdicts[key] = h
-        return h
+        return self.cached(encode(doc), lambda: check_doc(doc, self.mode, self.ignore))
 
     def keeps_doc(self, doc: dict[str, Any]) -> bool:
         """The document hits the signature and is expressible on the mode's profile."""
@@ -114,7 +104,7 @@ class StepsMinimizer(Minimizer):
         except Budget:
             pass
         out = self.doc_of(cur)
-        hit = self.verdicts.get(encode(out)) or check_doc(out, self.mode, self.ignore)  # checked: the last candidate kept
+        hit = self.cache.get(encode(out)) or check_doc(out, self.mode, self.ignore)  # checked: the last candidate kept
         if hit is None or hit.signature != self.signature:  # (never: every step above keeps the signature) the input itself
             out, hit, one_minimal = doc, first, False
         return StepsResult(out, hit, self.replays, time.monotonic() - t0, one_minimal)

@@ -118,5 +118,11 @@ def triage_steps(
     path = save_step_regression(regressions, hit.signature, mode, result.doc, note)
     info: dict[str, Any] = {"first_hit_s": first_hit, "events": n, "file": str(path), "message": result.hit.message}
     if confirm_kernels:
-        info["verdicts"] = confirm_regression(path, confirm_kernels)
+        verdicts = confirm_regression(path, confirm_kernels)
+        if mode.variant and mode.diff == "ref":  # the trace is the reference model's: the real kernel judges the variant
+            verdicts = {
+                k: f"{v} (the real kernel decides as the reference model: variant {mode.variant} refuted)" if v == "confirmed" else v
+                for k, v in verdicts.items()
+            }
+        info["verdicts"] = verdicts
     summary.signatures[hit.signature] = info

@@ -288,3 +288,16 @@ def test_confirm_writes_the_real_kernels_verdict_into_the_regression(tmp_path: P
     assert entry["verdict"] == "confirmed" and entry["package"] and (tmp_path / entry["real_trace"]).is_file()
     real = replay_file(str(tmp_path / entry["real_trace"]))
     assert real.error is None and real.divergence_count == 0
+
+
+def test_a_campaign_with_confirm_asks_the_lab_for_each_new_regression(tmp_path: Path, m4_doc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """--confirm's path through the campaign: the new regression is confirmed on each kernel given; with no kernel
+    cached (an empty cache folder) that is a 'not run' verdict in the summary and nothing in the regression."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "steps-crash-left-behind").write_bytes(steps.encode(m4_doc))
+    summary = run("steps", runs=1, corpus=tmp_path / "c", artifacts=tmp_path / "a", regressions=tmp_path / "r", mode=M4, echo=False, confirm=["6.1", "6.12"])
+    verdicts = summary.signatures[M4_SIG]["verdicts"]
+    assert set(verdicts) == {"6.1", "6.12"} and all(v.startswith("not run: ") for v in verdicts.values())
+    assert "; 6.1: not run: " in "\n".join(summary.lines())
+    assert "verdicts" not in json.loads((tmp_path / "r" / "STEPS-DIFF_AddMemory_decision_M4-vs-ref.json").read_text())

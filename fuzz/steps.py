@@ -36,10 +36,10 @@ from replay.simulate import Simulation, simulate
 from replay.translate import Obstacle, scenario_toml, translate
 from traces.codec import Record
 from traces.errors import InputError
-from traces.events import Event, Mark, Param
+from traces.events import AddMemory, BootBlocks, Event, Mark, Param
 from traces.lab.run import size_text
 from traces.machines import PRESETS, MachinePreset
-from traces.scenario import Scenario, parse_scenario, parse_size
+from traces.scenario import Scenario, machine_nodes, parse_scenario, parse_size
 
 MAX_STEPS = 24
 MAX_DEVICES = 2
@@ -93,8 +93,13 @@ def cmdline_words(cmdline: str) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for word in cmdline.split():
         name, eq, value = word.partition("=")
-        if name in CMDLINE and (CMDLINE[name] is None) == (not eq) and (CMDLINE[name] is None or value in CMDLINE[name]):  # type: ignore[operator]
-            out[name] = value if eq else None
+        if name not in CMDLINE:
+            continue
+        values = CMDLINE[name]
+        if values is None and not eq:
+            out[name] = None
+        elif values is not None and eq and value in values:
+            out[name] = value
     return out
 
 
@@ -103,8 +108,6 @@ def cmdline_text(words: dict[str, str | None]) -> str:
 
 
 def preset_nodes(preset: MachinePreset) -> list[int]:
-    from traces.scenario import machine_nodes
-
     return sorted(machine_nodes(preset))
 
 
@@ -250,25 +253,49 @@ SIMULATIONS = 256
 _simulations: dict[tuple[bytes, str], list[Event]] = {}
 
 
+class SimulationCrash(Exception):
+    """The model crashed while simulating a document: ``events`` are those it issued, the one it crashed on last (a
+    trace that shows the crash to check_events)."""
+
+    def __init__(self, events: list[Event], cause: Exception) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.events = events
+
+
 def _simulate(doc: dict[str, Any], profile: str) -> list[Event]:
     sc = scenario(doc)
     prof = get_profile(profile)
     sim = Simulation(sc, prof)
-    sim.kernel = Kernel(prof, oracles=False)  # the events only: whoever wants findings replays them
-    for _ in simulate(sc, sim=sim):
-        pass
+    sim.kernel = kernel = Kernel(prof, oracles=False)  # the events only: whoever wants findings replays them
+    last: list[Event] = []
+    apply = kernel.apply
+
+    def applied(ev: Event) -> Any:
+        last[:] = [ev]
+        return apply(ev)
+
+    kernel.apply = applied  # type: ignore[method-assign]  (the event a crash happens on)
+    try:
+        for _ in simulate(sc, sim=sim):
+            pass
+    except InputError:
+        raise
+    except Exception as e:  # a crash of the model
+        raise SimulationCrash(sim.events + last, e) from e
     return sim.events
 
 
 def obstacle(doc: dict[str, Any], kernel: str = "6.1") -> Obstacle | None:
     """What no real machine does in the document's simulated trace (replay/translate.py), None: expressible. A
-    document the simulation rejects gets an obstacle at record -1."""
+    document the simulation rejects gets an obstacle at record -1; one on which the model itself crashes counts as
+    expressible (the check reports the crash: fuzz/steps_check.py)."""
     try:
         events = simulated(doc, kernel)
+        return translate("<steps>", kernel, [Record(i, 0, 0, ev) for i, ev in enumerate(events)]).obstacle
     except InputError as e:
         return Obstacle(-1, "", f"the scenario cannot run: {e}")
-    tr = translate("<steps>", kernel, [Record(i, 0, 0, ev) for i, ev in enumerate(events)])
-    return tr.obstacle
+    except SimulationCrash:  # a finding, not an obstacle (the translation's own simulation would crash too)
+        return None
 
 
 def step_of_event(events: list[Event]) -> list[int]:
@@ -283,8 +310,6 @@ def step_of_event(events: list[Event]) -> list[int]:
 
 def known_blocks(events: list[Event], preset: MachinePreset) -> list[int]:
     """Every memory block the simulation ever had (boot memory and what was hot-added)."""
-    from traces.events import AddMemory, BootBlocks
-
     bs = preset.block_size
     out: set[int] = set()
     for ev in events:
@@ -312,7 +337,7 @@ class _Ctx:
         self.preset = PRESETS[doc["machine"]["preset"]]
         try:
             self.events = simulated(doc)
-        except InputError:
+        except (InputError, SimulationCrash):  # the check reports a crash
             self.events = []
         self.blocks = known_blocks(self.events, self.preset) or [0]
 

@@ -11,20 +11,24 @@ from collections.abc import Callable
 from typing import Any
 
 from fuzz.check import Hit, Mode, check_events
-from fuzz.steps import decode, simulated
+from fuzz.steps import SimulationCrash, decode, simulated
 from traces.errors import InputError
 
 
 def doc_events(doc: dict[str, Any], mode: Mode) -> list[Any] | None:
-    """The simulated trace of a document on the mode's profile (None: the simulation rejects it)."""
+    """The simulated trace of a document on the mode's profile (None: the simulation rejects it); where the model
+    crashes, the trace up to the event it crashed on."""
     try:
         return simulated(doc, mode.profile)
     except InputError:
         return None
+    except SimulationCrash as e:
+        return e.events
 
 
 def check_doc(doc: dict[str, Any], mode: Mode, ignore: frozenset[str] = frozenset(), feedback: Callable[[int], object] | None = None) -> Hit | None:
-    """The first hit of the document's simulated trace (check_events); its index is the trace's event index."""
+    """The first hit of the document's simulated trace (check_events); its index is the trace's event index (a
+    crash of the model while simulating shows as check_events' CRASH hit on the event it crashed on)."""
     events = doc_events(doc, mode)
     return None if events is None else check_events(events, mode, ignore, feedback)
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from fuzz.campaign import Summary, atomic_write, safe_name, save_regression
 from fuzz.check import Mode
-from fuzz.steps import decode, encode, simulated
-from fuzz.steps_check import check_doc
+from fuzz.steps import decode, encode
+from fuzz.steps_check import check_doc, doc_events
 from fuzz.steps_minimize import StepsMinimizer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +53,7 @@ def prepare_step_seeds(out: Path, scenarios: Path = ROOT / "corpus" / "scenarios
 def save_step_regression(regressions: Path, signature: str, mode: Mode, doc: dict[str, Any], note: str) -> Path:
     """Write the regression files of a minimised document (see the module docstring); returns the trace's path."""
     name = PREFIX + safe_name(signature)
-    trace = save_regression(regressions, signature, mode, list(simulated(doc, mode.profile)), note, name=name)
+    trace = save_regression(regressions, signature, mode, doc_events(doc, mode) or [], note, name=name)
     atomic_write(regressions / f"{name}.toml", encode({"name": name, "description": note, **doc}))
     meta_path = regressions / f"{name}.json"
     meta = json.loads(meta_path.read_text())

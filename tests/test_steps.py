@@ -301,3 +301,21 @@ def test_a_campaign_with_confirm_asks_the_lab_for_each_new_regression(tmp_path: 
     assert set(verdicts) == {"6.1", "6.12"} and all(v.startswith("not run: ") for v in verdicts.values())
     assert "; 6.1: not run: " in "\n".join(summary.lines())
     assert "verdicts" not in json.loads((tmp_path / "r" / "STEPS-DIFF_AddMemory_decision_M4-vs-ref.json").read_text())
+
+
+def test_a_model_crash_while_simulating_is_a_crash_hit_not_a_campaign_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The simulation runs the model: where it crashes, the check gets check_events' CRASH hit on the event it crashed
+    on, the mutator goes on, and the regression's trace ends with that event."""
+    from replay.model import add_remove
+
+    monkeypatch.setattr(add_remove, "try_online_node", lambda m, nid: 1 / 0)
+    doc = steps.decode(b'[machine]\npreset = "qemu-q35-4G-2node"\n[[step]]\ndimm = "384M"\nnode = 1\n')
+    assert doc is not None
+    hit = check_doc(doc, Mode())
+    assert hit is not None and hit.signature == "CRASH:ZeroDivisionError:<lambda>"
+    assert steps.obstacle(doc) is None  # left for the check to report
+    assert steps.decode(steps.encode(steps.mutate(doc, random.Random(1)))) is not None
+    res = StepsMinimizer(Mode(), hit.signature, max_seconds=30).run_doc(doc)
+    trace = save_step_regression(tmp_path, hit.signature, Mode(), res.doc, "a crash")
+    again = check_input(trace.read_bytes(), Mode())
+    assert again is not None and again.signature == hit.signature

@@ -43,9 +43,10 @@ HARNESSES = {
     "text": ROOT / "fuzz" / "trace_text_fuzzer.py",
     "scenario": ROOT / "fuzz" / "scenario_fuzzer.py",
     "commands": ROOT / "fuzz" / "commands_fuzzer.py",
+    "steps": ROOT / "fuzz" / "steps_fuzzer.py",
 }
 RSS_LIMIT_MB = 2048  # libFuzzer's -rss_limit_mb for every run (the largest machine's model takes ~600 MB)
-TIMEOUTS = {"model": 25, "format": 25, "repair": 25, "text": 25, "scenario": 60, "commands": 60}  # -timeout, seconds per input
+TIMEOUTS = {"model": 25, "format": 25, "repair": 25, "text": 25, "scenario": 60, "commands": 60, "steps": 25}  # -timeout, seconds per input
 # Requests the kernel API forbids are the caller's bug, not the kernel's: not worth a regression.
 DEFAULT_IGNORE = ("API-MISUSE:remove",)
 SEED_EVENTS = 32  # model seeds keep their boot snapshot and this many events (trim_seed)
@@ -84,9 +85,11 @@ class Summary:
         out.append(f"unique signatures: {len(self.signatures)}")
         for sig, info in sorted(self.signatures.items(), key=lambda kv: kv[1]["first_hit_s"]):
             when = "left untriaged by an interrupted campaign" if info["first_hit_s"] < 0 else f"first hit after {info['first_hit_s']:.1f} s"
-            if self.target == "model":
+            if self.target in ("model", "steps"):
+                unit = "steps" if self.target == "steps" else "events"
                 new = f"new cause of a known signature ({info['cause']['path']}), " if info.get("known_signature") else ""
-                out.append(f"  {sig}: {new}{when}, {info['events']} events after minimising -> {info['file']}")
+                verdicts = "".join(f"; {k}: {v}" for k, v in info.get("verdicts", {}).items())
+                out.append(f"  {sig}: {new}{when}, {info['events']} {unit} after minimising -> {info['file']}{verdicts}")
             else:
                 out.append(f"  {sig}: {when}, still failing ({info['message']}) -> {info['file']}")
         if self.known_causes:
@@ -150,6 +153,10 @@ def prepare_target_seeds(target: str, profile: str, out: Path, events: int, dirs
     """The seeds of a target in ``out``: traces (prepare_seeds, trimmed to ``events``; a surface
     target takes whole only the traces up to SURFACE_WHOLE_MAX) for the trace targets, their text
     forms for ``text``, the scenario files for ``scenario``."""
+    if target == "steps":
+        from fuzz.steps_triage import prepare_step_seeds
+
+        return prepare_step_seeds(out)
     traces = seed_dirs(profile) if dirs is None else dirs
     if target == "scenario":
         shutil.rmtree(out, ignore_errors=True)
@@ -221,6 +228,7 @@ def run(
     echo: bool = True,
     merge_every: int = 600,
     seed_events: int = SEED_EVENTS,
+    confirm: list[str] | None = None,
 ) -> Summary:
     """One campaign; returns its summary (hits already saved).
 
@@ -230,11 +238,17 @@ def run(
     corpus/fuzz/<target>), resumed. Crash artifacts are triaged as they
     appear, and ones an interrupted campaign left untriaged (not in ``artifacts/triaged.txt``)
     first. Seeds (default: seed_dirs) are prepared into ``artifacts/seeds`` (``seeds-TARGET`` for
-    the surface targets; prepare_target_seeds, trimmed to ``seed_events``).
+    the surface targets; prepare_target_seeds, trimmed to ``seed_events``). ``confirm``: the
+    kernels each new steps regression is confirmed on (fuzz/steps_triage.py).
     """
     mode = mode or Mode()
+    if confirm is not None:
+        from fuzz.steps_triage import check_confirm
+
+        check_confirm(target, confirm)
     seed_dir = prepare_target_seeds(target, mode.profile, artifacts / f"seeds-{target}" if target != "model" else artifacts / "seeds", seed_events, seeds)
     c = Campaign(target, mode, corpus or ROOT / "corpus" / "fuzz" / target, seed_dir, artifacts, regressions, jobs, minimize_seconds, echo)
+    c.confirm = confirm
     c.triage_new(earlier=True)
     merged = 0.0
     while True:
@@ -264,7 +278,13 @@ class Campaign:
         _recover(work)
         work.mkdir(parents=True, exist_ok=True)
         artifacts.mkdir(parents=True, exist_ok=True)
-        self.known = Known.load(regressions).ignores() | set(DEFAULT_IGNORE)  # plain signatures and known (signature @ path) pairs
+        if target == "steps":  # it knows only signatures with an expressible reproducer (fuzz/steps_triage.py)
+            from fuzz.steps_triage import known_step_signatures
+
+            self.known = known_step_signatures(regressions) | set(DEFAULT_IGNORE)
+        else:
+            self.known = Known.load(regressions).ignores() | set(DEFAULT_IGNORE)  # plain signatures and known (signature @ path) pairs
+        self.confirm: list[str] | None = None
         self.ignore_file = artifacts / "ignore.txt"
         self._write_ignore()
         self.summary = Summary(target, mode.describe())
@@ -292,13 +312,18 @@ class Campaign:
         out-of-memory) is checked again once per campaign and reported while it still fails
         (ledgered when it passes: fixed)."""
         known = len(self.known)
-        for art in sorted(self.ledger.pending(self.artifacts, self.prefix, self.target != "model"), key=lambda p: p.stat().st_mtime):
+        for art in sorted(self.ledger.pending(self.artifacts, self.prefix, self.target not in ("model", "steps")), key=lambda p: p.stat().st_mtime):
             if art.name in self.checked:
                 continue
             self.checked.add(art.name)
             first_hit = -1.0 if earlier else max(0.0, art.stat().st_mtime - self.started)
             if self.target == "model":
                 _triage(art, self.target, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds)
+                self.ledger.add(art)
+            elif self.target == "steps":
+                from fuzz.steps_triage import triage_steps
+
+                triage_steps(art, self.mode, self.summary, self.regressions, self.known, first_hit, self.minimize_seconds, self.confirm)
                 self.ledger.add(art)
             elif _triage_surface(art, self.target, self.summary, first_hit, self.env()):
                 self.ledger.add(art)

@@ -125,17 +125,20 @@ class Minimizer:
         self.max_replays = max_replays
         self.deadline = time.monotonic() + max_seconds
         self.replays = 0
-        self.cache: dict[tuple[Any, ...], Hit | None] = {}
+        self.cache: dict[Any, Hit | None] = {}
 
     def hit(self, events: list[Any]) -> Hit | None:
-        key = tuple(events)
+        return self.cached(tuple(events), lambda: check_events(events, self.mode, self.ignore))
+
+    def cached(self, key: Any, check: Callable[[], Hit | None]) -> Hit | None:
+        """The verdict of the input ``key`` names, from the cache or from ``check`` (one replay of the budget)."""
         if key in self.cache:
             return self.cache[key]
         if self.replays >= self.max_replays or time.monotonic() > self.deadline:
             raise Budget
         self.replays += 1
         with deadline(self.deadline):
-            h = check_events(events, self.mode, self.ignore)
+            h = check()
         self.cache[key] = h
         return h
 

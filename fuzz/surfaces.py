@@ -266,8 +266,8 @@ def dictionary(target: str) -> str:
         words = [f"{w}".encode() for w in (*NAMES, *(f.name + "=" for cls in NAMES.values() for f in fields_of(cls)), *TEXT_WORDS)]
     elif target == "scenario":
         words = [w.encode() for w in SCENARIO_WORDS]
-    elif target == "model":
-        return ""  # structure-aware: events are mutated as events
+    elif target in ("model", "steps"):
+        return ""  # structure-aware: events (scenario steps) are mutated as events (steps)
     else:
         words = [MAGIC, CHUNK_MAGIC, INDEX_MAGIC, TRAILER_MAGIC, b"\x04\x03\x02\x01", b"\x01\x00\x00\x00"]
     hexed = ["".join(f"\\x{b:02x}" for b in w) for w in dict.fromkeys(words)]

@@ -315,6 +315,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         echo=sys.stderr.isatty() and not args.json,
         merge_every=args.merge_every,
         seed_events=args.seed_events,
+        confirm=None if args.confirm is None else args.confirm or ["6.1", "6.12"],
     )
     if args.json:
         json.dump({"target": summary.target, "mode": summary.mode, "seconds": summary.seconds, "execs": summary.execs, "exec_per_s": summary.exec_per_s,
@@ -383,7 +384,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
 
 
-FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands")  # fuzz.campaign.HARNESSES
+FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands", "steps")  # fuzz.campaign.HARNESSES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -449,7 +450,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target",
         choices=FUZZ_TARGETS,
         default="model",
-        help="model; format (strict reader), repair (verify/repair), text (compile), scenario (simulate), commands (replay/layout/plot/export)",
+        help="model; format (strict reader), repair (verify/repair), text (compile), scenario (simulate), commands (replay/layout/plot/export); "
+        "steps (the model on scenarios of real-machine actions: every finding expressible)",
     )
     s.add_argument("--time", type=positive, default=60, help="seconds (default 60)")
     s.add_argument("--runs", type=positive, help="stop after N inputs")
@@ -463,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
     s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
+    s.add_argument(
+        "--confirm",
+        nargs="*",
+        metavar="KERNEL",
+        help="steps target: confirm each new regression in the lab on these kernels (default 6.1 6.12; those the lab lacks are skipped)",
+    )
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_fuzz)
     s = sub.add_parser("minimize", help="shrink a failing trace to a 1-minimal one with the same signature")

@@ -25,13 +25,13 @@ import random
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fuzz import steps
 from fuzz.campaign import atomic_write, safe_name
 from replay.model.variants import VARIANTS, check_variants
 from replay.replayer import replay_file
@@ -46,6 +46,7 @@ SEEDS = ROOT / "corpus" / "scenarios"
 REGRESSIONS = ROOT / "corpus" / "regressions" / "lab"
 CORPUS = ROOT / "corpus" / "fuzz" / "lab"
 Mutate = Callable[[dict[str, Any], random.Random], dict[str, Any]]
+CROSSOVER = 0.2  # the share of mutants that splice in another corpus member's steps (fuzz/steps.py crossover)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,14 +299,15 @@ class LabSummary:
 
 
 def load_inputs(dirs: list[Path]) -> list[tuple[str, dict[str, Any]]]:
-    """(name, document) of every scenario file in ``dirs`` that the lab can run; ScenarioError (file, line) for bad ones."""
+    """(name, document in the mutator's normal form, fuzz/steps.py decode) of every scenario file in ``dirs`` that the
+    lab can run; ScenarioError (file, line) for a bad one."""
     out = []
     for d in dirs:
         for path in sorted(d.glob("*.toml")):
             sc = load_scenario(path)  # bad input: the one-line error naming the file and line
-            if not sc.machine.qemu_args:
-                continue
-            out.append((path.stem, tomllib.loads(path.read_text(encoding="utf-8"))))
+            doc = steps.decode(path.read_bytes())
+            if sc.machine.qemu_args and doc is not None:
+                out.append((path.stem, doc))
     return out
 
 
@@ -316,14 +318,11 @@ def doc_name(doc: dict[str, Any]) -> str:
 
 
 def check_arguments(kernel: str, variant: str | None) -> None:
-    """ValueError (a one-line message) for a kernel or variant the lab cannot fuzz with, or a lab that is not set up."""
+    """ValueError (a one-line message) for a kernel or variant the lab cannot fuzz with."""
     if kernel not in KERNELS:
         raise ValueError(f"--kernel {kernel}: expected one of {', '.join(KERNELS)}")
     if variant:
         check_variants(frozenset({variant}))
-    why = lab_ready(kernel)
-    if why:
-        raise ValueError(f"the lab cannot run {kernel}: {why}")
 
 
 def campaign(
@@ -338,20 +337,27 @@ def campaign(
     regressions: Path = REGRESSIONS,
     snapshots: bool = True,
     snapshot_dir: Path | None = None,
-    mutate: Mutate | None = None,
+    mutate: Mutate | None = steps.mutate,
     seed: int = 0,
     echo: bool = True,
     stop_on_first: bool = False,
 ) -> LabSummary:
     """Fuzz ``kernel`` against the model for ``seconds`` (no new input after it) or ``runs`` inputs: the seeds (default
     corpus/scenarios) and the corpus first, then ``mutate``'s changes of corpus members (without a mutator, the corpus
-    again). New divergences are saved to ``regressions``; inputs with new outcomes join ``corpus``."""
+    again). The mutator's documents are expressible (fuzz/steps.py), so every one can run. New divergences are saved
+    to ``regressions``; inputs with new outcomes join ``corpus``. One job runs in this process, more in worker
+    processes (spawned: a script that calls this with ``jobs`` > 1 needs the ``if __name__ == "__main__"`` guard)."""
     check_arguments(kernel, variant)
-    queue = load_inputs([*(seeds if seeds is not None else [SEEDS]), corpus] if corpus.is_dir() else (seeds if seeds is not None else [SEEDS]))
+    starts = seeds if seeds is not None else [SEEDS]
+    queue = load_inputs([*starts, corpus] if corpus.is_dir() else starts)
     if not queue:
         raise ValueError("no scenario to start from: the seeds and the corpus hold none the lab can run")
-    members = list(queue)
+    why = lab_ready(kernel)
+    if why:
+        raise ValueError(f"the lab cannot run {kernel}: {why.splitlines()[0]}")
     rng = random.Random(seed)
+    rng.shuffle(queue)  # the seeds in an order of the seed's: no kind of scenario always waits for the others
+    members = list(queue)
     summary = LabSummary(kernel, variant, snapshots, jobs)
     seen: set[str] = set()
     t0 = time.monotonic()
@@ -362,7 +368,8 @@ def campaign(
             name, doc = queue.pop(0)
         elif mutate is not None:
             _, doc = rng.choice(members)
-            doc = mutate(json.loads(json.dumps(doc)), rng)
+            cross = len(members) > 1 and rng.random() < CROSSOVER
+            doc = steps.crossover(doc, rng.choice(members)[1], rng) if cross else mutate(doc, rng)
             name = doc_name(doc)
         else:
             name, doc = members[summary.inputs % len(members)]
@@ -375,9 +382,8 @@ def campaign(
             return False
         return seconds is None or time.monotonic() - t0 < seconds
 
-    ctx = multiprocessing.get_context("spawn")
     started = 0
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) if jobs > 1 else InProcess() as pool:
         running: set[Future[LabOutcome]] = set()
         while True:
             while len(running) < jobs and more(started):
@@ -397,6 +403,21 @@ def campaign(
     summary.seconds = time.monotonic() - t0
     summary.corpus = len(members)
     return summary
+
+
+class InProcess:
+    """An executor that runs each job at once in this process (one job: no worker to start)."""
+
+    def __enter__(self) -> InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def submit(self, fn: Callable[[LabTask], LabOutcome], task: LabTask) -> Future[LabOutcome]:
+        fut: Future[LabOutcome] = Future()
+        fut.set_result(fn(task))
+        return fut
 
 
 def take(summary: LabSummary, out: LabOutcome, at: float, regressions: Path, corpus: Path, members: list[tuple[str, dict[str, Any]]], seen: set[str]) -> None:

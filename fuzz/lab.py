@@ -300,13 +300,14 @@ class LabSummary:
 
 def load_inputs(dirs: list[Path]) -> list[tuple[str, dict[str, Any]]]:
     """(name, document in the mutator's normal form, fuzz/steps.py decode) of every scenario file in ``dirs`` that the
-    lab can run; ScenarioError (file, line) for a bad one."""
-    out = []
+    lab can run, once per normal form (``*-attach`` seeds lose their ``record_from``); ScenarioError (file, line) for a bad one."""
+    out, seen = [], set()
     for d in dirs:
-        for path in sorted(d.glob("*.toml")):
+        for path in sorted(d.glob("*.toml"), key=lambda p: (p.stem.endswith("-attach"), p.stem)):
             sc = load_scenario(path)  # bad input: the one-line error naming the file and line
             doc = steps.decode(path.read_bytes())
-            if sc.machine.qemu_args and doc is not None:
+            if sc.machine.qemu_args and doc is not None and steps.encode(doc) not in seen:
+                seen.add(steps.encode(doc))
                 out.append((path.stem, doc))
     return out
 
@@ -393,7 +394,12 @@ def campaign(
                 break
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for fut in done:
-                out = fut.result()
+                try:
+                    out = fut.result()
+                except Exception as e:  # a bug of this pipeline, or a worker that died: counted, the campaign goes on
+                    summary.inputs += 1
+                    summary.errors.append(f"internal error: {type(e).__name__}: {e}")
+                    continue
                 take(summary, out, time.monotonic() - t0, regressions, corpus, members, seen)
                 if bar is not None:
                     bar.update(1 if runs is not None else 0)
@@ -416,7 +422,10 @@ class InProcess:
 
     def submit(self, fn: Callable[[LabTask], LabOutcome], task: LabTask) -> Future[LabOutcome]:
         fut: Future[LabOutcome] = Future()
-        fut.set_result(fn(task))
+        try:
+            fut.set_result(fn(task))
+        except Exception as e:
+            fut.set_exception(e)
         return fut
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """Benchmark of ``mhp fuzz --target lab`` (not a test; prints figures, boots QEMU guests): mhp bench lab_fuzz.
 
-The same inputs (corpus scenarios, no mutation) run through the lab campaign four ways: a boot per input or a
-restored snapshot per input, with one and with two guests at a time. Reports inputs per minute, the mean guest start
-(boot or restore) and how many snapshots were booted. The snapshots are made by the first snapshot run (its figures
-include that) and reused by the second.
+The same inputs (corpus scenarios, no mutation) run through the lab campaign: a boot per input with one and with two
+guests at a time; then a restored snapshot per input, first cold (one guest; the snapshots are booted and saved during
+the run), then warm with one and with two guests. Reports inputs per minute, the mean guest start (boot or restore)
+and how many snapshots each run booted.
 """
 
 from __future__ import annotations
@@ -33,41 +33,41 @@ def main() -> int:
         (t / "seeds").mkdir()
         for name in args.inputs:
             shutil.copy(SEEDS / f"{name}.toml", t / "seeds" / f"{name}.toml")
-        for snapshots in (False, True):
-            for jobs in args.jobs:
-                run = t / f"run-{snapshots}-{jobs}"
-                s = campaign(
-                    args.kernel,
-                    seconds=None,
-                    runs=len(args.inputs),
-                    jobs=jobs,
-                    corpus=run / "corpus",
-                    seeds=[t / "seeds"],
-                    regressions=run / "regressions",
-                    snapshots=snapshots,
-                    snapshot_dir=t / "snapshots",
-                    mutate=None,
-                    echo=False,
-                )
-                start = sum(s.restore_s) / len(s.restore_s) if s.restore_s else 0.0
-                rows.append(
-                    {
-                        "snapshots": snapshots,
-                        "jobs": jobs,
-                        "inputs": s.inputs,
-                        "seconds": round(s.seconds, 1),
-                        "per_minute": round(s.per_minute, 2),
-                        "start_s": round(start, 2),
-                        "snapshots_made": s.snapshots_made,
-                        "errors": s.errors,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
+        modes = [("boot", j) for j in args.jobs] + [("snapshot, cold", 1)] + [("snapshot", j) for j in args.jobs]
+        for k, (how, jobs) in enumerate(modes):
+            snapshots = how != "boot"
+            run = t / f"run-{k}"
+            s = campaign(
+                args.kernel,
+                seconds=None,
+                runs=len(args.inputs),
+                jobs=jobs,
+                corpus=run / "corpus",
+                seeds=[t / "seeds"],
+                regressions=run / "regressions",
+                snapshots=snapshots,
+                snapshot_dir=t / "snapshots",
+                mutate=None,
+                echo=False,
+            )
+            start = sum(s.restore_s) / len(s.restore_s) if s.restore_s else 0.0
+            rows.append(
+                {
+                    "start": how,
+                    "jobs": jobs,
+                    "inputs": s.inputs,
+                    "seconds": round(s.seconds, 1),
+                    "per_minute": round(s.per_minute, 2),
+                    "start_s": round(start, 2),
+                    "snapshots_made": s.snapshots_made,
+                    "errors": s.errors,
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
     if not args.json:
-        print(f"{'start':<10} {'jobs':>4} {'inputs':>6} {'seconds':>8} {'per min':>8} {'start s':>8} {'booted':>6}")
+        print(f"{'start':<16} {'jobs':>4} {'inputs':>6} {'seconds':>8} {'per min':>8} {'start s':>8} {'booted':>6}")
         for r in rows:
-            how = "snapshot" if r["snapshots"] else "boot"
-            print(f"{how:<10} {r['jobs']:>4} {r['inputs']:>6} {r['seconds']:>8} {r['per_minute']:>8} {r['start_s']:>8} {r['snapshots_made']:>6}")
+            print(f"{r['start']:<16} {r['jobs']:>4} {r['inputs']:>6} {r['seconds']:>8} {r['per_minute']:>8} {r['start_s']:>8} {r['snapshots_made']:>6}")
     return 0
 
 

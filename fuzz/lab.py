@@ -47,6 +47,10 @@ REGRESSIONS = ROOT / "corpus" / "regressions" / "lab"
 CORPUS = ROOT / "corpus" / "fuzz" / "lab"
 Mutate = Callable[[dict[str, Any], random.Random], dict[str, Any]]
 CROSSOVER = 0.2  # the share of mutants that splice in another corpus member's steps (fuzz/steps.py crossover)
+# About a quarter of the mutator's changes touch the preset, the command line or the devices: a configuration no
+# snapshot holds yet costs a boot and a save. Mutants keep a configuration already run unless this share wants a new one.
+NEW_CONFIG = 0.15
+MUTANT_TRIES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +322,11 @@ def doc_name(doc: dict[str, Any]) -> str:
     return f"{safe_name(str(doc.get('name', 'input')))[:40]}-{hashlib.sha256(text.encode()).hexdigest()[:10]}"
 
 
+def config_of(doc: dict[str, Any]) -> str:
+    """What a snapshot of the document's guest depends on: the preset, the kernel command line, the devices."""
+    return json.dumps([doc.get("machine"), doc.get("kernel"), doc.get("device")], sort_keys=True)
+
+
 def check_arguments(kernel: str, variant: str | None) -> None:
     """ValueError (a one-line message) for a kernel or variant the lab cannot fuzz with."""
     if kernel not in KERNELS:
@@ -361,6 +370,7 @@ def campaign(
     members = list(queue)
     summary = LabSummary(kernel, variant, snapshots, jobs)
     seen: set[str] = set()
+    configs: set[str] = set()  # the guest configurations of the inputs run so far (config_of)
     t0 = time.monotonic()
     bar = _bar(runs, seconds, echo)
 
@@ -368,13 +378,22 @@ def campaign(
         if queue:
             name, doc = queue.pop(0)
         elif mutate is not None:
-            _, doc = rng.choice(members)
-            cross = len(members) > 1 and rng.random() < CROSSOVER
-            doc = steps.crossover(doc, rng.choice(members)[1], rng) if cross else mutate(doc, rng)
+            doc = mutant(rng.choice(members)[1])
             name = doc_name(doc)
         else:
             name, doc = members[summary.inputs % len(members)]
+        configs.add(config_of(doc))
         return LabTask(name, doc, kernel, (variant,) if variant else (), snapshots, str(snapshot_dir) if snapshot_dir else None)
+
+    def mutant(parent: dict[str, Any]) -> dict[str, Any]:
+        assert mutate is not None
+        any_config = rng.random() < NEW_CONFIG
+        for _ in range(MUTANT_TRIES):
+            cross = len(members) > 1 and rng.random() < CROSSOVER
+            doc = steps.crossover(parent, rng.choice(members)[1], rng) if cross else mutate(parent, rng)
+            if any_config or config_of(doc) in configs:
+                break
+        return doc
 
     def more(started: int) -> bool:
         if runs is not None and started >= runs:

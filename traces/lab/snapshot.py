@@ -35,7 +35,7 @@ from traces.lab.setup import cache_dir
 from traces.scenario import Scenario
 
 VMGENID = ("-device", "vmgenid,guid=auto")
-KEEP = 8  # snapshots kept in the cache (about 250 MB each); the least recently used go first
+KEEP = 16  # snapshots kept in the cache (about 250 MB each); the least recently used go first
 MIGRATE_MAX_S = 120.0
 
 

@@ -287,7 +287,7 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 
 def cmd_fuzz(args: argparse.Namespace) -> int:
-    """A fuzzing campaign (atheris/libFuzzer); exit 1 if it found new signatures."""
+    """A fuzzing campaign (atheris/libFuzzer; --target lab: the real kernel in the lab); exit 1 if it found new signatures."""
     from fuzz.campaign import campaign_totals, run
     from fuzz.check import parse_mode
     from fuzz.totals import lines
@@ -303,6 +303,8 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         else:
             print("\n".join(lines(sums)))
         return 0
+    if args.target == "lab":
+        return cmd_fuzz_lab(args)
     summary = run(
         args.target,
         seconds=args.time,
@@ -310,7 +312,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         corpus=Path(args.corpus) if args.corpus else None,
         artifacts=Path(args.artifacts),
-        regressions=Path(args.regressions),
+        regressions=Path(args.regressions or "corpus/regressions"),
         mode=parse_mode(args.profile, args.variant, args.diff),
         echo=sys.stderr.isatty() and not args.json,
         merge_every=args.merge_every,
@@ -321,6 +323,32 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         json.dump({"target": summary.target, "mode": summary.mode, "seconds": summary.seconds, "execs": summary.execs, "exec_per_s": summary.exec_per_s,
                    "corpus": summary.corpus, "merges": summary.merges, "signatures": summary.signatures,
                    "known_causes": summary.known_causes}, sys.stdout, indent=1)  # fmt: skip
+        sys.stdout.write("\n")
+    else:
+        print("\n".join(summary.lines()))
+    return 1 if summary.signatures else 0
+
+
+def cmd_fuzz_lab(args: argparse.Namespace) -> int:
+    """``mhp fuzz --target lab``: scenarios run on the real kernel, their real traces replayed on the model (fuzz/lab.py)."""
+    from fuzz.lab import CORPUS, REGRESSIONS, campaign
+
+    if args.diff:
+        raise ValueError("--diff: the lab target compares the model with the real kernel; give --variant alone")
+    summary = campaign(
+        args.kernel,
+        seconds=args.time,
+        runs=args.runs,
+        jobs=args.jobs,
+        variant=args.variant,
+        corpus=Path(args.corpus) if args.corpus else CORPUS,
+        regressions=Path(args.regressions) if args.regressions else REGRESSIONS,
+        snapshots=not args.no_snapshot,
+        seed=args.seed,
+        echo=sys.stderr.isatty() and not args.json,
+    )
+    if args.json:
+        json.dump(summary.to_json(), sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
         print("\n".join(summary.lines()))
@@ -384,7 +412,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
 
 
-FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands", "steps")  # fuzz.campaign.HARNESSES
+FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands", "steps", "lab")  # fuzz.campaign.HARNESSES, and fuzz/lab.py
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -451,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=FUZZ_TARGETS,
         default="model",
         help="model; format (strict reader), repair (verify/repair), text (compile), scenario (simulate), commands (replay/layout/plot/export); "
-        "steps (the model on scenarios of real-machine actions: every finding expressible)",
+        "steps (the model on scenarios of real-machine actions: every finding expressible); lab (scenarios on the real kernel in QEMU against the model)",
     )
     s.add_argument("--time", type=positive, default=60, help="seconds (default 60)")
     s.add_argument("--runs", type=positive, help="stop after N inputs")
@@ -461,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--corpus", help="working corpus directory, used as given and resumed (default corpus/fuzz/<target>)")
     s.add_argument("--artifacts", default="fuzz-artifacts")
     s.add_argument("--totals", action="store_true", help="print each target's executions, time and open crashes over the campaigns of --artifacts; no fuzzing")
-    s.add_argument("--regressions", default="corpus/regressions")
+    s.add_argument("--regressions", help="where new hits are saved (default corpus/regressions; lab: corpus/regressions/lab)")
+    s.add_argument("--kernel", default="6.12", help="lab: the kernel series to fuzz (6.1, 6.12, 7.2; default 6.12)")
+    s.add_argument("--no-snapshot", action="store_true", help="lab: boot a guest for every input instead of restoring a booted snapshot")
+    s.add_argument("--seed", type=int, default=0, help="lab: the mutator's random seed")
     s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
     s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")
@@ -494,8 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_confirm)
     s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12/7.2 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
-    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet, record: as root, in the lab); prints figures")
-    s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record"))
+    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet; record: as root, and lab_fuzz: in the lab); prints figures")
+    s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record", "lab_fuzz"))
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     s.set_defaults(func=cmd_bench)
     s = sub.add_parser("dump", help="print a trace in its text form")

@@ -44,8 +44,10 @@ ISOLATION_ERRNOS = frozenset({errno.EBUSY, errno.EINTR, errno.ENOMEM})
 class Replayer:
     """Feeds events to a Kernel and compares observations; collects a TraceResult."""
 
-    def __init__(self, profile: Profile, path: str = "", *, context: int = 8, max_divergences: int = 20, oracles: bool = True) -> None:
-        self.kernel = Kernel(profile, oracles=oracles)
+    def __init__(
+        self, profile: Profile, path: str = "", *, context: int = 8, max_divergences: int = 20, oracles: bool = True, variants: frozenset[str] = frozenset()
+    ) -> None:
+        self.kernel = Kernel(profile, oracles=oracles, variants=variants)
         self.result = TraceResult(path, profile=profile.name)
         self.recent: deque[tuple[int, int, Any, int | None]] = deque(maxlen=max(context, 0) + 1)
         self.context = context
@@ -283,9 +285,10 @@ def replay_file(
     max_divergences: int = 20,
     oracles: bool = True,
     progress: Callable[[int], object] | None = None,
+    variants: frozenset[str] = frozenset(),
 ) -> TraceResult:
-    """Replay one trace file (or ``source``, an open binary file reported as ``path``); bad input
-    ends in ``result.error`` (what was replayed so far stays)."""
+    """Replay one trace file (or ``source``, an open binary file reported as ``path``) on the model (with the seeded
+    ``variants``, replay/model/variants.py); bad input ends in ``result.error`` (what was replayed so far stays)."""
     t0 = time.perf_counter()
     try:
         reader = TraceReader(path if source is None else source)
@@ -294,7 +297,7 @@ def replay_file(
     with reader:
         release = reader.header.kernel_release
         choice = pick_profile(release, profile)
-        rp = Replayer(choice.profile, path, context=context, max_divergences=max_divergences, oracles=oracles)
+        rp = Replayer(choice.profile, path, context=context, max_divergences=max_divergences, oracles=oracles, variants=variants)
         rp.result.kernel_release, rp.result.profile_reason = release, choice.reason
         last = reader.pos
         try:

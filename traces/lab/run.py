@@ -354,11 +354,18 @@ def run_scenario(
 
 
 def run_trace(
-    scenario_path: str | Path, kernel: str, out_path: str | Path, verbose: bool = False, scenario: Scenario | None = None, obs_path: str | Path | None = None
+    scenario_path: str | Path,
+    kernel: str,
+    out_path: str | Path,
+    verbose: bool = False,
+    scenario: Scenario | None = None,
+    obs_path: str | Path | None = None,
+    start: Callable[[GuestConfig], Guest] | None = None,
 ) -> dict[str, Any]:
     """Boot ``kernel`` under QEMU, run the scenario with the guest's ``mhp record`` running from step ``record_from`` on,
     and keep the trace it wrote (``out_path``); the host's own samples after every step go to ``obs_path`` (the
-    observation format), an independent check of what the recorder saw.
+    observation format), an independent check of what the recorder saw. ``start`` gives the guest for the
+    configuration instead of booting one (traces/lab/snapshot.py: a restored snapshot).
 
     Returns a summary: ``boot_s`` (QEMU start to the agent's first answer), ``step_s`` (each step until the guest
     settled), ``wall_s`` (QEMU start to the trace's end), ``bytes``, ``release``.
@@ -366,7 +373,7 @@ def run_trace(
     sc, kp, cfg, log = _prepare(scenario_path, kernel, verbose, scenario)
     t0 = time.monotonic()
     step_s: list[float] = []
-    with Guest(cfg, verbose=verbose) as g:
+    with start(cfg) if start is not None else Guest(cfg, verbose=verbose) as g:
         log(f"{sc.name} on {kernel}: booted in {g.boot_s:.1f} s ({g.release})")
         run = LabRun(g, sc, log)
         results = [run.boot_result()]

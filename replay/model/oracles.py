@@ -59,10 +59,9 @@ class Oracles:
     def check(self, index: int, ev: Event, out: Outcome) -> None:
         """Run every oracle for the event just applied; findings go into ``out.findings``."""
         emit = out.findings.append
-        kind = type(ev)
-        if kind is BootZone:
+        if isinstance(ev, BootZone):
             self.zone_present[(ev.node, int(ev.zone))] = ev.present
-        elif kind is BootBlocks and ev.mgid >= 0 and ev.state is MEM_ONLINE:
+        elif isinstance(ev, BootBlocks) and ev.mgid >= 0 and ev.state is MEM_ONLINE:
             movable = ev.zone is ZONE_MOVABLE
             pages = ev.count * self.m.block_pages
             self.group_present.setdefault(ev.mgid, [0, 0])[movable] += pages
@@ -80,11 +79,13 @@ class Oracles:
                 self._check_group(g, index, emit)
         if out.decisions:
             self._check_decisions(out, index, emit)
-        if kind is OnlineBlock or kind is OfflineBlock:
+        if isinstance(ev, (OnlineBlock, OfflineBlock)):
             self._check_state_errno(ev, out, index, emit)
         if len(out.findings) > 1:  # one finding per signature and event (an add onlines many blocks)
-            seen: set[str] = set()
-            out.findings[:] = [f for f in out.findings if not (f.signature in seen or seen.add(f.signature))]
+            first: dict[str, Finding] = {}
+            for f in out.findings:
+                first.setdefault(f.signature, f)
+            out.findings[:] = first.values()
 
     def _check_decisions(self, out: Outcome, index: int, emit: Callable[[Finding], None]) -> None:
         for d in out.decisions:

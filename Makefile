@@ -29,8 +29,11 @@ lab-setup: $(STAMP)
 		command -v systemd-analyze >/dev/null || apt-get install -y -q systemd; \
 	else echo "not root: skipping the lab set-up (lab tests skip outside CI)"; fi
 
-test: $(STAMP) lab-setup
+lint: $(STAMP)
 	$(BIN)/ruff check traces replay fuzz tests
+	$(BIN)/mypy
+
+test: lint lab-setup
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)

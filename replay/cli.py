@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
+from replay import build
 from replay.export import export_chrome
 from replay.generate import generate_trace
 from replay.layout import block_runs, format_runs, format_zones, zone_table
@@ -373,10 +374,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands")  # fuzz.campaign.HARNESSES
 
 
+class _Version(argparse.Action):
+    """--version on one line (argparse's own action wraps it to the terminal)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None) -> None:
+        print(f"mhp-replay {version('mhp-replay')}, {build.describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
-    p.add_argument("--version", action="version", version=f"mhp-replay {version('mhp-replay')}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and which build of the model runs, on one line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("simulate", help="run a scenario file through the model and print layouts")
     s.add_argument("scenario", help="scenario TOML file")

@@ -18,8 +18,11 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-# The modules mypyc compiles: the model (its package __init__ stays Python).
-COMPILED = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "replay" / "model").glob("*.py") if p.name != "__init__.py")
+# The modules mypyc compiles: the model (its package __init__ stays Python), and the replayer's feed and compare
+# with the model-side observations they use (measured in docs/performance.md, "Compiled model").
+COMPILED = sorted(
+    [p.relative_to(ROOT).as_posix() for p in (ROOT / "replay" / "model").glob("*.py") if p.name != "__init__.py"] + ["replay/replayer.py", "replay/observe.py"]
+)
 MANIFEST = "replay/compiled.json"  # module -> sha256 of the source it was compiled from (replay/build.py checks it)
 
 

@@ -360,15 +360,14 @@ def cmd_lab(argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a benchmark script of the source tree (tests/bench/bench_<what>.py)."""
-    import subprocess
+    """Run a benchmark script of the source tree (tests/bench/bench_<what>.py) under both builds of the model."""
+    from replay.bench_builds import bench_both
 
     root = Path(__file__).resolve().parent.parent
     script = root / "tests" / "bench" / f"bench_{args.what}.py"
     if not script.exists():
         raise ValueError(f"{script}: not found (mhp bench runs from a source checkout)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
-    return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
+    return bench_both(script, args.rest, root)
 
 
 FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands")  # fuzz.campaign.HARNESSES
@@ -481,7 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_confirm)
     s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12/7.2 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
-    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet, record: as root, in the lab); prints figures")
+    s = sub.add_parser(
+        "bench", help="run a benchmark (model, format, replay, fuzz, fleet, record: as root, in the lab) under the pure and the compiled model; prints figures"
+    )
     s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record"))
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     s.set_defaults(func=cmd_bench)

@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench corpus corpus-real clean lab-setup fuzz-package
 
-$(STAMP): pyproject.toml
+# setup.py compiles the model (replay/model) with mypyc when a C compiler is present: a changed model source is rebuilt
+$(STAMP): pyproject.toml setup.py $(wildcard replay/model/*.py)
 	@if [ "$$(id -u)" = 0 ] && ! $(PY) -m venv --help >/dev/null 2>&1; then \
 		apt-get update -q && apt-get install -y -q python3-venv python3-pip; fi
 	$(PY) -m venv $(VENV)
@@ -29,9 +30,18 @@ lab-setup: $(STAMP)
 		command -v systemd-analyze >/dev/null || apt-get install -y -q systemd; \
 	else echo "not root: skipping the lab set-up (lab tests skip outside CI)"; fi
 
-test: $(STAMP) lab-setup
+lint: $(STAMP)
 	$(BIN)/ruff check traces replay fuzz tests
+	$(BIN)/mypy
+
+# The model's and replayer's tests against both builds: everything against the installed one (compiled when a C
+# compiler is there), the model's own tests again against the pure source (tests/test_builds.py compares their outputs).
+PURE_TESTS := tests/test_oracles.py tests/test_replay.py tests/test_hotplug_ops.py tests/test_variants.py tests/test_quirks.py tests/test_model_caches.py
+
+test: lint lab-setup
+	$(BIN)/mhp --version
 	$(BIN)/python -m pytest
+	MHP_PURE=1 $(BIN)/python -m pytest $(PURE_TESTS)
 
 bench: $(STAMP)
 	$(BIN)/mhp bench model

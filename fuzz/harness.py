@@ -26,4 +26,5 @@ def structure_or_bytes(data: bytes, max_size: int, seed: int) -> bytes:
 
     if seed & 1:
         return custom_mutator(data, max_size, seed, atheris.Mutate)
-    return atheris.Mutate(data, max_size)
+    out: bytes = atheris.Mutate(data, max_size)
+    return out

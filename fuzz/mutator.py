@@ -26,6 +26,7 @@ from traces.codec import ENCODERS, Record, encode_record
 from traces.events import (
     BOOL,
     EVENT_TYPES,
+    KIND_OF,
     STR,
     ZONES,
     AddFlags,
@@ -76,7 +77,7 @@ PARAM_POOLS: dict[Param, tuple[str, ...]] = {
     Param.AUTO_ONLINE_BLOCKS: ("online", "offline", "online_kernel", "online_movable"),
 }
 DEVICE_SIZES = (*(BLOCK,) * 8, *(2 * BLOCK, 4 * BLOCK, 8 * BLOCK, 32 * BLOCK) * 2, *HUGE_SIZES)
-REQUEST_TYPES = [cls for cls in EVENT_TYPES.values() if cls.KIND in ("request", "inject")]
+REQUEST_TYPES = [cls for cls in EVENT_TYPES.values() if KIND_OF[cls] in ("request", "inject")]
 REAL_ZONES = [z for z in ZoneType if z is not ZoneType.NONE]
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import version
 from pathlib import Path
 
+from replay import build
 from replay.export import export_chrome
 from replay.generate import generate_trace
 from replay.layout import block_runs, format_runs, format_zones, zone_table
@@ -401,24 +402,31 @@ def cmd_lab(argv: Sequence[str]) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Run a benchmark script of the source tree (tests/bench/bench_<what>.py)."""
-    import subprocess
+    """Run a benchmark script of the source tree (tests/bench/bench_<what>.py) under both builds of the model."""
+    from replay.bench_builds import bench_both
 
     root = Path(__file__).resolve().parent.parent
     script = root / "tests" / "bench" / f"bench_{args.what}.py"
     if not script.exists():
         raise ValueError(f"{script}: not found (mhp bench runs from a source checkout)")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(root), os.environ.get("PYTHONPATH"))))}
-    return subprocess.call([sys.executable, str(script), *args.rest], cwd=root, env=env)
+    return bench_both(script, args.rest, root)
 
 
 FUZZ_TARGETS = ("model", "format", "repair", "text", "scenario", "commands", "steps", "lab")  # fuzz.campaign.HARNESSES, and fuzz/lab.py
 
 
+class _Version(argparse.Action):
+    """--version on one line (argparse's own action wraps it to the terminal)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object, option_string: str | None = None) -> None:
+        print(f"mhp-replay {version('mhp-replay')}, {build.describe()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="mhp", description="Record, replay and fuzz Linux memory-hotplug events against an exact model of the kernel.")
-    p.add_argument("--version", action="version", version=f"mhp-replay {version('mhp-replay')}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and which build of the model runs, on one line")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("simulate", help="run a scenario file through the model and print layouts")
     s.add_argument("scenario", help="scenario TOML file")
@@ -525,7 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_confirm)
     s = sub.add_parser("lab", help="run scenarios on Debian's real 6.1/6.12/7.2 kernels under QEMU (mhp lab --help)", add_help=False)
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
-    s = sub.add_parser("bench", help="run a benchmark (model, format, replay, fuzz, fleet; record: as root, and lab_fuzz: in the lab); prints figures")
+    s = sub.add_parser(
+        "bench",
+        help="run a benchmark (model, format, replay, fuzz, fleet; record: as root, and lab_fuzz: in the lab) under the pure and the compiled model; prints figures",
+    )
     s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record", "lab_fuzz"))
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     s.set_defaults(func=cmd_bench)

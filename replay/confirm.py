@@ -25,6 +25,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,8 +293,8 @@ def with_lab_writes(real: str, out: str, tr: Translation, recs: list[Record], ob
     return put
 
 
-def _in_order(items: list[tuple[int, Event]]) -> list[tuple[int, Event, tuple[Any, ...]]]:
-    out = []
+def _in_order(items: Sequence[tuple[int, Event]]) -> list[tuple[int, Event, tuple[Any, ...]]]:
+    out: list[tuple[int, Event, tuple[Any, ...]]] = []
     for i, ev in items:
         if isinstance(ev, AddMemory):
             out.append((i, ev, ("add", ev.start, ev.size)))

@@ -9,12 +9,12 @@ from replay.model.machine import Machine
 from replay.model.memory import valid_zones
 from replay.model.outcome import Outcome
 from traces.digest import state_digest
-from traces.events import BlockObserved, BlockState, Event, Result, StateDigest, ZoneObserved, ZoneType
+from traces.events import BlockObserved, BlockState, Event, Result, StateDigest, ZoneObserved, ZoneType, kind_of
 
 
 def observe_outcome(m: Machine, ev: Event, out: Outcome) -> list[Event]:
     """Result of a request plus the state of every block it changed."""
-    if ev.KIND != "request":
+    if kind_of(ev) != "request":
         return []
     obs: list[Event] = [Result(out.rc)]
     for b in dict.fromkeys(ch.block for ch in out.changes):

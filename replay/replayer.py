@@ -25,7 +25,7 @@ from replay.observe import model_digest
 from replay.report import Divergence, Mismatch, TraceResult
 from traces.codec import Record
 from traces.errors import TraceFormatError
-from traces.events import BlockObserved, BlockState, BootUnknown, Loss, OfflineBlock, Op, Result, StateDigest, UnknownFact, ZoneObserved
+from traces.events import KIND_OF, BlockObserved, BlockState, BootUnknown, Loss, OfflineBlock, Op, Result, StateDigest, UnknownFact, ZoneObserved
 from traces.reader import TraceReader
 from traces.text import format_record
 
@@ -85,7 +85,7 @@ class Replayer:
             else:
                 r.matched += 1
             return
-        kind = ev.KIND
+        kind = KIND_OF[type(ev)]
         if kind == "observe" or kind == "unknown":  # device observations, record types this reader does not know: skipped
             self.recent.append((seq, ts, ev, None))
             return
@@ -109,7 +109,7 @@ class Replayer:
         if type(nxt) is Result and -nxt.rc in ISOLATION_ERRNOS:
             self.kernel.m.failures[(ev.block, Op.OFFLINE)] = -nxt.rc
             self.result.unknowable_answers += 1
-        self._apply(seq, ts, ev, ev.KIND)
+        self._apply(seq, ts, ev, "request")
 
     def _apply(self, seq: int, ts: int, ev: Any, kind: str) -> None:
         """A model input: apply it, remember the request for reports, collect its findings."""

@@ -101,7 +101,7 @@ class TraceResult:
         return f"{state}: {self.events} events, {self.matched} matched, {self.divergence_count} divergences, {self.finding_count} findings"
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+        d = {k: getattr(self, k) for k in self.__slots__}
         d["divergences"] = [x.to_json() for x in self.divergences]
         d["verdict"] = self.verdict
         return d

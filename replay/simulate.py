@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import version
 
 from replay.layout import Run, block_runs, format_runs, format_zone_rows, zone_table
@@ -110,7 +111,7 @@ class Simulation:
         onlined = {ch.mgid for ch in out.changes if ch.state is BlockState.ONLINE}
         for vm in self.vmems.values():
             if vm.mgid in onlined:
-                self.drive(lambda vm=vm: vm.memory_online(self.kernel.m, self.emit))
+                self.drive(partial(vm.memory_online, self.kernel.m, self.emit))
 
     def drive(self, work: Callable[[], int]) -> int:
         """Run a driver's work (its hotplug requests do not notify it again)."""
@@ -123,7 +124,8 @@ class Simulation:
     def observe_state(self) -> None:
         """Zone counters and the state digest, as a recorder samples them."""
         assert self.sink is not None
-        for ev in (*observe_zones(self.kernel.m), model_digest(self.kernel.m)):
+        samples: list[Event] = [*observe_zones(self.kernel.m), model_digest(self.kernel.m)]
+        for ev in samples:
             self.sink(ev)
 
     def allocate(self, size: int, align: int) -> int:
@@ -149,7 +151,7 @@ class Simulation:
             align = max(d.block_size, m.block_size)
             vm = VirtioMem(d.id, d.node, self.allocate(d.max_size, align), d.max_size, d.block_size, m.block_size, d.unplug_online)
             self.vmems[d.id] = vm
-            self.drive(lambda vm=vm: vm.probe(self.emit))
+            self.drive(partial(vm.probe, self.emit))
             self.group_names[vm.mgid] = d.id
         return self.snapshot(0, "boot", 0, 0, 0)
 
@@ -177,13 +179,13 @@ class Simulation:
             self.group_names[dimm.mgid] = name
             return rc
         if step.action == "unplug":
-            dimm = self.dimms.get(a["unplug"])
-            if dimm is None:
+            plugged = self.dimms.get(a["unplug"])
+            if plugged is None:
                 raise ScenarioError(f"no plugged DIMM {a['unplug']!r}", path=self.scenario.path, line=step.line)
-            rc = dimm.unplug(m, self.emit)
+            rc = plugged.unplug(m, self.emit)
             if not rc:
-                del self.dimms[dimm.name]
-                self.used.remove((dimm.start, dimm.start + dimm.size))
+                del self.dimms[plugged.name]
+                self.used.remove((plugged.start, plugged.start + plugged.size))
             return rc
         if step.action == "vmem":
             vm = self.vmems[a["vmem"]]

@@ -18,6 +18,7 @@ and their results must be the trace's, so a hot-add at an address QEMU would nev
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from traces.events import (
     Result,
     Source,
     ZoneType,
+    kind_of,
 )
 from traces.lab.run import size_text
 from traces.machines import PRESETS, MachinePreset
@@ -161,7 +163,7 @@ def machine_state(m: Machine, early_only: bool = False) -> dict[str, Any]:
     }
 
 
-def booted(events: list[Event], profile: Profile) -> Machine:
+def booted(events: Iterable[Event], profile: Profile) -> Machine:
     """The model machine after a boot snapshot."""
     k = Kernel(profile, oracles=False)
     for ev in events:
@@ -693,9 +695,9 @@ def requests_with_rc(events: list[Event], profile: Profile) -> list[tuple[int, E
     k = Kernel(profile, oracles=False)
     out = []
     for i, ev in enumerate(events):
-        if ev.KIND in ("boot", "request", "inject"):
+        if kind_of(ev) in ("boot", "request", "inject"):
             rc = k.apply(ev).rc
-            if ev.KIND != "boot":
+            if kind_of(ev) != "boot":
                 out.append((i, ev, rc))
     return out
 
@@ -722,10 +724,10 @@ def simulate_recorded(sc: Scenario, profile: Profile) -> tuple[dict[str, Any] | 
     events = sim.events[start:]
     out = []
     for i, ev in enumerate(events):
-        if ev.KIND == "request":
+        if kind_of(ev) == "request":
             nxt = events[i + 1] if i + 1 < len(events) else None
             out.append((ev, nxt.rc if isinstance(nxt, Result) else 0))
-        elif ev.KIND == "inject":
+        elif kind_of(ev) == "inject":
             out.append((ev, 0))
     return state, out
 
@@ -738,7 +740,7 @@ def check_by_simulation(tr: Translation, recs: list[Record], profile: Profile) -
     memmap_on = any(isinstance(ev, BootParams) and ev.memmap_on_memory for ev in events)
     state, simulated = simulate_recorded(tr.scenario, profile)
     if state is not None:
-        boot = [(i, ev) for i, ev in enumerate(events) if ev.KIND == "boot"]
+        boot = [(i, ev) for i, ev in enumerate(events) if kind_of(ev) == "boot"]
         diff = differences(machine_state(booted([ev for _, ev in boot], profile)), state)
         if diff:
             index, ev = _record_of(boot, diff[0][1])

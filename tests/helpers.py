@@ -26,18 +26,18 @@ AUTO_MOVABLE = "memhp_default_state=online memory_hotplug.online_policy=auto-mov
 OFFLINE_AUTO = AUTO_MOVABLE.replace("memhp_default_state=online", "memhp_default_state=offline")  # blocks stay offline after add
 
 
-def boot(events: tuple[Event, ...] | list[Event], cmdline: str = AUTO_MOVABLE, profile: str = "6.1") -> Kernel:
-    """A kernel booted from snapshot events and a command line."""
+def boot(events: tuple[Event, ...] | list[Event], cmdline: str = AUTO_MOVABLE, profile: str = "6.1", variants: frozenset[str] = frozenset()) -> Kernel:
+    """A kernel (with model ``variants``) booted from snapshot events and a command line."""
     p = get_profile(profile)
-    k = Kernel(p)
+    k = Kernel(p, variants=variants)
     for ev in events:
         k.apply(ev)
     k.apply(boot_params_from_cmdline(cmdline, p.default_online_type, p.memmap_force_mode))
     return k
 
 
-def boot_preset(name: str = "qemu-q35-4G", cmdline: str = AUTO_MOVABLE, profile: str = "6.1") -> Kernel:
-    return boot(PRESETS[name].events, cmdline, profile)
+def boot_preset(name: str = "qemu-q35-4G", cmdline: str = AUTO_MOVABLE, profile: str = "6.1", variants: frozenset[str] = frozenset()) -> Kernel:
+    return boot(PRESETS[name].events, cmdline, profile, variants)
 
 
 def ideal_events(kernel_early: int = 32 * BP) -> list[Event]:

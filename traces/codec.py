@@ -16,7 +16,22 @@ from typing import Any, NamedTuple
 import construct as cs
 
 from traces.errors import TraceFormatError
-from traces.events import BOOL, BOUNDS, EVENT_TYPES, STR, ZONES, FieldSpec, Wire, fields_of, out_of_bounds, pack_zones, unpack_zones
+from traces.events import (
+    BOOL,
+    BOUNDS,
+    CODE_OF,
+    EVENT_TYPES,
+    REPEATING,
+    STR,
+    ZONES,
+    FieldSpec,
+    Wire,
+    fields_of,
+    out_of_bounds,
+    pack_zones,
+    set_kind,
+    unpack_zones,
+)
 
 RECORD_HEADER = struct.Struct("<BBHQQ")  # type, flags, total length, sequence number, timestamp (ns)
 RECORD_HEADER_SIZE = RECORD_HEADER.size
@@ -30,7 +45,9 @@ class Unknown(NamedTuple):
 
     code: int
     data: bytes
-    KIND = "unknown"
+
+
+set_kind(Unknown, "unknown")
 
 
 class Record(NamedTuple):
@@ -220,7 +237,7 @@ def _converter(f: FieldSpec, env: dict[str, Any], name: str) -> str:
         return f"_BOOL[{name}]"
     if isinstance(f.py, type) and issubclass(f.py, enum.Enum) and not issubclass(f.py, enum.IntFlag):
         key = f"_E_{f.py.__name__}"
-        members = {int(m): m for m in f.py}
+        members = {m.value: m for m in f.py}
         dense = sorted(members) == list(range(len(members)))
         env[key] = tuple(members[i] for i in range(len(members))) if dense else members
         return f"{key}[{name}]"
@@ -291,10 +308,10 @@ def _bounded_decoder(decode: Callable[[bytes], Any], check: Callable[[Any], str 
 
 
 BODY_DECODERS = {code: _body_decoder(cls) for code, cls in EVENT_TYPES.items()}
-BODY_DECODERS.update({cls.CODE: _bounded_decoder(BODY_DECODERS[cls.CODE], check) for cls, (_, check) in BOUNDS.items()})  # type: ignore[attr-defined]
+BODY_DECODERS.update({CODE_OF[cls]: _bounded_decoder(BODY_DECODERS[CODE_OF[cls]], check) for cls, (_, check) in BOUNDS.items()})
 INTERN_MAX = 1 << 14  # events kept per record type; the cache is cleared when it is full (bounded memory)
 _INTERNED: list[dict[bytes, Any]] = [{} for _ in range(256)]
-_REPEATS = frozenset(code for code, cls in EVENT_TYPES.items() if cls.REPEATS)  # type: ignore[attr-defined]
+_REPEATS = frozenset(code for code, cls in EVENT_TYPES.items() if cls in REPEATING)
 
 
 def _decode_body(t: int, body: bytes) -> Any:
@@ -310,7 +327,7 @@ def _decode_body(t: int, body: bytes) -> Any:
 
 def interned_count(cls: type) -> int:
     """How many events of ``cls`` the fast decoder keeps interned now."""
-    return len(_INTERNED[cls.CODE])  # type: ignore[attr-defined]
+    return len(_INTERNED[CODE_OF[cls]])
 
 
 def decode_chunk_fast(buf: bytes) -> Columns:

@@ -8,7 +8,7 @@ not known are left out.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import Any, Self
 
 
 class InputError(ValueError):
@@ -52,11 +52,11 @@ class InputError(ValueError):
 
     def at(self, **kw: object) -> Self:
         """A copy with more location facts filled in (only those not yet known)."""
-        args = {k: getattr(self, k) for k in ("path", "offset", "record", "field", "line", "column")}
+        args: dict[str, Any] = {k: getattr(self, k) for k in ("path", "offset", "record", "field", "line", "column")}
         for k, v in kw.items():
             if args.get(k) is None:
                 args[k] = v
-        return type(self)(self.message, **args)  # type: ignore[arg-type]
+        return type(self)(self.message, **args)
 
 
 class TraceFormatError(InputError):

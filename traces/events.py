@@ -188,7 +188,10 @@ class FieldSpec:
     since: int = 0  # the format minor version that appended the field (0: an original field)
 
 
-EVENT_TYPES: dict[int, type] = {}
+EVENT_TYPES: dict[int, type[Event]] = {}
+KIND_OF: dict[type, str] = {}  # event type -> its role: boot, request, inject, observe, mark (codec.Unknown: unknown)
+CODE_OF: dict[type, int] = {}  # event type -> its record type code
+REPEATING: set[type] = set()  # event types whose records often repeat an earlier one byte for byte
 _SPECS: dict[type, tuple[FieldSpec, ...]] = {}
 _T = typing.TypeVar("_T", bound=type)
 
@@ -206,27 +209,38 @@ def event(code: int, kind: str, *, repeats: bool = True) -> typing.Callable[[_T]
     def register(cls: _T) -> _T:
         if code in EVENT_TYPES:
             raise ValueError(f"event code {code:#x} used twice")
-        cls.CODE = code  # type: ignore[attr-defined]
-        cls.KIND = kind  # type: ignore[attr-defined]
-        cls.REPEATS = repeats  # type: ignore[attr-defined]
-        cls.__eq__ = _typed_eq  # type: ignore[assignment,method-assign]
-        cls.__ne__ = _typed_ne  # type: ignore[assignment,method-assign]
-        cls.__hash__ = _typed_hash  # type: ignore[assignment,method-assign]
+        set_kind(cls, kind)
+        CODE_OF[cls] = code
+        if repeats:
+            REPEATING.add(cls)
+        for name, value in (("CODE", code), ("REPEATS", repeats), ("__eq__", _typed_eq), ("__ne__", _typed_ne), ("__hash__", _typed_hash)):
+            setattr(cls, name, value)
         EVENT_TYPES[code] = cls
         return cls
 
     return register
 
 
-def _typed_eq(self: tuple, other: object) -> bool:
-    return type(self) is type(other) and tuple.__eq__(self, other)  # type: ignore[arg-type]
+def set_kind(cls: type, kind: str) -> None:
+    """Give ``cls`` its role (``KIND_OF``, and its ``KIND`` attribute)."""
+    KIND_OF[cls] = kind
+    setattr(cls, "KIND", kind)  # noqa: B010 (the class is any NamedTuple)
 
 
-def _typed_ne(self: tuple, other: object) -> bool:
+def kind_of(ev: object) -> str:
+    """An event's role: boot, request, inject, observe, mark or unknown."""
+    return KIND_OF[type(ev)]
+
+
+def _typed_eq(self: tuple[object, ...], other: object) -> bool:
+    return type(self) is type(other) and isinstance(other, tuple) and tuple.__eq__(self, other)
+
+
+def _typed_ne(self: tuple[object, ...], other: object) -> bool:
     return not _typed_eq(self, other)
 
 
-def _typed_hash(self: tuple) -> int:
+def _typed_hash(self: tuple[object, ...]) -> int:
     return hash((type(self).__name__, tuple(self)))
 
 
@@ -235,15 +249,17 @@ def fields_of(cls: type) -> tuple[FieldSpec, ...]:
     spec = _SPECS.get(cls)
     if spec is None:
         hints = get_type_hints(cls, include_extras=True)
-        out = []
-        for name in cls._fields:  # type: ignore[attr-defined]
+        out: list[FieldSpec] = []
+        fields: tuple[str, ...] = getattr(cls, "_fields")  # noqa: B009 (any NamedTuple class)
+        defaults: dict[str, object] = getattr(cls, "_field_defaults")  # noqa: B009
+        for name in fields:
             py, *meta = typing.get_args(hints[name]) or (hints[name],)
             wire = next((m for m in meta if isinstance(m, Wire)), None)
             if wire is None:  # not an event field (codec.Unknown has none)
                 continue
             res = next((m for m in meta if isinstance(m, Res)), None)
             since = next((m.minor for m in meta if isinstance(m, Since)), 0)
-            if since and cls._field_defaults.get(name, 0) is not None:  # type: ignore[attr-defined]
+            if since and defaults.get(name, 0) is not None:
                 raise TypeError(f"{cls.__name__}.{name}: an appended field defaults to None")
             if out and since < out[-1].since:
                 raise TypeError(f"{cls.__name__}.{name}: original fields come before appended ones, appended ones in minor order")
@@ -300,19 +316,24 @@ class BootGroup(NamedTuple):
     pages: Annotated[int, U64, Res.PAGES]  # max_pages (static) or unit_pages (dynamic)
 
 
-@event(0x05, "boot", repeats=False)
-class BootBlocks(NamedTuple):
-    """A run of ``count`` memory blocks from ``first`` with identical attributes."""
-
-    first: Annotated[int, U32, Res.BLOCK]
-    count: Annotated[int, U32]
-    node: Annotated[int, U16, Res.NODE]
-    state: Annotated[BlockState, U8]
-    zone: Annotated[ZoneType, U8]  # online: its zone, NONE if several; offline: NONE
-    early: Annotated[bool, BOOL]
-    mgid: Annotated[int, S32, Res.GROUP]  # -1: no group
-    vmemmap_pages: Annotated[int, U32, Res.PAGES]
-    present_pages: Annotated[int, U32, Res.PAGES]  # present pages per block (holes)
+# A field named ``count`` shadows tuple.count, which mypy refuses in class syntax: such event types use
+# NamedTuple's functional form.
+BootBlocks = NamedTuple(  # noqa: UP014 (class syntax: mypy refuses the field count)
+    "BootBlocks",
+    [
+        ("first", Annotated[int, U32, Res.BLOCK]),
+        ("count", Annotated[int, U32]),
+        ("node", Annotated[int, U16, Res.NODE]),
+        ("state", Annotated[BlockState, U8]),
+        ("zone", Annotated[ZoneType, U8]),  # online: its zone, NONE if several; offline: NONE
+        ("early", Annotated[bool, BOOL]),
+        ("mgid", Annotated[int, S32, Res.GROUP]),  # -1: no group
+        ("vmemmap_pages", Annotated[int, U32, Res.PAGES]),
+        ("present_pages", Annotated[int, U32, Res.PAGES]),  # present pages per block (holes)
+    ],
+)
+BootBlocks.__doc__ = """A run of ``count`` memory blocks from ``first`` with identical attributes."""
+event(0x05, "boot", repeats=False)(BootBlocks)
 
 
 class UnknownFact(enum.IntEnum):
@@ -463,12 +484,9 @@ class Mark(NamedTuple):
     text: Annotated[str, STR]
 
 
-@event(0x31, "mark", repeats=False)
-class Loss(NamedTuple):
-    """The recorder knows it missed ``count`` events here (e.g. a uevent socket overrun)."""
-
-    count: Annotated[int, U32]
-    reason: Annotated[str, STR]
+Loss = NamedTuple("Loss", [("count", Annotated[int, U32]), ("reason", Annotated[str, STR])])  # noqa: UP014
+Loss.__doc__ = """The recorder knows it missed ``count`` events here (e.g. a uevent socket overrun)."""
+event(0x31, "mark", repeats=False)(Loss)
 
 
 @event(0x32, "mark", repeats=False)

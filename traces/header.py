@@ -121,7 +121,7 @@ class TraceHeader:
         fixed = FIXED_HEADER.build(
             {"magic": MAGIC, "bom": BOM, "major": self.major, "minor": self.minor, "length": FIXED_HEADER_SIZE + len(body), "crc": zlib.crc32(body)}
         )
-        return fixed + body
+        return bytes(fixed) + body
 
     def param_dict(self) -> dict[str, str]:
         return dict(p.split("=", 1) for p in self.params.split() if "=" in p)

@@ -237,7 +237,7 @@ class TraceReader:
         if length > MAX_CHUNK:
             return False
         payload = self.f.read(length)
-        return len(payload) == length and chunk_crc(head[:20], payload) == crc
+        return len(payload) == length and chunk_crc(head[:20], payload) == int(crc)
 
     def _check_index(self, at: int, head: bytes) -> None:
         rest = self.f.read()

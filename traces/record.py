@@ -271,8 +271,8 @@ def snapshot_events(snap: HostSnapshot, devs: Devices | None = None) -> list[tup
             bp for b in hot if snap.blocks[b].state is BlockState.ONLINE and snap.blocks[b].valid_zones == (z.zone,) and snap.blocks[b].node == z.node
         )
         early = max(z.present - hot_pages, 0)
-        zone = BootZone(z.node, z.zone, z.start_pfn if z.spanned else 0, z.spanned, z.present, early, z.cma, z.managed)
-        out.append((zone, FLAG_INFERRED if hot_pages else 0))
+        boot_zone = BootZone(z.node, z.zone, z.start_pfn if z.spanned else 0, z.spanned, z.present, early, z.cma, z.managed)
+        out.append((boot_zone, FLAG_INFERRED if hot_pages else 0))
     runs: list[list[Any]] = []
     for b in sorted(snap.blocks):
         info = snap.blocks[b]

@@ -239,10 +239,10 @@ def _parse_enum(cls: type[enum.Enum], text: str) -> Any:
             return cls(0)
         value = cls(0)
         for part in text.split("|"):
-            member = cls.__members__.get(part.upper())
-            if member is None:
+            flag = cls.__members__.get(part.upper())
+            if flag is None:
                 raise ValueError(f"expected {cls.__name__} flags joined by '|' ({', '.join(m.lower() for m in cls.__members__)}), found {clip(part)}")
-            value |= member
+            value |= flag
         return value
     member = labels.get(text.lower()) or cls.__members__.get(text.upper().replace("-", "_"))
     if member is None:
@@ -365,7 +365,7 @@ def _parse_record(line: _Line, tokens: list[tuple[int, str, str | None]], seq: i
     for key, (c, _) in given.items():
         if key not in names:
             raise line.error(c, f"{name}: unknown field {clip(key)} (fields: {', '.join(names)})", clip(key))
-    values = []
+    values: list[Any] = []
     for f in fields_of(cls):
         if f.name not in given:
             if f.since:  # an appended field: absent means not recorded (format 1.0 bodies)
@@ -404,7 +404,7 @@ def _zero(f: FieldSpec) -> Any:
     if f.wire is ZONES:
         return 0xFFFFFFFF
     if isinstance(f.py, type) and issubclass(f.py, enum.Enum) and not issubclass(f.py, enum.IntFlag):
-        return int(next(iter(f.py)))
+        return next(iter(f.py)).value
     return 0
 
 

@@ -27,6 +27,11 @@ from traces.events import (
 )
 
 Emit = Callable[[Event], Outcome]
+UnitMatch = Callable[[str, bool], bool]  # (unit kind, partly plugged) -> does an unplug pass take it
+
+
+def _state_is(state: tuple[str, bool]) -> UnitMatch:
+    return lambda kind, partial: (kind, partial) == state
 PAGEBLOCK_BYTES = 2 << 20
 VIRTIO_MEM_DEFAULT_OFFLINE_THRESHOLD = 1 << 30
 VMEM_FLAGS = AddFlags.NID_IS_MGID | AddFlags.DRIVER_MANAGED | AddFlags.MERGE_RESOURCE
@@ -185,11 +190,12 @@ class VirtioMem:
 
     def _unplug(self, m: Machine, emit: Emit, want: int) -> int:
         """virtio_mem_sbm_unplug_request / virtio_mem_bbm_unplug_request orders, descending ids."""
+        passes: list[UnitMatch]
         if self.sbm:
             order = [("offline", True), ("offline", False), ("movable", True), ("kernel", True), ("movable", False), ("kernel", False)]
             if not self.unplug_online:
                 order = order[:2]
-            passes = [lambda kind, partial, o=o: (kind, partial) == o for o in order]
+            passes = [_state_is(o) for o in order]
         else:
             passes = [lambda kind, partial: kind == "offline"]
             if self.unplug_online:

@@ -6,7 +6,6 @@ through this one method.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from itertools import pairwise
 
 from replay.model.add_remove import add_memory, offline_and_remove_memory, try_remove_memory
@@ -37,6 +36,7 @@ from replay.model.params import write_param
 from replay.model.profiles import Profile
 from replay.model.variants import check_variants
 from traces.events import (
+    KIND_OF,
     AddMemory,
     BootBlocks,
     BootGroup,
@@ -86,16 +86,53 @@ class Kernel:
         """Apply one event to the model and return what it did."""
         self.index += 1
         m = self.m
-        if not self.running and ev.KIND != "boot":
+        if not self.running and KIND_OF[type(ev)] != "boot":
             self.running = True
             self._check_snapshot()
         out = m.outcome = Outcome()
         m.acct.event_index = self.index
         m.acct.findings = out.findings
-        out.rc = HANDLERS[type(ev)](self, ev)
+        out.rc = self._dispatch(ev)
         if self.oracles is not None:
             self.oracles.check(self.index, ev, out)
         return out
+
+    def _dispatch(self, ev: Event) -> int:
+        """The handler of the event's type (the common requests first); TypeError for an event that is no model input."""
+        m = self.m
+        if isinstance(ev, OnlineBlock):
+            return online_store(m, ev.block, True) if ev.attr is ATTR_ONLINE else state_store(m, ev.block, ev.online_type)
+        if isinstance(ev, OfflineBlock):
+            return online_store(m, ev.block, False) if ev.attr is ATTR_ONLINE else state_store(m, ev.block, MMOP_OFFLINE)
+        if isinstance(ev, AddMemory):
+            return add_memory(m, ev.start, ev.size, ev.nid, ev.flags)
+        if isinstance(ev, RemoveMemory):
+            return try_remove_memory(m, ev.start, ev.size)
+        if isinstance(ev, OfflineAndRemoveMemory):
+            return offline_and_remove_memory(m, ev.start, ev.size)
+        if isinstance(ev, InjectFailure):
+            return self._inject_failure(ev)
+        if isinstance(ev, Mark):
+            return 0
+        if isinstance(ev, ParamWrite):
+            return self._param_write(ev)
+        if isinstance(ev, GroupRegister):
+            return memory_group_register(m, ev.dynamic, ev.node, ev.pages)
+        if isinstance(ev, GroupUnregister):
+            return memory_group_unregister(m, ev.mgid)
+        if isinstance(ev, BootBlocks):
+            return self._boot_blocks(ev)
+        if isinstance(ev, BootZone):
+            return self._boot_zone(ev)
+        if isinstance(ev, BootGroup):
+            return self._boot_group(ev)
+        if isinstance(ev, BootMachine):
+            return self._boot_machine(ev)
+        if isinstance(ev, BootParams):
+            return self._boot_params(ev)
+        if isinstance(ev, BootUnknown):
+            return self._boot_unknown(ev)
+        raise TypeError(f"{type(ev).__name__} is no model input")
 
     def _booting(self, ev: Event) -> None:
         """Snapshot records come before every request."""
@@ -261,16 +298,6 @@ class Kernel:
             recompute_dynamic_group_terms(self.m)
         return rc
 
-    def _online_block(self, ev: OnlineBlock) -> int:
-        if ev.attr is ATTR_ONLINE:
-            return online_store(self.m, ev.block, True)
-        return state_store(self.m, ev.block, ev.online_type)
-
-    def _offline_block(self, ev: OfflineBlock) -> int:
-        if ev.attr is ATTR_ONLINE:
-            return online_store(self.m, ev.block, False)
-        return state_store(self.m, ev.block, MMOP_OFFLINE)
-
     def _inject_failure(self, ev: InjectFailure) -> int:
         if ev.errno:
             self.m.failures[(ev.block, ev.op)] = ev.errno
@@ -278,22 +305,3 @@ class Kernel:
             self.m.failures.pop((ev.block, ev.op), None)
         return 0
 
-
-HANDLERS: dict[type[Event], Callable[[Kernel, Event], int]] = {
-    BootMachine: Kernel._boot_machine,
-    BootParams: Kernel._boot_params,
-    BootZone: Kernel._boot_zone,
-    BootGroup: Kernel._boot_group,
-    BootBlocks: Kernel._boot_blocks,
-    BootUnknown: Kernel._boot_unknown,
-    ParamWrite: Kernel._param_write,
-    GroupRegister: lambda k, ev: memory_group_register(k.m, ev.dynamic, ev.node, ev.pages),
-    GroupUnregister: lambda k, ev: memory_group_unregister(k.m, ev.mgid),
-    AddMemory: lambda k, ev: add_memory(k.m, ev.start, ev.size, ev.nid, ev.flags),
-    RemoveMemory: lambda k, ev: try_remove_memory(k.m, ev.start, ev.size),
-    OfflineAndRemoveMemory: lambda k, ev: offline_and_remove_memory(k.m, ev.start, ev.size),
-    OnlineBlock: Kernel._online_block,
-    OfflineBlock: Kernel._offline_block,
-    InjectFailure: Kernel._inject_failure,
-    Mark: lambda k, ev: 0,
-}  # type: ignore[dict-item]

@@ -57,34 +57,35 @@ class Oracles:
         self.dynamic_kernel: dict[int | None, int] = {}  # node (None: all) -> kernel pages of dynamic groups
 
     def check(self, index: int, ev: Event, out: Outcome) -> None:
-        """Run every oracle for the event just applied; findings go into ``out.findings``."""
+        """Run the oracles an event can concern (findings go into ``out.findings``): the accounting ones on the
+        zones, nodes and groups its block changes touched, the policy ones on its zone decisions, STATE-ERRNO on
+        a block store. An event that changed no block and decided no zone concerns none of them."""
+        state_store = isinstance(ev, (OnlineBlock, OfflineBlock))
+        if out.changes or out.decisions or state_store or isinstance(ev, (BootZone, BootBlocks)):
+            self._check(index, ev, out, state_store)
+        if len(out.findings) > 1:  # one finding per signature and event (an add onlines many blocks)
+            first: dict[str, Finding] = {}
+            for f in out.findings:
+                first.setdefault(f.signature, f)
+            out.findings[:] = first.values()
+
+    def _check(self, index: int, ev: Event, out: Outcome, state_store: bool) -> None:
         emit = out.findings.append
-        kind = type(ev)
-        if kind is BootZone:
+        if isinstance(ev, BootZone):
             self.zone_present[(ev.node, int(ev.zone))] = ev.present
-        elif kind is BootBlocks and ev.mgid >= 0 and ev.state is MEM_ONLINE:
+        elif isinstance(ev, BootBlocks) and ev.mgid >= 0 and ev.state is MEM_ONLINE:
             movable = ev.zone is ZONE_MOVABLE
             pages = ev.count * self.m.block_pages
             self.group_present.setdefault(ev.mgid, [0, 0])[movable] += pages
             if not movable and self.m.groups[ev.mgid].is_dynamic:
                 self._add_dynamic_kernel(ev.node, pages)
         if out.changes:
-            zones: set[Zone] = set()
-            groups: set[MemoryGroup] = set()
-            for ch in out.changes:
-                if ch.pages:
-                    self._account_change(ch, index, emit, zones, groups)
-            for z in zones:
-                self._check_zone(z, index, emit)
-            for g in groups:
-                self._check_group(g, index, emit)
+            self._account_changes(out.changes, index, emit)
         if out.decisions:
             self._check_decisions(out, index, emit)
-        if kind is OnlineBlock or kind is OfflineBlock:
+        if state_store:
+            assert isinstance(ev, (OnlineBlock, OfflineBlock))
             self._check_state_errno(ev, out, index, emit)
-        if len(out.findings) > 1:  # one finding per signature and event (an add onlines many blocks)
-            seen: set[str] = set()
-            out.findings[:] = [f for f in out.findings if not (f.signature in seen or seen.add(f.signature))]
 
     def _check_decisions(self, out: Outcome, index: int, emit: Callable[[Finding], None]) -> None:
         for d in out.decisions:
@@ -100,34 +101,54 @@ class Oracles:
 
     # -- accounting --------------------------------------------------------------------------------
 
-    def _account_change(self, ch: BlockChange, index: int, emit: Callable[[Finding], None], zones: set[Zone], groups: set[MemoryGroup]) -> None:
-        zone = self.m.nodes[ch.nid].zones[ch.zone]
-        zones.add(zone)
-        key = (ch.nid, int(ch.zone))
-        self.zone_present[key] = self.zone_present.get(key, 0) + ch.pages
-        group = self.m.groups.get(ch.mgid)
-        if group is not None:
-            groups.add(group)
-            shadow = self.group_present.setdefault(ch.mgid, [0, 0])
-            shadow[1 if ch.zone is ZONE_MOVABLE else 0] += ch.pages
-            if group.is_dynamic and ch.zone is not ZONE_MOVABLE:
-                self._add_dynamic_kernel(ch.nid, ch.pages)
-        mem = self.m.blocks.get(ch.block)
-        if ch.pages > 0 and mem is not None:
-            end = mem.start_pfn + self.m.block_pages
-            node = self.m.nodes[ch.nid]
-            if not (zone.zone_start_pfn <= mem.start_pfn and end <= zone.zone_end_pfn) or not (
-                node.node_start_pfn <= zone.zone_start_pfn and zone.zone_end_pfn <= node.node_start_pfn + node.node_spanned_pages
-            ):
-                emit(
-                    Finding(
-                        "ZONE-SPAN",
-                        index,
-                        f"memory{ch.block} [{mem.start_pfn}, {end}) outside {zone} span [{zone.zone_start_pfn}, {zone.zone_end_pfn}) or zone outside node span",
-                        (ch.zone.label,),
-                        {"block": ch.block},
+    def _account_changes(self, changes: list[BlockChange], index: int, emit: Callable[[Finding], None]) -> None:
+        """Shadow counters from the event's block changes; ZONE-SPAN on each onlined block; then the accounting
+        oracles on the zones (in the order the changes touched them), their nodes (once each) and the groups."""
+        m = self.m
+        nodes, blocks, block_pages, zone_present = m.nodes, m.blocks, m.block_pages, self.zone_present
+        zones: dict[Zone, None] = {}
+        groups: dict[MemoryGroup, None] = {}
+        for ch in changes:
+            pages = ch.pages
+            if not pages:
+                continue
+            node = nodes[ch.nid]
+            zone = node.zones[ch.zone]
+            zones[zone] = None
+            key = (ch.nid, int(ch.zone))
+            zone_present[key] = zone_present.get(key, 0) + pages
+            if ch.mgid >= 0:
+                group = m.groups.get(ch.mgid)
+                if group is not None:
+                    groups[group] = None
+                    shadow = self.group_present.setdefault(ch.mgid, [0, 0])
+                    movable = ch.zone is ZONE_MOVABLE
+                    shadow[1 if movable else 0] += pages
+                    if group.is_dynamic and not movable:
+                        self._add_dynamic_kernel(ch.nid, pages)
+            if pages > 0:
+                mem = blocks.get(ch.block)
+                if mem is None:
+                    continue
+                start, end, zone_start, zone_end = mem.start_pfn, mem.start_pfn + block_pages, zone.zone_start_pfn, zone.zone_end_pfn
+                if not (zone_start <= start and end <= zone_end) or not (
+                    node.node_start_pfn <= zone_start and zone_end <= node.node_start_pfn + node.node_spanned_pages
+                ):
+                    emit(
+                        Finding(
+                            "ZONE-SPAN",
+                            index,
+                            f"memory{ch.block} [{start}, {end}) outside {zone} span [{zone_start}, {zone_end}) or zone outside node span",
+                            (ch.zone.label,),
+                            {"block": ch.block},
+                        )
                     )
-                )
+        checked_nodes: set[int] = set()
+        for z in zones:
+            self._check_zone(z, index, emit, z.nid not in checked_nodes)
+            checked_nodes.add(z.nid)
+        for g in groups:
+            self._check_group(g, index, emit)
 
     def _check_group(self, g: MemoryGroup, index: int, emit: Callable[[Finding], None]) -> None:
         shadow = self.group_present.get(g.mgid, [0, 0])
@@ -143,7 +164,7 @@ class Oracles:
                 )
             )
 
-    def _check_zone(self, z: Zone, index: int, emit: Callable[[Finding], None]) -> None:
+    def _check_zone(self, z: Zone, index: int, emit: Callable[[Finding], None], with_node: bool = True) -> None:
         expected = self.zone_present.get((z.nid, int(z.idx)), 0)
         if z.present_pages != expected:
             emit(
@@ -157,6 +178,8 @@ class Oracles:
             )
         if z.present_early_pages > z.present_pages:
             emit(Finding("ACCT-EARLY", index, f"{z} present_early {z.present_early_pages} > present {z.present_pages}", (z.idx.label,), {"zone": str(z)}))
+        if not with_node:  # the node was checked with another of its zones this event
+            return
         node = self.m.nodes[z.nid]
         total = sum([x.present_pages for x in node.zones])
         if node.node_present_pages != total:

@@ -26,7 +26,7 @@ VARIANTS = {
 
 def check_variants(names: frozenset[str]) -> frozenset[str]:
     """Validate variant names; ValueError naming the unknown ones."""
-    unknown = sorted(names - VARIANTS.keys())
+    unknown = sorted(n for n in names if n not in VARIANTS)
     if unknown:
         raise ValueError(f"unknown model variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     return names

@@ -57,6 +57,16 @@ def atheris_rate(runs: int = 3000) -> float:
         return float(rate.group(1))
 
 
+def campaign_rate(seconds: int) -> tuple[float, int]:
+    """(exec/s, execs) of a reference-model campaign as ``mhp fuzz --time SECONDS`` runs it (fresh corpus, the
+    repository's regressions known)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        t = Path(tmp)
+        shutil.copytree(ROOT / "corpus" / "regressions", t / "r")
+        summary = run("model", seconds=seconds, corpus=t / "c", artifacts=t / "a", regressions=t / "r", mode=Mode(), echo=False, minimize_seconds=5)
+        return summary.exec_per_s, summary.execs
+
+
 def minimise_time() -> tuple[float, int, bool]:
     """Minimise a 1,000-event trace whose M7 difference shows at the end."""
     if str(ROOT) not in sys.path:  # run as a script: the tests package lives in the checkout
@@ -77,13 +87,19 @@ def main() -> int:
     ap.add_argument("--max-time", type=int, default=300, help="seconds per variant")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
     ap.add_argument("--seed-events", type=int, default=SEED_EVENTS, help="seeds trimmed to the boot snapshot + N events (0: whole)")
+    ap.add_argument("--campaign-time", type=int, default=60, help="seconds of the reference-model campaign timed for exec/s (0: skip)")
+    ap.add_argument("--repeat", type=int, default=1, help="campaigns per variant (median and max over all of them)")
     args = ap.parse_args()
+    if args.campaign_time:
+        rate, execs = campaign_rate(args.campaign_time)
+        print(f"mhp fuzz --time {args.campaign_time} on the reference model: {rate:,.0f} exec/s ({execs:,} execs; target >= 1,500)", flush=True)
     print(f"harness check on 32-event inputs: {exec_rate():,.0f} exec/s (target >= 10,000)")
     print(f"libFuzzer on the atheris-instrumented harness, 32-event seeds: {atheris_rate():,.0f} exec/s")
     secs, n, minimal = minimise_time()
     print(f"minimising a 1,000-event failing trace: {secs:.1f} s to {n} events, {'1-minimal' if minimal else 'NOT 1-minimal'} (target <= 10 s)")
     found: dict[str, float | None] = {}
-    for name in args.variants:
+    all_times: list[float] = []
+    for name in [v for v in args.variants for _ in range(args.repeat)]:
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             # known real-kernel findings are ignored; variant regressions must not hide the variant
@@ -94,11 +110,13 @@ def main() -> int:
             )  # fmt: skip
             hits = [v["first_hit_s"] for s, v in summary.signatures.items() if s.startswith("DIFF:")]
             found[name] = min(hits) if hits else None
+            all_times += [found[name]] if found[name] is not None else []
         shown = f"{found[name]:.1f} s" if found[name] is not None else f"not found in {args.max_time} s"
         print(f"variant {name:<4} {shown:>24}  ({summary.execs} execs, {summary.exec_per_s:.0f}/s under atheris)", flush=True)
-    times = [v for v in found.values() if v is not None]
-    if times:
-        print(f"found {len(times)}/{len(found)}; median {statistics.median(times):.1f} s, max {max(times):.1f} s (targets: all, <= 30 s, <= 300 s)")
+    if all_times:
+        runs = len(args.variants) * args.repeat
+        median, worst = statistics.median(all_times), max(all_times)
+        print(f"found in {len(all_times)}/{runs} campaigns; median {median:.1f} s, max {worst:.1f} s (targets: all, <= 0.5 s, <= 10 s)")
     return 0
 
 

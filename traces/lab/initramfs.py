@@ -241,7 +241,7 @@ def read_newc(blob: bytes) -> list[tuple[str, int, bytes]]:
     """The (name, mode, data) entries of a newc cpio archive (gzip-compressed or not), trailer excluded."""
     if blob[:2] == b"\x1f\x8b":
         blob = gzip.decompress(blob)
-    out = []
+    out: list[tuple[str, int, bytes]] = []
     pos = 0
     while True:
         if blob[pos : pos + 6] != b"070701":

@@ -221,12 +221,13 @@ class Guest:
         try:
             return self.loop.run_until_complete(asyncio.wait_for(self.qmp.execute(cmd, args), timeout))
         except ExecuteError as e:
-            raise QmpCommandError(cmd, e.error.desc) from None
+            raise QmpCommandError(cmd, str(e)) from None  # ExecuteError renders as QEMU's error desc
         except TimeoutError:
             raise LabError(f"QMP {cmd}: no answer in {timeout:.0f} s{self.console_tail()}") from None
 
-    def wait_event(self, match: Callable[[Message], bool], timeout: float) -> Message | None:
-        """The first QMP event (queued or arriving within ``timeout``) for which ``match`` is true, else None."""
+    def wait_event(self, match: Callable[[Any], bool], timeout: float) -> Any:
+        """The first QMP event (queued or arriving within ``timeout``) for which ``match`` is true, else None.
+        An event is a JSON object, read as such (``ev["data"]["info"]``)."""
         end = time.monotonic() + timeout
         while True:
             left = end - time.monotonic()
@@ -234,7 +235,7 @@ class Guest:
                 return None
             self.check_alive()
             try:
-                ev = self.loop.run_until_complete(asyncio.wait_for(self.events.get(), max(0.01, min(left, 0.5))))
+                ev: Any = self.loop.run_until_complete(asyncio.wait_for(self.events.get(), max(0.01, min(left, 0.5))))
             except TimeoutError:
                 continue
             if self.verbose:

@@ -277,7 +277,7 @@ class LabRun:
 
         def done(e: Any) -> bool:
             if e["event"] == "DEVICE_DELETED":
-                return e["data"].get("device") == name
+                return bool(e["data"].get("device") == name)
             if e["event"] == "ACPI_DEVICE_OST":
                 info = e["data"]["info"]
                 return info.get("device") == name and info.get("status", 0) not in OST_NOT_FAILED
@@ -444,8 +444,8 @@ def run_corpus(
             entry: dict[str, Any] = {"scenario": name, "kernel": kernel}
             try:
                 if trace:
-                    obs = Path(obs_out_dir) / kernel / f"{name}.json" if obs_out_dir else None
-                    entry.update(run_trace(path, kernel, Path(out_dir) / kernel / f"{name}.mhpt", verbose, obs_path=obs))
+                    obs_path = Path(obs_out_dir) / kernel / f"{name}.json" if obs_out_dir else None
+                    entry.update(run_trace(path, kernel, Path(out_dir) / kernel / f"{name}.mhpt", verbose, obs_path=obs_path))
                     entry["steps"] = len(entry["step_s"])
                 else:
                     obs = run_scenario(path, kernel, Path(out_dir) / kernel / f"{name}.json", verbose)

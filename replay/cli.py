@@ -535,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options of python -m traces.lab")
     s = sub.add_parser(
         "bench",
-        help="run a benchmark (model, format, replay, fuzz, fleet; record: as root, and lab_fuzz: in the lab) under the pure and the compiled model; prints figures",
+        help="run a benchmark (model, format, replay, fuzz, fleet; record: as root; lab_fuzz: in the lab), pure and compiled side by side",
     )
     s.add_argument("what", choices=("model", "format", "replay", "fuzz", "fleet", "record", "lab_fuzz"))
     s.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")

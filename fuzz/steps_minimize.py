@@ -2,9 +2,10 @@
 
 The passes of fuzz/minimize.py over the list of steps (the tail after the hit's step cut, ddmin, one by one, so the
 result is 1-minimal in steps), then simplification to a fixed point: sizes to fewer blocks, block ranges to one
-block, online types and attributes to their defaults, command-line words and virtio-mem devices dropped, the
-preset made the plain 4 GiB q35. A candidate counts only if it keeps the signature and its simulated trace still
-translates without an obstacle (replay/translate.py): the reproducer stays one ``mhp confirm`` can run.
+block, online types and attributes to their defaults, ratio writes to round values, command-line words and
+virtio-mem devices dropped, the preset made the plain 4 GiB q35. A candidate counts only if it keeps the signature
+and its simulated trace still translates without an obstacle (replay/translate.py): the reproducer stays one
+``mhp confirm`` can run.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ def simpler_bases(base: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def simpler_steps(s: dict[str, Any], block: int, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Simpler versions of one step, simplest first: fewer blocks (one, half), one block of a range, default
-    online type and attribute, node 0."""
+    online type and attribute, node 0, a round auto_movable_ratio."""
     out: list[dict[str, Any]] = []
     if "dimm" in s:
         n = (parse_size(s["dimm"]) or block) // block
@@ -181,4 +182,9 @@ def simpler_steps(s: dict[str, Any], block: int, devices: list[dict[str, Any]]) 
         for key in ("type", "attr"):
             if key in s:
                 out.append({k: v for k, v in s.items() if k != key})
+    elif s.get("param") == "auto_movable_ratio":
+        out += [{**s, "value": v} for v in ROUND_RATIOS if v != s["value"]]
     return out
+
+
+ROUND_RATIOS = ("301", "100", "0")  # the default first

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fuzz.check import Hit, Mode, shadowing
+from fuzz.check import Hit, Mode
 from fuzz.minimize import Budget, Minimizer, deadline
 from fuzz.steps import CMDLINE, _range, cmdline_text, cmdline_words, encode, normalize, obstacle, step_of_event
 from fuzz.steps_check import check_doc, doc_events
@@ -78,19 +78,9 @@ class StepsMinimizer(Minimizer):
         t0 = time.monotonic()
         self.base = {k: copy.deepcopy(v) for k, v in doc.items() if k != "step"}
         events = doc_events(doc, self.mode)
-        try:
-            if events is None:
-                raise ValueError("the document does not simulate")
-            if self.signature is not None:
-                with deadline(self.deadline):
-                    self.ignore |= frozenset(shadowing(events, self.mode, self.signature, self.ignore))
-            first = self.doc_hit(doc)
-        except Budget:
-            raise ValueError(f"the budget ran out before the whole input was checked ({time.monotonic() - t0:.1f} s)") from None
-        if first is None:
-            raise ValueError("the input does not produce any signature (its simulated trace raises no finding, difference or crash)")
-        self.signature = self.signature or first.signature
-        assert events is not None
+        if events is None:
+            raise ValueError("the document does not simulate")
+        first = self.first_hit(events, lambda: self.doc_hit(doc), t0)
         cur = list(doc["step"])
         one_minimal = False
         try:

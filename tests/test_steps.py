@@ -340,3 +340,14 @@ def test_decode_takes_damaged_scenarios_without_raising() -> None:
             decoded += 1
             assert steps.decode(steps.encode(doc)) == doc
     assert decoded > 50  # some damage leaves a scenario (82 of 400 with this seed)
+
+
+def test_mutants_can_be_checked_for_another_kernel() -> None:
+    """The lab target fuzzes 6.12 or 7.2 too: ``kernel`` picks the translation that checks the mutants."""
+    rng = random.Random(21)
+    pool = seeds()
+    for _ in range(15):
+        m = steps.mutate(rng.choice(pool), rng, kernel="7.2")
+        assert steps.obstacle(m, "7.2") is None
+        pool.append(m)
+    assert steps.obstacle(steps.crossover(pool[-1], pool[0], rng, kernel="6.12"), "6.12") is None

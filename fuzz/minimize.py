@@ -146,18 +146,24 @@ class Minimizer:
         h = self.hit(events)
         return h is not None and (self.accept_any or h.signature == self.signature)
 
-    def run(self, events: list[Any], progress: Callable[[str, int], object] | None = None) -> Result:
-        t0 = time.monotonic()
+    def first_hit(self, events: list[Any], check: Callable[[], Hit | None], t0: float) -> Hit:
+        """The input's hit past the signatures its trace ``events`` hits before the wanted one (those join the
+        ignored); ValueError if it has none or the budget runs out first."""
         try:
             if self.signature is not None and not self.accept_any:
                 with deadline(self.deadline):
                     self.ignore |= frozenset(shadowing(events, self.mode, self.signature, self.ignore))
-            first = self.hit(events)
+            first = check()
         except Budget:
             raise ValueError(f"the budget ran out before a replay of the whole input finished ({time.monotonic() - t0:.1f} s)") from None
         if first is None:
             raise ValueError("the input does not produce any signature (its replay raises no finding, difference or crash)")
         self.signature = self.signature or first.signature
+        return first
+
+    def run(self, events: list[Any], progress: Callable[[str, int], object] | None = None) -> Result:
+        t0 = time.monotonic()
+        first = self.first_hit(events, lambda: self.hit(events), t0)
         cur = events[: first.index + 1]  # the tail after the failing event cannot matter
         one_minimal = False
         try:

@@ -12,9 +12,10 @@ API (also used by ``mhp fuzz --target lab``; keep it stable):
 - ``encode(doc) -> bytes``: the TOML text (replay/translate.py scenario_toml), deterministic;
 - ``decode(data) -> dict | None``: the normal form of a scenario's bytes (steps and keys the lab cannot do dropped,
   ids made unique, sizes rounded to blocks), None when the bytes are no scenario;
-- ``mutate(doc, rng) -> dict``: one to three structure-aware mutations (insert, delete, duplicate, swap steps; sizes
-  in block multiples, some aimed at the auto-movable ratio's boundary; presets; command-line parameters; devices),
-  an expressible document; ``crossover(a, b, rng) -> dict``: steps of ``b`` spliced into ``a``, likewise checked;
+- ``mutate(doc, rng, *, kernel="6.1") -> dict``: one to three structure-aware mutations (insert, delete, duplicate,
+  swap steps; sizes in block multiples, some aimed at the auto-movable ratio's boundary; presets; command-line
+  parameters; devices), a document expressible on ``kernel`` (its simulated trace translated for that kernel);
+  ``crossover(a, b, rng, *, kernel="6.1") -> dict``: steps of ``b`` spliced into ``a``, likewise checked;
 - ``scenario(doc) -> Scenario`` and ``obstacle(doc, kernel) -> Obstacle | None`` (None: expressible);
 - ``custom_mutator`` / ``custom_crossover``: libFuzzer's hooks over the bytes.
 """
@@ -508,29 +509,32 @@ def _fixed(doc: dict[str, Any]) -> dict[str, Any]:
     return normalize(doc, PRESETS[doc["machine"]["preset"]])
 
 
-def _checked(doc: dict[str, Any], rng: random.Random, change: Callable[[_Ctx], None]) -> dict[str, Any]:
-    """``change`` applied to a copy of ``doc`` until the result is expressible (at most RETRIES tries), else ``doc``."""
+def _checked(doc: dict[str, Any], rng: random.Random, change: Callable[[_Ctx], None], kernel: str) -> dict[str, Any]:
+    """``change`` applied to a copy of ``doc`` until the result is expressible on ``kernel`` (at most RETRIES tries),
+    else ``doc``."""
     for _ in range(RETRIES):
         ctx = _Ctx(copy.deepcopy(doc), rng)
         change(ctx)
         out = _fixed(ctx.doc)
-        if out != doc and obstacle(out) is None:
+        if out != doc and obstacle(out, kernel) is None:
             return out
     return doc
 
 
-def mutate(doc: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """One to three mutations of a normal-form document; the result is expressible (else ``doc`` comes back)."""
+def mutate(doc: dict[str, Any], rng: random.Random, *, kernel: str = "6.1") -> dict[str, Any]:
+    """One to three mutations of a normal-form document; the result is expressible on ``kernel`` (else ``doc`` comes
+    back)."""
 
     def change(ctx: _Ctx) -> None:
         for _ in range(rng.randint(1, 3)):
             ctx.mutate_once(None)
 
-    return _checked(doc, rng, change)
+    return _checked(doc, rng, change, kernel)
 
 
-def crossover(a: dict[str, Any], b: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """``a`` with a run of ``b``'s steps spliced in (and maybe one more mutation); expressible, else ``a``."""
+def crossover(a: dict[str, Any], b: dict[str, Any], rng: random.Random, *, kernel: str = "6.1") -> dict[str, Any]:
+    """``a`` with a run of ``b``'s steps spliced in (and maybe one more mutation); expressible on ``kernel``, else
+    ``a``."""
 
     def change(ctx: _Ctx) -> None:
         n = len(ctx.steps)
@@ -541,7 +545,7 @@ def crossover(a: dict[str, Any], b: dict[str, Any], rng: random.Random) -> dict[
         if rng.random() < 0.3:
             ctx.mutate_once(b)
 
-    return _checked(a, rng, change)
+    return _checked(a, rng, change, kernel)
 
 
 def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:

@@ -2,9 +2,10 @@
 
 The passes of fuzz/minimize.py over the list of steps (the tail after the hit's step cut, ddmin, one by one, so the
 result is 1-minimal in steps), then simplification to a fixed point: sizes to fewer blocks, block ranges to one
-block, online types and attributes to their defaults, command-line words and virtio-mem devices dropped, the
-preset made the plain 4 GiB q35. A candidate counts only if it keeps the signature and its simulated trace still
-translates without an obstacle (replay/translate.py): the reproducer stays one ``mhp confirm`` can run.
+block, online types and attributes to their defaults, ratio writes to round values, command-line words and
+virtio-mem devices dropped, the preset made the plain 4 GiB q35. A candidate counts only if it keeps the signature
+and its simulated trace still translates without an obstacle (replay/translate.py): the reproducer stays one
+``mhp confirm`` can run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from fuzz.check import Hit, Mode, shadowing
+from fuzz.check import Hit, Mode
 from fuzz.minimize import Budget, Minimizer, deadline
 from fuzz.steps import CMDLINE, _range, cmdline_text, cmdline_words, encode, normalize, obstacle, step_of_event
 from fuzz.steps_check import check_doc, doc_events
@@ -77,19 +78,9 @@ class StepsMinimizer(Minimizer):
         t0 = time.monotonic()
         self.base = {k: copy.deepcopy(v) for k, v in doc.items() if k != "step"}
         events = doc_events(doc, self.mode)
-        try:
-            if events is None:
-                raise ValueError("the document does not simulate")
-            if self.signature is not None:
-                with deadline(self.deadline):
-                    self.ignore |= frozenset(shadowing(events, self.mode, self.signature, self.ignore))
-            first = self.doc_hit(doc)
-        except Budget:
-            raise ValueError(f"the budget ran out before the whole input was checked ({time.monotonic() - t0:.1f} s)") from None
-        if first is None:
-            raise ValueError("the input does not produce any signature (its simulated trace raises no finding, difference or crash)")
-        self.signature = self.signature or first.signature
-        assert events is not None
+        if events is None:
+            raise ValueError("the document does not simulate")
+        first = self.first_hit(events, lambda: self.doc_hit(doc), t0)
         cur = list(doc["step"])
         one_minimal = False
         try:
@@ -160,7 +151,7 @@ def simpler_bases(base: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def simpler_steps(s: dict[str, Any], block: int, devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Simpler versions of one step, simplest first: fewer blocks (one, half), one block of a range, default
-    online type and attribute, node 0."""
+    online type and attribute, node 0, a round auto_movable_ratio."""
     out: list[dict[str, Any]] = []
     if "dimm" in s:
         n = (parse_size(s["dimm"]) or block) // block
@@ -181,4 +172,9 @@ def simpler_steps(s: dict[str, Any], block: int, devices: list[dict[str, Any]]) 
         for key in ("type", "attr"):
             if key in s:
                 out.append({k: v for k, v in s.items() if k != key})
+    elif s.get("param") == "auto_movable_ratio":
+        out += [{**s, "value": v} for v in ROUND_RATIOS if v != s["value"]]
     return out
+
+
+ROUND_RATIOS = ("301", "100", "0")  # the default first

@@ -25,7 +25,7 @@ def test_every_target_has_a_harness_an_oracle_and_an_mhp_fuzz_choice() -> None:
     from fuzz.package import TARGETS as PACKAGED
     from replay.cli import FUZZ_TARGETS
 
-    assert set(HARNESSES) == set(FUZZ_TARGETS) == {"model", *TARGETS} == set(TIMEOUTS) == set(PACKAGED.values())
+    assert set(HARNESSES) == set(FUZZ_TARGETS) == {"model", "steps", *TARGETS} == set(TIMEOUTS) == set(PACKAGED.values())  # steps: the model too
     assert all(path.exists() and path.read_text().startswith("#!/usr/bin/env python3") for path in HARNESSES.values())
     assert "\\x25\\x6d\\x68\\x70\\x74" in dictionary("text") and "\\x5b\\x6d\\x61\\x63\\x68" in dictionary("scenario")
 

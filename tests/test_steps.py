@@ -319,3 +319,35 @@ def test_a_model_crash_while_simulating_is_a_crash_hit_not_a_campaign_crash(monk
     trace = save_step_regression(tmp_path, hit.signature, Mode(), res.doc, "a crash")
     again = check_input(trace.read_bytes(), Mode())
     assert again is not None and again.signature == hit.signature
+
+
+DAMAGE = b'0123456789-="[]\n Gx'  # bytes that keep TOML close to valid
+
+
+def test_decode_takes_damaged_scenarios_without_raising() -> None:
+    """Byte-level damage to the seeds (what a fuzzer's other mutators or a hand edit give): decode answers a
+    normal-form document or None, never an exception."""
+    rng = random.Random(13)
+    datas = [p.read_bytes() for p in sorted(SCENARIOS.glob("*.toml"))]
+    decoded = 0
+    for _ in range(400):
+        data = bytearray(rng.choice(datas))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            data[at : at + rng.randint(0, 3)] = bytes(rng.choice(DAMAGE) for _ in range(rng.randint(0, 3)))
+        doc = steps.decode(bytes(data))
+        if doc is not None:
+            decoded += 1
+            assert steps.decode(steps.encode(doc)) == doc
+    assert decoded > 50  # some damage leaves a scenario (82 of 400 with this seed)
+
+
+def test_mutants_can_be_checked_for_another_kernel() -> None:
+    """The lab target fuzzes 6.12 or 7.2 too: ``kernel`` picks the translation that checks the mutants."""
+    rng = random.Random(21)
+    pool = seeds()
+    for _ in range(15):
+        m = steps.mutate(rng.choice(pool), rng, kernel="7.2")
+        assert steps.obstacle(m, "7.2") is None
+        pool.append(m)
+    assert steps.obstacle(steps.crossover(pool[-1], pool[0], rng, kernel="6.12"), "6.12") is None

@@ -3,16 +3,14 @@
 
 Mutants per second of fuzz/steps.py mutate (each one checked expressible by the translator) and how many
 candidates the translator turns down; checks per second (fuzz/steps_check.py check_doc: simulation plus
-check_events); libFuzzer's exec/s on the instrumented harness from the corpus scenarios; mutants until the seeded
+check_events); inputs per second of a short campaign on the instrumented harness; mutants until the seeded
 boundary variant M4 shows against the reference model (the harness's loop without libFuzzer, three seeds).
 """
 
 from __future__ import annotations
 
-import os
 import random
-import re
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
@@ -20,10 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from fuzz import steps
-from fuzz.campaign import DEFAULT_IGNORE, HARNESSES, ROOT
+from fuzz.campaign import DEFAULT_IGNORE, ROOT, run
 from fuzz.check import Mode
 from fuzz.steps_check import check_doc
-from fuzz.steps_triage import prepare_step_seeds
 
 SCENARIOS = ROOT / "corpus" / "scenarios"
 
@@ -68,19 +65,14 @@ def check_rate(docs: list[dict[str, Any]]) -> float:
     return len(docs) / (time.perf_counter() - t0)
 
 
-def atheris_rate(runs: int = 400) -> float:
-    """libFuzzer's stat::average_exec_per_sec on fuzz/steps_fuzzer.py (reference model, the ratio findings ignored)."""
+def campaign_rate(runs: int = 400) -> tuple[float, int]:
+    """``mhp fuzz --target steps --runs N`` on the reference model (the regressions' known signatures ignored): inputs
+    per second, libFuzzer's start and the closing merge included, and the signatures it found."""
     with tempfile.TemporaryDirectory() as tmp:
         t = Path(tmp)
-        corpus = prepare_step_seeds(t / "s")
-        (t / "ignore").write_text("\n".join({"AM-RATIO:state", "AM-RATIO-NODE:state", "AM-STATIC-MIXED:Normal", *DEFAULT_IGNORE}))
-        (t / "c").mkdir()
-        cmd = [sys.executable, str(HARNESSES["steps"]), f"-runs={runs}", "-seed=1", "-print_final_stats=1", f"-artifact_prefix={t}/", str(t / "c"), str(corpus)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "MHP_FUZZ_IGNORE": str(t / "ignore")}, check=False)
-        rate = re.search(r"^stat::average_exec_per_sec:\s*(\d+)", proc.stderr, re.M)
-        if rate is None:
-            raise RuntimeError(f"the steps harness did not finish: {proc.stderr[-2000:]}")
-        return float(rate.group(1))
+        shutil.copytree(ROOT / "corpus" / "regressions", t / "r")
+        s = run("steps", runs=runs, corpus=t / "c", artifacts=t / "a", regressions=t / "r", echo=False, minimize_seconds=5)
+        return s.exec_per_s, len(s.signatures)
 
 
 def mutants_to_find(variant: str, seed: int, budget: int = 1000) -> int | None:
@@ -99,7 +91,8 @@ def main() -> int:
     rate, rejected, docs = mutate_rate()
     print(f"mutate (expressibility checked): {rate:.0f} mutants/s, {rejected:.1%} of candidates rejected by the translator")
     print(f"check_doc (simulation + check_events): {check_rate(docs):.0f} checks/s")
-    print(f"libFuzzer on the instrumented harness: {atheris_rate():.0f} exec/s")
+    rate, found = campaign_rate()
+    print(f"mhp fuzz --target steps --runs 400 (instrumented harness, start and merge included): {rate:.1f} inputs/s, {found} new signature(s)")
     for seed in (1, 2, 3):
         n = mutants_to_find("M4", seed)
         print(f"M4 against the reference, seed {seed}: {'not found in 1000' if n is None else f'{n} mutants'}")

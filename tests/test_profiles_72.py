@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
         ("6.8.0-45-generic", "6.12", "per-block memmap_on_memory"),
         ("7.1.3", "6.12", "CONFIG_CMA"),
         ("7.3.4", "7.2", "newer than every profile"),
+        ("1192.6.0", "7.2", "newer than every profile"),  # found by the commands fuzz target: no upper bound to fall off
+        ("6.99999999999999999999", "6.12", "CONFIG_CMA"),
         ("", "6.1", "names no kernel release"),
         ("linux", "6.1", "no kernel version"),
     ],

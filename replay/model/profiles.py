@@ -57,7 +57,7 @@ P_6_12 = replace(
 P_7_2 = replace(P_6_12, name="7.2", release="7.2.13", series=(7, 2), cma=True)
 PROFILES = {p.name: p for p in (P_6_1, P_6_12, P_7_2)}
 
-# Releases no profile covers exactly: (first series, last series, profile, what differs from it).
+# Releases no profile covers exactly: (first series, last series (None: every later one), profile, what differs from it).
 NEAREST = (
     ((0, 0), (5, 14), "6.1", "older than the auto-movable online policy (5.15); decisions before it are not modelled"),
     ((5, 15), (5, 17), "6.1", "no mem->zone yet (5.18): offline eligibility and valid_zones of online blocks walk the pages"),
@@ -65,7 +65,7 @@ NEAREST = (
     ((6, 2), (6, 5), "6.1", "6.2 adds -EHWPOISON on online; memmap_on_memory is still one-block only as in 6.1"),
     ((6, 6), (6, 11), "6.12", "per-block memmap_on_memory and 'force' as in 6.12; the Kconfig default for auto_online_blocks is the distribution's choice"),
     ((6, 13), (7, 1), "6.12", "zone decisions as 6.12; a kernel built with CONFIG_CMA (as Debian's 7.2) counts CMA pages as MOVABLE: --profile 7.2"),
-    ((7, 3), (999, 999), "7.2", "newer than every profile; 7.3 adds a per-device online type for dax/kmem"),
+    ((7, 3), None, "7.2", "newer than every profile; 7.3 adds a per-device online type for dax/kmem"),
 )
 
 
@@ -97,7 +97,7 @@ def choose_profile(release: str) -> Choice:
         if p.series == series:
             return Choice(p, "")
     for first, last, name, why in NEAREST:
-        if first <= series <= last:
+        if first <= series and (last is None or series <= last):
             return Choice(PROFILES[name], f"no profile for {series[0]}.{series[1]}; nearest is {name}: {why}")
     raise AssertionError(f"NEAREST does not cover {series}")  # the ranges cover every version
 

@@ -61,6 +61,11 @@ def test_every_regression_stores_the_cause_its_trace_has(meta: Path) -> None:
     assert cause.events and set(cause.events) <= {cls.__name__ for cls in EVENT_TYPES.values() if cls.KIND in ("request", "inject")}
 
 
+def test_no_two_regressions_of_a_signature_share_a_cause() -> None:
+    keys = [(m["signature"], Cause.from_json(m["cause"]).key()) for m in map(lambda p: json.loads(p.read_text()), sorted(REGRESSIONS.glob("*.json")))]
+    assert len(keys) == len(set(keys))
+
+
 def test_the_decision_path_names_the_branch_the_checks_and_the_terms() -> None:
     """The understated DIMM: a static group asked about 1 page, the system check passed, the block went
     Movable; the ratio 0 case takes the policy's early return; a variant's rc difference decides no zone."""

@@ -62,7 +62,7 @@ class Cause:
     def key(self) -> tuple[Any, ...]:
         """What two causes of one signature are compared by: a state finding's decision is not its
         cause (any branch that picks a kernel zone meets the broken ratio), what broke the ratio is."""
-        return self.broken_by or self.path, tuple(t for t in self.tip if t in ACCOUNTED), tuple(f for f in self.boot if f in ACCOUNTED)
+        return self.broken_by or essential(self.path), tuple(t for t in self.tip if t in ACCOUNTED), tuple(f for f in self.boot if f in ACCOUNTED)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "tip": list(self.tip), "boot": list(self.boot), "events": list(self.events)}
@@ -154,15 +154,21 @@ def ratio_tip(m: Machine, f: Finding) -> tuple[str, ...]:
     return tuple(tip)
 
 
+def essential(path: str, checks: bool = True) -> str:
+    """A decision path with its BREAKING_TERMS only (the group credits the policy summed are
+    there whenever a reproducer needs a virtio-mem device's memory, whatever its cause), and
+    without its checks unless ``checks``; other paths as they are."""
+    parts = path.split(":")
+    if len(parts) != 4:
+        return path
+    terms = ",".join(t for t in parts[3].split(",") if t in BREAKING_TERMS) or "-"
+    return ":".join([*parts[:2], *parts[2:3] * checks, terms])
+
+
 def breaker(m: Machine, ev: Any, out: Any) -> str:
     """What an event that broke the ratio did: its decision's branch, zone and BREAKING_TERMS
-    (which scopes the policy asked, and the group credits it summed, are not what broke it), or
-    ``EVENT:ok|fail``."""
-    path = decision_path(m, ev, out).split(":")
-    if len(path) != 4:
-        return ":".join(path)
-    terms = [t for t in path[3].split(",") if t in BREAKING_TERMS]
-    return f"{path[0]}:{path[1]}:{','.join(terms) or '-'}"
+    (essential; which scopes the policy asked is not what broke it), or ``EVENT:ok|fail``."""
+    return essential(decision_path(m, ev, out), checks=False)
 
 
 def finding_at(events: list[Any], mode: Mode, hit: Hit) -> tuple[Machine, Finding | None, dict[int | None, str]]:

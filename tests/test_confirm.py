@@ -88,6 +88,7 @@ REASONS = {
     "AM-RATIO-NODE_state__cause-5": (5, "a probe-style add_memory without a driver (no memory group)"),
     "AM-RATIO-NODE_state__cause-6": (8, "virtio-mem adds one unit (512M) at a time, not 256M"),
     "AM-RATIO-NODE_state__cause-7": (6, "memory on node 1, which the machine (qemu-q35-2G: nodes 0) lacks"),
+    "AM-RATIO-NODE_state__cause-8": (1, "a static group of 1 pages holding memory0..memory0"),
     "AM-RATIO_movable-decision__cause-2": (7, "a static group without its add_memory right after it"),
     "AM-RATIO_state__cause-2": (1, "a static group of 1 pages holding memory0..memory63"),
     "AM-RATIO_state__cause-3": (6, "virtio-mem adds one unit (256M) at a time, not 128M"),

@@ -18,9 +18,11 @@ from typing import Any
 
 from fuzz.check import decode
 from fuzz.minimize import reproducer_header
+from replay.model.kernel import Kernel
 from replay.model.profiles import get_profile
+from replay.observe import model_digest, observe_outcome, observe_zones
 from traces.atomic import atomic_write
-from traces.events import BlockState, BootBlocks, BootGroup, BootMachine, BootZone, ZoneType
+from traces.events import BlockObserved, BlockState, BootBlocks, BootGroup, BootMachine, BootZone, Result, StateDigest, ZoneObserved, ZoneType
 from traces.header import Capture, TraceHeader
 
 PAGEBLOCK = 512  # pages: CMA is activated a pageblock at a time (init_cma_reserved_pageblock)
@@ -178,6 +180,27 @@ def boot_state(events: list[Any], rng: random.Random, name: str | None = None) -
     return BOOT_STATES[name or rng.choice(sorted(BOOT_STATES))](events, rng)
 
 
+def reobserve(events: list[Any], profile: str) -> list[Any]:
+    """``events`` with their observations made again by the model (replay/observe.py): each
+    request's result and blocks, and each sample of the zones and the state digest, as the
+    changed boot state gives them (``mhp replay`` of the seed then matches)."""
+    k = Kernel(get_profile(profile), oracles=False)
+    out: list[Any] = []
+    for ev in events:
+        kind = type(ev)
+        if ev.KIND in ("boot", "request", "inject"):
+            res = k.apply(ev)
+            out += [ev, *observe_outcome(k.m, ev, res)]
+        elif kind is ZoneObserved:
+            if type(out[-1]) is not ZoneObserved:
+                out += observe_zones(k.m)
+        elif kind is StateDigest:
+            out.append(model_digest(k.m))
+        elif kind not in (Result, BlockObserved):  # those follow their request
+            out.append(ev)
+    return out
+
+
 def write_seeds(directory: Path, seed: int = 7) -> list[Path]:
     """The SEEDS traces in ``directory``, from the seed traces there (deterministic for ``seed``)."""
     from fuzz.mutator import encode
@@ -190,6 +213,7 @@ def write_seeds(directory: Path, seed: int = 7) -> list[Path]:
         out = boot_state(events, random.Random(f"{seed}:{base}:{name}"), name)
         if out is None:
             raise ValueError(f"{directory / base}.mhpt: no place for boot state {name}")
+        out = reobserve(out, profile)
         p = get_profile(profile)
         header = reproducer_header(TraceHeader(kernel_release=p.release, source=Capture.FUZZER), out, p, "fuzz.boot_states")
         path = directory / f"{base}.{name}.mhpt"

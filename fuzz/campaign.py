@@ -493,9 +493,9 @@ def _triage_surface(art: Path, target: str, summary: Summary, first_hit: float, 
 
 def _triage(art: Path, target: str, mode: Mode, summary: Summary, regressions: Path, known: set[str], first_hit: float, minimize_seconds: float) -> None:
     """Triage a crash artifact: each hit it raises past ``known``, in turn (the harness raised the
-    first), is minimised and saved if its signature is new or its minimised cause is not one the
-    regressions of its signature have (fuzz.cause); a later hit of a signature this input already
-    raised on a path just triaged is its consequence."""
+    first), is minimised and saved if its signature is new (then ignored for the rest of the
+    campaign) or its minimised cause is not one the regressions of its signature have (fuzz.cause);
+    a later hit of a signature this input already raised on a path just triaged is its consequence."""
     if target != "model":
         summary.signatures.setdefault(f"FORMAT:{art.name}", {"first_hit_s": first_hit, "events": 0, "file": str(art)})
         return
@@ -522,6 +522,8 @@ def _triage_hit(
         note += f" A new cause of a known signature: {cause.describe()}."
     name = causes.name(sig, safe_name(sig), lambda n: (regressions / f"{n}.json").exists())
     path = save_regression(regressions, sig, mode, result.events, note, name, cause.to_json())
+    if not known_sig:  # a signature new to the regressions is reported once per campaign, as before: the next one looks at its other causes
+        known.add(sig)
     key = f"{sig}__{name.rpartition('__')[2]}" if known_sig else sig
     summary.signatures[key] = {"first_hit_s": first_hit, "events": len(result.events), "file": str(path), "message": result.hit.message,
                                "signature": sig, "cause": cause.to_json(), "known_signature": known_sig}  # fmt: skip

@@ -12,8 +12,10 @@ A cause is what a minimised reproducer shows beyond its signature:
 - ``broken_by``: for a state finding (a kernel zone picked while the ratio is already broken), what
   broke it: ``boot``, or the event after which it stopped holding (fuzz.cause.breaker).
 
-Two findings of one signature have the same cause iff their path, tip and accounted boot features
-(those that are a term of the ratio themselves: CMA) agree; the other boot features and the event
+Two findings of one signature have the same cause iff their path (for a state finding: what broke
+the ratio), and their accounted tip and boot features (those that are a term of the ratio of their
+own: CMA) agree (the ``block`` tip tells a decision that broke the ratio from one that met it broken,
+and is kept as information); the other boot features and the event
 kinds describe the reproducer's shape (each is one way of supplying memory or state the path and the
 tip already show). A hit is minimised keeping its branch and zone and adding no accounting term
 (fuzz.path.within), so the minimiser cannot trade its cause for another one (a group shrunk to one
@@ -43,7 +45,8 @@ from traces.atomic import atomic_write
 from traces.events import BootBlocks, BootGroup, BootZone, ZoneType
 
 RATIO_ORACLES = ("AM-RATIO", "AM-RATIO-NODE")
-ACCOUNTED = ("cma",)  # boot features that are terms of the ratio of their own
+ACCOUNTED = ("cma",)  # boot features and tips that are terms of the ratio of their own
+BREAKING_TERMS = ("under", "cma")  # the terms by which a decision can place more than the ratio it checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,7 @@ class Cause:
     def key(self) -> tuple[Any, ...]:
         """What two causes of one signature are compared by: a state finding's decision is not its
         cause (any branch that picks a kernel zone meets the broken ratio), what broke the ratio is."""
-        return self.broken_by or self.path, self.tip, tuple(f for f in self.boot if f in ACCOUNTED)
+        return self.broken_by or essential(self.path), tuple(t for t in self.tip if t in ACCOUNTED), tuple(f for f in self.boot if f in ACCOUNTED)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "tip": list(self.tip), "boot": list(self.boot), "events": list(self.events)}
@@ -151,11 +154,21 @@ def ratio_tip(m: Machine, f: Finding) -> tuple[str, ...]:
     return tuple(tip)
 
 
+def essential(path: str, checks: bool = True) -> str:
+    """A decision path with its BREAKING_TERMS only (the group credits the policy summed are
+    there whenever a reproducer needs a virtio-mem device's memory, whatever its cause), and
+    without its checks unless ``checks``; other paths as they are."""
+    parts = path.split(":")
+    if len(parts) != 4:
+        return path
+    terms = ",".join(t for t in parts[3].split(",") if t in BREAKING_TERMS) or "-"
+    return ":".join([*parts[:2], *parts[2:3] * checks, terms])
+
+
 def breaker(m: Machine, ev: Any, out: Any) -> str:
-    """What an event that broke the ratio did: its decision path less the checks (which scopes
-    the policy asked is not what broke it), or ``EVENT:ok|fail``."""
-    path = decision_path(m, ev, out).split(":")
-    return ":".join(path[:2] + path[3:]) if len(path) == 4 else ":".join(path)
+    """What an event that broke the ratio did: its decision's branch, zone and BREAKING_TERMS
+    (essential; which scopes the policy asked is not what broke it), or ``EVENT:ok|fail``."""
+    return essential(decision_path(m, ev, out), checks=False)
 
 
 def finding_at(events: list[Any], mode: Mode, hit: Hit) -> tuple[Machine, Finding | None, dict[int | None, str]]:

@@ -83,6 +83,23 @@ REASONS = {
     "DIFF_OfflineBlock_rc_M7-vs-ref": (3, "a group registered smaller than its memory (1 page for 512M)"),
     "DIFF_OnlineBlock_decision_M1-vs-ref": (4, "a group registered smaller than its memory (1 page for 1G)"),
     "DIFF_OnlineBlock_numbers_M3-vs-ref": (3, "a group registered smaller than its memory (1 page for 256M)"),
+    # new causes of known signatures (fuzz/cause.py), found by the reference model's campaigns on 6.1 and 7.2
+    "AM-RATIO-NODE_movable-decision__cause-2": (7, "a static group without its add_memory right after it"),
+    "AM-RATIO-NODE_state__cause-2": (4, "a group registered smaller than its memory (1 page for 256M)"),
+    "AM-RATIO-NODE_state__cause-3": (1, "a static group of 1 pages holding memory0..memory63"),
+    "AM-RATIO-NODE_state__cause-4": (6, "virtio-mem adds one unit (256M) at a time, not 128M"),
+    "AM-RATIO-NODE_state__cause-5": (5, "a probe-style add_memory without a driver (no memory group)"),
+    "AM-RATIO-NODE_state__cause-6": (8, "virtio-mem adds one unit (512M) at a time, not 256M"),
+    "AM-RATIO-NODE_state__cause-7": (6, "memory on node 1, which the machine (qemu-q35-2G: nodes 0) lacks"),
+    "AM-RATIO-NODE_state__cause-8": (1, "a static group of 1 pages holding memory0..memory0"),
+    "AM-RATIO_movable-decision__cause-2": (7, "a static group without its add_memory right after it"),
+    "AM-RATIO_state__cause-2": (1, "a static group of 1 pages holding memory0..memory63"),
+    "AM-RATIO_state__cause-3": (6, "virtio-mem adds one unit (256M) at a time, not 128M"),
+    "AM-RATIO_state__cause-4": (1, "a static group without memory in the snapshot"),
+    "AM-RATIO_state__cause-5": (5, "a probe-style add_memory without a driver (no memory group)"),
+    "AM-RATIO_state__cause-6": (8, "virtio-mem adds one unit (512M) at a time, not 256M"),
+    "AM-STATIC-MIXED_Normal__cause-2": (1, "a static group of 1 pages holding memory0..memory63"),
+    "AM-STATIC-MIXED_Normal__cause-3": (1, "a static group of 262144 pages holding memory32..memory47"),
 }
 
 

@@ -12,21 +12,7 @@ from replay.model.params import boot_params_from_cmdline
 from replay.model.profiles import get_profile
 from replay.model.variants import VARIANTS
 from tests.helpers import AUTO_MOVABLE, BLOCK, BP, GIB, ideal_events
-from traces.events import (
-    AddFlags,
-    AddMemory,
-    Attr,
-    BootZone,
-    GroupRegister,
-    GroupUnregister,
-    InjectFailure,
-    OfflineBlock,
-    OnlineBlock,
-    OnlineType,
-    Op,
-    Source,
-    ZoneType,
-)
+from traces.events import AddFlags, AddMemory, Attr, BootZone, GroupRegister, GroupUnregister, InjectFailure, OfflineBlock, OnlineBlock, OnlineType, Op, Source
 from traces.machines import PRESETS
 
 OFF = AUTO_MOVABLE.replace("memhp_default_state=online", "memhp_default_state=offline")
@@ -82,7 +68,7 @@ SEQUENCES = {
     "M8": [*q35(OFF), OfflineBlock(1, Attr.STATE, Source.USER), OnlineBlock(1, OnlineType.ONLINE_KERNEL, Attr.STATE, Source.USER)],
     "M9": [*q35(), InjectFailure(50, Op.ONLINE, errno.ENOMEM), *dimms(1, size=4 * BLOCK)],
     "M10": [*q35(AUTO_MOVABLE + " memory_hotplug.memmap_on_memory=1"), AddMemory(48 * BLOCK, BLOCK, 0, AddFlags.MEMMAP_ON_MEMORY)],
-    "C1": [*(e._replace(cma=GIB // 4096) if type(e) is BootZone and e.zone is ZoneType.DMA32 else e for e in q35()), *dimms(3)],  # 1 GiB CMA
+    "C1": [*(e._replace(cma=GIB // 4096) if type(e) is BootZone and e.zone.label == "DMA32" else e for e in q35()), *dimms(3)],  # 1 GiB CMA
 }
 PROFILE = {"C1": "7.2"}  # the others: 6.1
 

@@ -208,8 +208,12 @@ def decision_text(out: LabOutcome, variant: str | None) -> str:
     if variant:
         text = f"{variant} ({VARIANTS[variant]}): {text}"
         ref = out.reference
-        same = ref is not None and ref["index"] == d["index"]
-        text += "; the reference model diverges here too" if same else "; the reference model agrees with the kernel here: the variant's decision"
+        if ref is None or ref["index"] > d["index"]:
+            text += "; the reference model agrees with the kernel here: the variant's decision"
+        elif ref["index"] == d["index"]:
+            text += "; the reference model diverges here too: the model's, not the variant's"
+        else:
+            text += f"; the reference model diverges earlier, at event {ref['index']}: the model's, not the variant's"
     return text
 
 

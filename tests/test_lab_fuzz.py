@@ -54,6 +54,15 @@ def test_a_seeded_variant_diverges_from_the_real_kernel_at_its_decision() -> Non
     assert text.endswith("the reference model agrees with the kernel here: the variant's decision")
 
 
+def test_a_divergence_the_reference_model_shares_is_not_the_variants() -> None:
+    out = outcome("seed-vmem", frozenset({"M2"}))
+    assert out.divergence is not None
+    out.reference = {**out.divergence, "index": 40}
+    assert decision_text(out, "M2").endswith("the reference model diverges earlier, at event 40: the model's, not the variant's")
+    out.reference = out.divergence
+    assert decision_text(out, "M2").endswith("the reference model diverges here too: the model's, not the variant's")
+
+
 def test_the_reference_model_agrees_with_the_real_kernel() -> None:
     out = outcome("seed-vmem", frozenset())
     assert out.error is None and out.divergence is None and out.divergence_count == 0
@@ -171,3 +180,24 @@ def test_a_lab_campaign_finds_a_seeded_variant(tmp_path: Path) -> None:
     meta = json.loads((tmp_path / "regressions" / f"{M2_SIGNATURE.replace(':', '_')}_6.12.json").read_text())
     assert meta["verdicts"]["6.12"]["verdict"] == "refuted" and meta["decision"].startswith("M2 (")
     assert "the variant's decision" in meta["decision"]
+
+
+# --- the lab's regressions ------------------------------------------------------------------------------------------
+
+LAB_REGRESSIONS = sorted((ROOT / "corpus" / "regressions" / "lab").glob("*.json"))
+
+
+def test_every_lab_regression_replays_to_its_refuted_verdict() -> None:
+    """Each regression a lab campaign saved: its real trace still diverges where its verdict says (with its variant, if
+    any), under the signature it was saved with, and its scenario still reads."""
+    assert LAB_REGRESSIONS
+    for path in LAB_REGRESSIONS:
+        meta = json.loads(path.read_text())
+        verdict = meta["verdicts"][meta["profile"]]
+        assert verdict["verdict"] == "refuted" and meta["decision"] in meta["note"]
+        variants = frozenset({meta["variant"]}) if meta["variant"] else frozenset()
+        res = replay_file(str(path.with_name(verdict["real_trace"])), profile=meta["profile"], variants=variants)
+        first = next(d for d in res.divergences if d.kind != "loss").to_json()
+        assert divergence_signature(first, meta["variant"]) == meta["signature"], path.name
+        assert (first["index"], first["mismatches"]) == (verdict["divergence"]["index"], verdict["divergence"]["mismatches"]), path.name
+        load_scenario(path.with_name(meta["scenario"]))

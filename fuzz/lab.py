@@ -16,7 +16,6 @@ kind). Several guests run at once with ``jobs`` (worker processes, one guest eac
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -99,6 +98,7 @@ def scenario_of(doc: dict[str, Any], name: str) -> Scenario:
 def run_input(task: LabTask) -> LabOutcome:
     """Run one input in the lab and judge its real trace (a worker process's job)."""
     from traces.lab.qemu import Guest, GuestConfig, LabError
+    from traces.lab.run import run_trace
     from traces.lab.setup import LabSetupError, cached_kernel
     from traces.lab.snapshot import SnapshottingGuest, guest_for
 
@@ -121,8 +121,7 @@ def run_input(task: LabTask) -> LabOutcome:
         try:
             kp = cached_kernel(task.kernel)
             out.package = f"{kp.package} {kp.version}"
-            with contextlib.redirect_stdout(sys.stderr):
-                summary = run_trace_quiet(sc, task.kernel, real, obs_path, restored if task.snapshots else None)
+            summary = run_trace(sc.path, task.kernel, real, scenario=sc, obs_path=obs_path, start=restored if task.snapshots else None)
         except (LabError, LabSetupError, ScenarioError, OSError) as e:
             out.error = f"lab run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             out.wall_s = round(time.monotonic() - t0, 1)
@@ -132,13 +131,6 @@ def run_input(task: LabTask) -> LabOutcome:
         judge(out, str(real), json.loads(obs_path.read_text()), frozenset(task.variants))
         out.real = real.read_bytes()
     return out
-
-
-def run_trace_quiet(sc: Scenario, kernel: str, real: Path, obs: Path, start: Any) -> dict[str, Any]:
-    """traces/lab/run.py run_trace for an in-memory scenario."""
-    from traces.lab.run import run_trace
-
-    return run_trace(sc.path, kernel, real, scenario=sc, obs_path=obs, start=start)
 
 
 def judge(out: LabOutcome, real: str, obs: dict[str, Any], variants: frozenset[str]) -> None:

@@ -16,7 +16,6 @@ kind). Several guests run at once with ``jobs`` (worker processes, one guest eac
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import hashlib
 import json
@@ -36,7 +35,7 @@ from fuzz.campaign import atomic_write, safe_name
 from replay.model.variants import VARIANTS, check_variants
 from replay.replayer import replay_file
 from replay.translate import scenario_toml
-from traces.events import AddMemory, BlockObserved, OnlineBlock, ParamWrite, RemoveMemory, Result
+from traces.events import AddMemory, BlockObserved, OnlineBlock, ParamWrite, Result
 from traces.lab.setup import KERNELS, lab_ready
 from traces.reader import TraceReader
 from traces.scenario import Scenario, ScenarioError, load_scenario, parse_scenario
@@ -99,8 +98,9 @@ def scenario_of(doc: dict[str, Any], name: str) -> Scenario:
 def run_input(task: LabTask) -> LabOutcome:
     """Run one input in the lab and judge its real trace (a worker process's job)."""
     from traces.lab.qemu import Guest, GuestConfig, LabError
+    from traces.lab.run import run_trace
     from traces.lab.setup import LabSetupError, cached_kernel
-    from traces.lab.snapshot import RestoredGuest, ensure_snapshot
+    from traces.lab.snapshot import SnapshottingGuest, guest_for
 
     out = LabOutcome(task.name, task.doc, task.kernel)
     try:
@@ -111,9 +111,9 @@ def run_input(task: LabTask) -> LabOutcome:
     created: list[bool] = []
 
     def restored(cfg: GuestConfig) -> Guest:
-        snap = ensure_snapshot(cfg, sc, Path(task.snapshot_dir) if task.snapshot_dir else None)
-        created.append(snap.created)
-        return RestoredGuest(snap)
+        g = guest_for(cfg, sc, Path(task.snapshot_dir) if task.snapshot_dir else None)
+        created.append(isinstance(g, SnapshottingGuest))
+        return g
 
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mhp-labfuzz-") as tmp:
@@ -121,8 +121,7 @@ def run_input(task: LabTask) -> LabOutcome:
         try:
             kp = cached_kernel(task.kernel)
             out.package = f"{kp.package} {kp.version}"
-            with contextlib.redirect_stdout(sys.stderr):
-                summary = run_trace_quiet(sc, task.kernel, real, obs_path, restored if task.snapshots else None)
+            summary = run_trace(sc.path, task.kernel, real, scenario=sc, obs_path=obs_path, start=restored if task.snapshots else None)
         except (LabError, LabSetupError, ScenarioError, OSError) as e:
             out.error = f"lab run failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
             out.wall_s = round(time.monotonic() - t0, 1)
@@ -132,13 +131,6 @@ def run_input(task: LabTask) -> LabOutcome:
         judge(out, str(real), json.loads(obs_path.read_text()), frozenset(task.variants))
         out.real = real.read_bytes()
     return out
-
-
-def run_trace_quiet(sc: Scenario, kernel: str, real: Path, obs: Path, start: Any) -> dict[str, Any]:
-    """traces/lab/run.py run_trace for an in-memory scenario."""
-    from traces.lab.run import run_trace
-
-    return run_trace(sc.path, kernel, real, scenario=sc, obs_path=obs, start=start)
 
 
 def judge(out: LabOutcome, real: str, obs: dict[str, Any], variants: frozenset[str]) -> None:
@@ -164,18 +156,24 @@ def judge(out: LabOutcome, real: str, obs: dict[str, Any], variants: frozenset[s
 
 
 def features(path: str) -> list[str]:
-    """The outcomes a real trace shows, coarsely: block states with their zones, result codes, request kinds."""
+    """The outcomes a real trace shows, coarsely: each request kind with the block states and zones, and the result
+    codes, that followed it."""
     seen: set[str] = set()
+    last = "boot"
     with TraceReader(path) as r:
         for ev in r.events():
-            if isinstance(ev, BlockObserved):
-                seen.add(f"block {ev.state.name} {','.join(z.name for z in ev.valid_zones)}")
+            if ev.KIND == "request":
+                last = type(ev).__name__
+                if isinstance(ev, AddMemory):
+                    last += f" {ev.flags!s}"
+                elif isinstance(ev, OnlineBlock):
+                    last += f" {ev.online_type.name}"
+                elif isinstance(ev, ParamWrite):
+                    last += f" {ev.param}"
+            elif isinstance(ev, BlockObserved):
+                seen.add(f"{last}: block {ev.state.name} {','.join(z.name for z in ev.valid_zones)}")
             elif isinstance(ev, Result):
-                seen.add(f"rc {ev.rc}")
-            elif isinstance(ev, (AddMemory, RemoveMemory)):
-                seen.add(f"{type(ev).__name__} {ev.flags!s}" if isinstance(ev, AddMemory) else "RemoveMemory")
-            elif isinstance(ev, (OnlineBlock, ParamWrite)):
-                seen.add(f"{type(ev).__name__} {getattr(ev, 'online_type', getattr(ev, 'param', ''))}")
+                seen.add(f"{last}: rc {ev.rc}")
     return sorted(seen)
 
 
@@ -202,8 +200,12 @@ def decision_text(out: LabOutcome, variant: str | None) -> str:
     if variant:
         text = f"{variant} ({VARIANTS[variant]}): {text}"
         ref = out.reference
-        same = ref is not None and ref["index"] == d["index"]
-        text += "; the reference model diverges here too" if same else "; the reference model agrees with the kernel here: the variant's decision"
+        if ref is None or ref["index"] > d["index"]:
+            text += "; the reference model agrees with the kernel here: the variant's decision"
+        elif ref["index"] == d["index"]:
+            text += "; the reference model diverges here too: the model's, not the variant's"
+        else:
+            text += f"; the reference model diverges earlier, at event {ref['index']}: the model's, not the variant's"
     return text
 
 

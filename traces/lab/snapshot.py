@@ -35,7 +35,7 @@ from traces.lab.setup import cache_dir
 from traces.scenario import Scenario
 
 VMGENID = ("-device", "vmgenid,guid=auto")
-KEEP = 16  # snapshots kept in the cache (about 250 MB each); the least recently used go first
+KEEP = 24  # snapshots kept in the cache (about 250 MB each; the corpus seeds have 19 configurations); the least recently used go first
 MIGRATE_MAX_S = 120.0
 
 
@@ -81,28 +81,70 @@ class Snapshot:
     boot: dict[str, Any]  # the settled sample (traces/lab/run.py parse_sample) at the snapshot
     boot_s: float  # QEMU start to the agent's first answer, when it was booted
     save_s: float  # the migration to the file
-    created: bool  # booted by this call (False: found in the cache)
+    created: bool  # booted for this run (False: found in the cache)
 
 
-def ensure_snapshot(cfg: GuestConfig, scenario: Scenario, directory: Path | None = None, verbose: bool = False) -> Snapshot:
-    """The snapshot of ``cfg``: from the cache, else booted and saved now (one process boots it, others wait for it)."""
-    cfg = snapshot_config(cfg)
+def _paths(cfg: GuestConfig, directory: Path | None) -> tuple[Path, Path]:
+    """The stream and its description (``<key>.mig``, ``<key>.json``) of a configuration's snapshot."""
     top = directory or snapshot_dir()
     top.mkdir(parents=True, exist_ok=True)
     key = snapshot_key(cfg)
-    path, meta = top / f"{key}.mig", top / f"{key}.json"
-    with _locked(top / f"{key}.lock"):
-        if path.is_file() and meta.is_file():
-            os.utime(path)
-            info = json.loads(meta.read_text())
-            return Snapshot(path, cfg, info["boot"], info["boot_s"], info["save_s"], False)
-        with Guest(cfg, verbose=verbose) as g:
-            boot = LabRun(g, scenario).settled()
-            save_s = save_stream(g, path)
-            boot_s = g.boot_s
-        atomic_write(meta, json.dumps({"boot": boot, "boot_s": round(boot_s, 2), "save_s": round(save_s, 2), "bytes": path.stat().st_size}) + "\n")
-    prune(top, KEEP)
-    return Snapshot(path, cfg, boot, boot_s, save_s, True)
+    return top / f"{key}.mig", top / f"{key}.json"
+
+
+def cached_snapshot(cfg: GuestConfig, directory: Path | None = None) -> Snapshot | None:
+    """The snapshot of ``cfg`` if the cache has it (marked as just used), else None."""
+    cfg = snapshot_config(cfg)
+    path, meta = _paths(cfg, directory)
+    with _locked(path.with_suffix(".lock")):
+        if not (path.is_file() and meta.is_file()):
+            return None
+        os.utime(path)
+        info = json.loads(meta.read_text())
+    return Snapshot(path, cfg, info["boot"], info["boot_s"], info["save_s"], False)
+
+
+def ensure_snapshot(cfg: GuestConfig, scenario: Scenario, directory: Path | None = None, verbose: bool = False) -> Snapshot:
+    """The snapshot of ``cfg``: from the cache, else booted and saved now."""
+    snap = cached_snapshot(cfg, directory)
+    if snap is not None:
+        return snap
+    with SnapshottingGuest(cfg, scenario, directory, verbose=verbose) as g:
+        assert g.snapshot is not None
+        return g.snapshot
+
+
+def guest_for(cfg: GuestConfig, scenario: Scenario, directory: Path | None = None, verbose: bool = False) -> Guest:
+    """The guest to run ``scenario`` in: restored from the cached snapshot of ``cfg``, else one that boots, saves the
+    snapshot and then goes on as the run's guest (a first time costs a boot and a save, not a boot, a save and a restore)."""
+    snap = cached_snapshot(cfg, directory)
+    return RestoredGuest(snap, verbose=verbose) if snap is not None else SnapshottingGuest(cfg, scenario, directory, verbose=verbose)
+
+
+class SnapshottingGuest(Guest):
+    """A guest that boots, settles, saves its snapshot (unless another process saved it meanwhile), then runs on."""
+
+    def __init__(self, cfg: GuestConfig, scenario: Scenario, directory: Path | None = None, boot_timeout: float = 240.0, verbose: bool = False) -> None:
+        super().__init__(snapshot_config(cfg), boot_timeout, verbose)
+        self.scenario = scenario
+        self.directory = directory
+        self.snapshot: Snapshot | None = None
+
+    def start(self) -> None:
+        """Boot, sample until settled, migrate into the cache's file, and continue the guest (``cont``)."""
+        super().start()
+        boot = LabRun(self, self.scenario).settled()
+        path, meta = _paths(self.cfg, self.directory)
+        with _locked(path.with_suffix(".lock")):
+            saved = not (path.is_file() and meta.is_file())
+            save_s = save_stream(self, path) if saved else 0.0
+            if saved:
+                info = {"boot": boot, "boot_s": round(self.boot_s, 2), "save_s": round(save_s, 2), "bytes": path.stat().st_size}
+                atomic_write(meta, json.dumps(info) + "\n")
+        self.snapshot = Snapshot(path, self.cfg, boot, self.boot_s, save_s, saved)
+        if saved:
+            self.execute("cont")  # a source stays paused after its migration completed
+            prune(path.parent, KEEP)
 
 
 def save_stream(g: Guest, path: Path) -> float:

@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench corpus corpus-real clean lab-setup fuzz-package
 
-# setup.py compiles the model (replay/model) with mypyc when a C compiler is present: a changed model source is rebuilt
-$(STAMP): pyproject.toml setup.py $(wildcard replay/model/*.py)
+# setup.py compiles the model (replay/model, the replayer) with mypyc when a C compiler is present: a changed source is rebuilt
+$(STAMP): pyproject.toml setup.py $(wildcard replay/model/*.py) replay/replayer.py replay/observe.py
 	@if [ "$$(id -u)" = 0 ] && ! $(PY) -m venv --help >/dev/null 2>&1; then \
 		apt-get update -q && apt-get install -y -q python3-venv python3-pip; fi
 	$(PY) -m venv $(VENV)

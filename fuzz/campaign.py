@@ -196,7 +196,7 @@ def save_regression(
     dump_trace(str(trace), text)  # the layout kept: `mhp compile` of the .txt gives the .mhpt back
     atomic_write(regressions / f"{name}.txt", text.getvalue())
     ignore = shadowing(events, mode, signature)
-    meta = {"signature": signature, "profile": mode.profile, "variant": mode.variant, "diff": mode.diff, "ignore": ignore, "note": note}
+    meta: dict[str, Any] = {"signature": signature, "profile": mode.profile, "variant": mode.variant, "diff": mode.diff, "ignore": ignore, "note": note}
     if cause is not None:
         meta["cause"] = cause
     atomic_write(regressions / f"{name}.json", json.dumps(meta, indent=1) + "\n")

@@ -132,13 +132,20 @@ def booted(events: list[Any], profile: str) -> Machine:
 # --- the oracle's terms ---------------------------------------------------------------------------------------
 
 
+def _int(v: object) -> int:
+    """A finding's context number (the oracles put ints there)."""
+    if not isinstance(v, int):
+        raise TypeError(f"expected an int in the finding's context, got {v!r}")
+    return v
+
+
 def ratio_tip(m: Machine, f: Finding) -> tuple[str, ...]:
     """The terms of a ratio finding's MOVABLE <= ratio% x KERNEL whose removal alone makes it hold:
     the block just decided, CMA (as MOVABLE and off KERNEL). The other MOVABLE pages are not one:
     how much memory a reproducer needs before its decision is its size, not its cause."""
     ctx = f.context
-    movable, kernel, ratio, block = int(ctx["movable"]), int(ctx["kernel"]), int(ctx["ratio"]), ctx["block"]  # type: ignore[call-overload]
-    mem = m.blocks.get(int(block))  # type: ignore[call-overload]
+    movable, kernel, ratio, block = _int(ctx["movable"]), _int(ctx["kernel"]), _int(ctx["ratio"]), _int(ctx["block"])
+    mem = m.blocks.get(block)
     node = None if f.oracle == "AM-RATIO" or mem is None else mem.nid
     cma = sum(z.cma_pages for n in m.nodes.values() if n.online and node in (None, n.nid) for z in n.zones[:ZONE_MOVABLE])
     own = mem.present_pages if mem is not None and mem.zone is not None and mem.zone.idx is ZONE_MOVABLE else 0
@@ -219,7 +226,7 @@ def fingerprint(events: list[Any], mode: Mode, signature: str, ignore: frozenset
     if f is not None and f.oracle in RATIO_ORACLES:
         tip = ratio_tip(m, f)
         if f.key == ("state",):  # the ratio was broken before this decision: by what
-            mem = m.blocks.get(int(f.context["block"]))  # type: ignore[call-overload]
+            mem = m.blocks.get(_int(f.context["block"]))
             broken_by = broken.get(None if f.oracle == "AM-RATIO" or mem is None else mem.nid, "")
     boot = [name for name, neutral in boot_features(booted(events, mode.profile)).items() if needs(neutral(events), events, mode, signature, ignore)]
     kinds = sorted({type(e).__name__ for e in events if e.KIND in ("request", "inject")})

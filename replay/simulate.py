@@ -82,6 +82,7 @@ class Simulation:
     findings: list[Finding] = field(default_factory=list)
     unknowable: list[Unknowable] = field(default_factory=list)
     driving: bool = False  # a virtio-mem driver's work queue runs (its own onlines notify no retry)
+    applying: Event | None = None  # the event the kernel was last given (where a crash of the model happened)
 
     def __post_init__(self) -> None:
         self.kernel = Kernel(self.profile)
@@ -90,6 +91,7 @@ class Simulation:
 
     def emit(self, ev: Event) -> Outcome:
         """Apply one event, passing it and the observations a real kernel would give to the sink."""
+        self.applying = ev
         try:
             out = self.kernel.apply(ev)
         except SnapshotError as e:  # an explicit memory map no machine can have (checked at the first request)

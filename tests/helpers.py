@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from replay.model.kernel import Kernel
 from replay.model.outcome import Outcome
 from replay.model.params import boot_params_from_cmdline
@@ -70,3 +72,23 @@ def block_zone(k: Kernel, b: int) -> str:
     if mem.state is not BlockState.ONLINE:
         return mem.state.name.lower()
     return mem.zone.idx.label if mem.zone else "none"
+
+
+def try_online_node() -> int:
+    """Where CrashingKernel crashes (its name is the crash signature's frame)."""
+    return 1 // 0
+
+
+class CrashingKernel:
+    """A Kernel that crashes (ZeroDivisionError in try_online_node) on every add_memory: tests swap it in for the Kernel
+    a fuzz module uses, never into the model itself (the model may be compiled, and compiled code calls its functions
+    directly)."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        self.k = Kernel(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.k, name)
+
+    def apply(self, ev: Any) -> Any:
+        return try_online_node() if isinstance(ev, AddMemory) else self.k.apply(ev)

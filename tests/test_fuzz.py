@@ -10,7 +10,6 @@ import random
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace as NS
-from typing import Any
 
 import pytest
 
@@ -360,20 +359,7 @@ def test_model_crash_has_its_own_signature(monkeypatch: pytest.MonkeyPatch) -> N
     """A model that crashes on an add (the check's Kernel replaced: the model's own modules may be compiled, and
     compiled code calls its functions directly)."""
     from fuzz import check
-    from replay.model.kernel import Kernel
-
-    def try_online_node() -> int:
-        return 1 // 0
-
-    class CrashingKernel:
-        def __init__(self, *args: Any, **kw: Any) -> None:
-            self.k = Kernel(*args, **kw)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.k, name)
-
-        def apply(self, ev: Any) -> Any:
-            return try_online_node() if isinstance(ev, AddMemory) else self.k.apply(ev)
+    from tests.helpers import CrashingKernel
 
     monkeypatch.setattr(check, "Kernel", CrashingKernel)
     boot = [ev for ev in decode((ROOT / "corpus" / "seeds" / "seed-dimm.mhpt").read_bytes()) or [] if ev.KIND == "boot"]

@@ -306,13 +306,15 @@ def test_a_campaign_with_confirm_asks_the_lab_for_each_new_regression(tmp_path: 
 def test_a_model_crash_while_simulating_is_a_crash_hit_not_a_campaign_crash(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The simulation runs the model: where it crashes, the check gets check_events' CRASH hit on the event it crashed
     on, the mutator goes on, and the regression's trace ends with that event."""
-    from replay.model import add_remove
+    from fuzz import check
+    from tests.helpers import CrashingKernel
 
-    monkeypatch.setattr(add_remove, "try_online_node", lambda m, nid: 1 / 0)
+    monkeypatch.setattr(check, "Kernel", CrashingKernel)  # the check's model and the simulation's (fuzz.steps)
+    monkeypatch.setattr(steps, "Kernel", CrashingKernel)
     doc = steps.decode(b'[machine]\npreset = "qemu-q35-4G-2node"\n[[step]]\ndimm = "384M"\nnode = 1\n')
     assert doc is not None
     hit = check_doc(doc, Mode())
-    assert hit is not None and hit.signature == "CRASH:ZeroDivisionError:<lambda>"
+    assert hit is not None and hit.signature == "CRASH:ZeroDivisionError:try_online_node"
     assert steps.obstacle(doc) is None  # left for the check to report
     assert steps.decode(steps.encode(steps.mutate(doc, random.Random(1)))) is not None
     res = StepsMinimizer(Mode(), hit.signature, max_seconds=30).run_doc(doc)

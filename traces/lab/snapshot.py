@@ -109,9 +109,10 @@ def ensure_snapshot(cfg: GuestConfig, scenario: Scenario, directory: Path | None
     snap = cached_snapshot(cfg, directory)
     if snap is not None:
         return snap
-    with SnapshottingGuest(cfg, scenario, directory, verbose=verbose) as g:
-        assert g.snapshot is not None
-        return g.snapshot
+    guest = SnapshottingGuest(cfg, scenario, directory, verbose=verbose)
+    with guest:
+        assert guest.snapshot is not None
+        return guest.snapshot
 
 
 def guest_for(cfg: GuestConfig, scenario: Scenario, directory: Path | None = None, verbose: bool = False) -> Guest:

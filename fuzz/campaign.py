@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fuzz.cause import Known, classify
+from fuzz.cause import Known, classify, fingerprint
 from fuzz.check import Hit, Mode, check_events, decode, shadowing
 from fuzz.minimize import Budget, deadline, reproducer_header
 from fuzz.mutator import encode
@@ -186,7 +186,7 @@ def save_regression(
     """Write <name>.mhpt (default name: the signature's; its header names the profile's kernel
     release, so ``mhp replay`` picks that profile), its text form, a metadata file and a
     ready-to-paste pytest; the metadata's ``ignore`` lists the signatures the trace hits first
-    (shadowing), its ``cause`` the fingerprint (fuzz.cause)."""
+    (shadowing), its ``cause`` the fingerprint (fuzz.cause; computed here unless given)."""
     name = name or safe_name(signature)
     profile = get_profile(mode.profile)
     data = encode(events, reproducer_header(TraceHeader(kernel_release=profile.release, source=Capture.FUZZER), events, profile, "mhp fuzz"))
@@ -197,8 +197,7 @@ def save_regression(
     atomic_write(regressions / f"{name}.txt", text.getvalue())
     ignore = shadowing(events, mode, signature)
     meta: dict[str, Any] = {"signature": signature, "profile": mode.profile, "variant": mode.variant, "diff": mode.diff, "ignore": ignore, "note": note}
-    if cause is not None:
-        meta["cause"] = cause
+    meta["cause"] = cause if cause is not None else fingerprint(events, mode, signature, frozenset(ignore)).to_json()
     atomic_write(regressions / f"{name}.json", json.dumps(meta, indent=1) + "\n")
     test = f'''def test_{re.sub(r"[^a-z0-9]+", "_", name.lower())}() -> None:
     """{note}"""

@@ -62,7 +62,10 @@ def test_every_regression_stores_the_cause_its_trace_has(meta: Path) -> None:
 
 
 def test_no_two_regressions_of_a_signature_share_a_cause() -> None:
-    keys = [(m["signature"], Cause.from_json(m["cause"]).key()) for m in map(lambda p: json.loads(p.read_text()), sorted(REGRESSIONS.glob("*.json")))]
+    """Among the trace regressions and among the expressible (steps) ones: a steps regression may reproduce a trace
+    regression's cause on a real machine (quirk Q1's AM-RATIO:state is both)."""
+    metas = [json.loads(p.read_text()) for p in sorted(REGRESSIONS.glob("*.json"))]
+    keys = [(bool(m.get("expressible")), m["signature"], Cause.from_json(m["cause"]).key()) for m in metas]
     assert len(keys) == len(set(keys))
 
 

@@ -10,6 +10,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml setup.py $(wildcard replay/model/*.py) replay/replayer.py replay/observe.py
 	@if [ "$$(id -u)" = 0 ] && ! $(PY) -m venv --help >/dev/null 2>&1; then \
 		apt-get update -q && apt-get install -y -q python3-venv python3-pip; fi
+	@# the compiled build needs a C compiler and Python's headers (without them: pure Python, as `mhp --version` says)
+	@if [ "$$(id -u)" = 0 ] && { ! command -v cc >/dev/null 2>&1 || \
+		[ ! -e "$$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['include'])")/Python.h" ]; }; then \
+		apt-get update -q && apt-get install -y -q gcc python3-dev; fi
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+import pytest
 
 from replay.model.kernel import Kernel
 from replay.model.outcome import Outcome
@@ -92,3 +95,14 @@ class CrashingKernel:
 
     def apply(self, ev: Any) -> Any:
         return try_online_node() if isinstance(ev, AddMemory) else self.k.apply(ev)
+
+
+def require_lab(kernel: str) -> None:
+    """Skip a test that boots ``kernel`` in the lab when the lab cannot; under CI (CI=true) that is a failure."""
+    from traces.lab.setup import lab_ready
+
+    reason = lab_ready(kernel)
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"lab not available under CI: {reason}")
+        pytest.skip(f"lab not available: {reason}")

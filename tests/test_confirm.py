@@ -20,7 +20,7 @@ from replay.observe import model_digest, observe_block, observe_zones
 from replay.replayer import replay_file
 from replay.simulate import Simulation, simulate, trace_header
 from replay.translate import differences, read_records, request_key, simulate_recorded, translate
-from tests.test_real_traces import _lab
+from tests.helpers import require_lab
 from traces.codec import FLAG_INFERRED
 from traces.events import (
     AddFlags,
@@ -604,7 +604,7 @@ def test_confirm_end_to_end_in_the_lab(kernel: str, tmp_path: Path) -> None:
     """Boots Debian's kernel: the stale-online-type scenario as the model plays it (quirk Q1, the finding of the
     AM-RATIO_state regression, which itself is inexpressible) runs on the real kernel and is confirmed with its
     signatures; the kept real trace replays clean."""
-    _lab(kernel)
+    require_lab(kernel)
     trace = quirk_trace(tmp_path, kernel)
     v = confirm(trace, kernel, str(tmp_path))
     assert v.verdict == "confirmed", v.line()

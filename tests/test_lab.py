@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import lzma
-import os
 import struct
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_lab
 from traces.lab import cli
 from traces.lab.initramfs import AGENT, INIT, initramfs_entries, is_static_elf, modinfo_depends, module_plan, read_newc, write_newc
 from traces.lab.qemu import GuestConfig, LabError, kernel_append, qemu_command
@@ -359,11 +359,7 @@ def test_cli_bad_input(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_live_seed_dimm_on_real_kernel(tmp_path: Path) -> None:
     """Boots Debian's 6.1 under QEMU and runs seed-dimm; the result must equal corpus/observed/seed-dimm.json."""
-    reason = lab_ready("6.1")
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"lab not available under CI: {reason}")
-        pytest.skip(f"lab not available: {reason}")
+    require_lab("6.1")
     out = tmp_path / "seed-dimm.json"
     obs = run_scenario(SCENARIOS / "seed-dimm.toml", "6.1", out)
     assert json.loads(out.read_text()) == obs

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,11 @@ from fuzz import steps
 from fuzz.lab import LabOutcome, campaign, decision_text, divergence_signature, judge, save_lab_regression
 from replay.cli import main
 from replay.replayer import replay_file
+from tests.helpers import require_lab
 from traces.lab.initramfs import build_initramfs
 from traces.lab.qemu import GuestConfig
 from traces.lab.run import LabRun
-from traces.lab.setup import cached_kernel, lab_ready
+from traces.lab.setup import cached_kernel
 from traces.lab.snapshot import RestoredGuest, ensure_snapshot, snapshot_key
 from traces.scenario import load_scenario
 
@@ -118,21 +118,13 @@ def test_a_bad_corpus_file_is_one_line_naming_it(tmp_path: Path, capsys: pytest.
 # --- in the lab -----------------------------------------------------------------------------------------------------
 
 
-def need_lab() -> None:
-    reason = lab_ready("6.12")
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"lab not available under CI: {reason}")
-        pytest.skip(f"lab not available: {reason}")
-
-
 @pytest.fixture(scope="module")
 def snapshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("snapshots")
 
 
 def test_a_restored_snapshot_shows_the_boot_state(snapshots: Path) -> None:
-    need_lab()
+    require_lab("6.12")
     sc = load_scenario(SCENARIOS / "seed-vmem.toml")
     kp = cached_kernel("6.12")
     cfg = GuestConfig(kp.vmlinuz, build_initramfs(kp), sc.machine, sc.cmdline, tuple(sc.devices))
@@ -154,7 +146,7 @@ def test_a_restored_snapshot_shows_the_boot_state(snapshots: Path) -> None:
 
 
 def test_a_lab_campaign_finds_a_seeded_variant(tmp_path: Path) -> None:
-    need_lab()
+    require_lab("6.12")
     doc = steps.decode((SCENARIOS / "seed-vmem.toml").read_bytes())
     assert doc is not None
     one = copy.deepcopy(doc)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,13 @@ import pytest
 from replay.model.profiles import profile_for_release
 from replay.replayer import replay_file
 from replay.report import TraceResult
+from tests.helpers import require_lab
 from traces.codec import FLAG_INFERRED
 from traces.events import AddMemory, GroupRegister, Mark
 from traces.header import Capture
 from traces.lab.agree import disagreements
 from traces.lab.run import run_trace
-from traces.lab.setup import KERNELS, lab_ready
+from traces.lab.setup import KERNELS
 from traces.reader import TraceReader
 from traces.scenario import load_scenario
 
@@ -81,14 +81,6 @@ def test_real_trace_replays(path: Path) -> None:
     assert set(res.finding_signatures) <= set(load_scenario(SCENARIOS / f"{path.stem}.toml").expect_findings)
 
 
-def _lab(kernel: str) -> None:
-    reason = lab_ready(kernel)
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"lab not available under CI: {reason}")
-        pytest.skip(f"lab not available: {reason}")
-
-
 LIVE = ("seed-dimm", "offline-reonline", "seed-vmem")  # ACPI DIMMs; user-space writes; virtio-mem
 
 
@@ -96,7 +88,7 @@ LIVE = ("seed-dimm", "offline-reonline", "seed-vmem")  # ACPI DIMMs; user-space 
 def test_live_recorder_in_the_guest_replays_clean(kernel: str, tmp_path: Path) -> None:
     """Boots Debian's kernel under QEMU with the guest's own `mhp record` running; its traces replay with 0
     divergences, carry a mark per step, and what it observed at every mark is what the host sampled."""
-    _lab(kernel)
+    require_lab(kernel)
     for name in LIVE:
         sc = load_scenario(SCENARIOS / f"{name}.toml")
         out, obs_path = tmp_path / f"{name}.mhpt", tmp_path / f"{name}.json"

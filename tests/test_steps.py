@@ -22,7 +22,7 @@ from fuzz.steps_triage import confirm_regression, known_step_signatures, prepare
 from replay.cli import main
 from replay.replayer import replay_file
 from replay.translate import translate
-from tests.test_real_traces import _lab
+from tests.helpers import require_lab
 from traces.codec import Record
 from traces.scenario import load_scenario
 
@@ -280,7 +280,7 @@ def test_confirm_writes_the_real_kernels_verdict_into_the_regression(tmp_path: P
     """Boots Debian's 6.1 in the lab: the minimised M4 reproducer, the reference model's trace of real-machine
     actions, is confirmed (the real kernel decides as the reference does: it refutes the variant), and the verdict
     goes into the regression's .json with the real trace beside it."""
-    _lab("6.1")
+    require_lab("6.1")
     res = StepsMinimizer(M4, M4_SIG, max_seconds=120).run_doc(m4_doc)
     trace = save_step_regression(tmp_path, M4_SIG, M4, res.doc, "note")
     assert confirm_regression(trace, ["6.1"]) == {"6.1": "confirmed"}

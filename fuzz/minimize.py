@@ -5,12 +5,14 @@ simplification to a fixed point. Deterministic; bounded by replays and time."""
 from __future__ import annotations
 
 import enum
+import gc
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from types import FrameType
 from typing import Any
 
 from fuzz.check import Hit, Mode, check_events, shadowing
@@ -43,20 +45,31 @@ class Budget(BaseException):
 def deadline(at: float) -> Iterator[None]:
     """Raise Budget when the monotonic clock passes ``at``, also in the middle of a replay (a
     SIGALRM timer, in the main thread; elsewhere only the checks between replays hold). The timer
-    rings again every 50 ms until the block ends: a ring that lands where exceptions are swallowed
-    (a gc callback, a __del__) is followed by one that is not."""
+    rings every 50 ms until the block ends, and a ring during a garbage collection or inside a
+    ``__del__`` (where the exception would be swallowed as unraisable) waits for the next one."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     armed = [True]
+    collecting = [False]
 
-    def ring(signum: int, frame: object) -> None:
-        if armed[0]:
+    def gc_start(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            collecting[0] = True
+
+    def gc_stop(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            collecting[0] = False
+
+    def ring(signum: int, frame: FrameType | None) -> None:
+        if armed[0] and not collecting[0] and not in_finaliser(frame):
             raise Budget
 
     left = at - time.monotonic()
     if left <= 0:
         raise Budget
+    gc.callbacks.insert(0, gc_start)  # first at a collection's start, last at its stop
+    gc.callbacks.append(gc_stop)
     old = signal.signal(signal.SIGALRM, ring)
     signal.setitimer(signal.ITIMER_REAL, left, 0.05)
     try:
@@ -65,6 +78,17 @@ def deadline(at: float) -> Iterator[None]:
         armed[0] = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+        gc.callbacks.remove(gc_start)
+        gc.callbacks.remove(gc_stop)
+
+
+def in_finaliser(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs inside a ``__del__`` (called from whatever dropped the object)."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
 
 
 @dataclass(slots=True)

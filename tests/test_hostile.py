@@ -280,6 +280,43 @@ def test_minimize_honours_its_time_budget_inside_a_long_replay(tmp_path: Path) -
         Minimizer(Mode("6.1"), None, max_seconds=0.3).run(events)
 
 
+def test_a_budget_ring_during_a_garbage_collection_waits_instead_of_being_swallowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gc callback that takes half the time (hypothesis installs one) would swallow a Budget raised
+    inside it as unraisable; the deadline rings again outside the collection and reaches the caller,
+    every time."""
+    import gc
+    import sys
+    import time
+
+    from fuzz.minimize import Budget, deadline
+
+    def busy(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    def slow(phase: str, info: dict[str, int]) -> None:
+        busy(0.001)
+
+    swallowed: list[object] = []
+    monkeypatch.setattr(sys, "unraisablehook", swallowed.append)
+    gc.callbacks.append(slow)
+    reached = 0
+    try:
+        for _ in range(12):
+            try:
+                with deadline(time.monotonic() + 0.03):
+                    give_up = time.monotonic() + 3
+                    while time.monotonic() < give_up:
+                        gc.collect(0)
+                        busy(0.002)
+            except Budget:
+                reached += 1
+    finally:
+        gc.callbacks.remove(slow)
+    assert (reached, swallowed) == (12, [])
+
+
 # --- defect 3: repair mends what verify reports about sequence numbers --------------------------------------
 
 

@@ -16,13 +16,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from fuzz.cause import Known, classify, fingerprint
 from fuzz.check import Hit, Mode, check_events, decode, shadowing
@@ -266,6 +267,34 @@ def run(
     return c.summary
 
 
+class Progress(threading.Thread):
+    """Reads a libFuzzer run's status lines: its executions and corpus size, echoed every 2 s."""
+
+    def __init__(self, campaign: Campaign, stream: IO[str]) -> None:
+        super().__init__(daemon=True)
+        self.campaign, self.stream, self.execs = campaign, stream, 0
+
+    def run(self) -> None:
+        c, s = self.campaign, self.campaign.summary
+        last_status = 0.0
+        for line in self.stream:
+            m = STATUS.search(line)
+            if m:
+                self.execs = max(self.execs, int(m.group(1)))
+                s.corpus = int(m.group(4))
+                if c.echo and time.monotonic() - last_status > 2:
+                    last_status = time.monotonic()
+                    print(
+                        f"\r[{c.elapsed():5.0f}s] execs {s.execs + self.execs} exec/s {m.group(5)} corpus {s.corpus} "
+                        f"cov {m.group(2)} signatures {len(s.signatures)}",
+                        end="",
+                        file=sys.stderr,
+                    )
+            m = re.search(r"stat::number_of_executed_units: (\d+)", line) or re.search(r"Done (\d+) runs", line)
+            if m:
+                self.execs = max(self.execs, int(m.group(1)))
+
+
 class Campaign:
     """The state of one ``mhp fuzz`` run: where things live, what is known, what was found."""
 
@@ -340,6 +369,7 @@ class Campaign:
             "MHP_FUZZ_VARIANT": mode.variant or "",
             "MHP_FUZZ_DIFF": mode.diff or "",
             "MHP_FUZZ_IGNORE": str(self.ignore_file),
+            "MHP_FUZZ_HELD": f"{self.artifacts}/{self.prefix}" if self.target in ("model", "steps") else "",  # fuzz/hold.py
             "MHP_FUZZ_CAMPAIGN": str(os.getpid()),  # the harnesses and their fork-mode workers die with this process
         }
 
@@ -355,34 +385,21 @@ class Campaign:
             cmd.append(f"-runs={runs}")
         cmd += [str(self.work), str(self.seeds)]
         s = self.summary
-        execs, began, before = 0, time.monotonic(), set(s.signatures)
-        last_status = last_triage = 0.0
+        began, before = time.monotonic(), set(s.signatures)
         with child(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
             assert proc.stderr is not None
-            for line in proc.stderr:
-                m = STATUS.search(line)
-                if m:
-                    execs = max(execs, int(m.group(1)))
-                    s.corpus = int(m.group(4))
-                    if self.echo and time.monotonic() - last_status > 2:
-                        last_status = time.monotonic()
-                        print(
-                            f"\r[{self.elapsed():5.0f}s] execs {s.execs + execs} exec/s {m.group(5)} corpus {s.corpus} "
-                            f"cov {m.group(2)} signatures {len(s.signatures)}",
-                            end="",
-                            file=sys.stderr,
-                        )
-                m = re.search(r"stat::number_of_executed_units: (\d+)", line) or re.search(r"Done (\d+) runs", line)
-                if m:
-                    execs = max(execs, int(m.group(1)))
-                if time.monotonic() - last_triage > 5:
-                    last_triage = time.monotonic()
-                    self.triage_new()
+            progress = Progress(self, proc.stderr)  # read in a thread: a long triage must not block the harness on a full pipe
+            progress.start()
+            while proc.poll() is None:
+                with suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+                self.triage_new()
+            progress.join()
         if self.echo:
             print(file=sys.stderr)
-        s.execs += execs
+        s.execs += progress.execs
         self.triage_new()
-        record(self.artifacts, self.target, s.mode, execs, time.monotonic() - began, set(s.signatures) - before)
+        record(self.artifacts, self.target, s.mode, progress.execs, time.monotonic() - began, set(s.signatures) - before)
 
     def options(self) -> list[str]:
         """libFuzzer flags of every run: where artifacts go, the memory and per-input time limits
@@ -434,8 +451,9 @@ class Ledger:
         self.names = set(path.read_text().split()) if path.exists() else set()
 
     def pending(self, artifacts: Path, prefix: str = "", hangs: bool = False) -> list[Path]:
-        """The artifacts named ``PREFIXcrash-*`` (``hangs``: also timeout-* and oom-*) not triaged yet."""
-        kinds = ("crash", "timeout", "oom") if hangs else ("crash",)
+        """The artifacts named ``PREFIXcrash-*`` and ``PREFIXheld-*`` (fuzz/hold.py; ``hangs``, for
+        the surface targets: ``crash``, ``timeout`` and ``oom``) not triaged yet."""
+        kinds = ("crash", "timeout", "oom") if hangs else ("crash", "held")
         return [p for kind in kinds for p in artifacts.glob(f"{prefix}{kind}-*") if p.name not in self.names]
 
     def add(self, art: Path) -> None:

@@ -6,7 +6,8 @@ run through the model with every oracle (and, in differential mode, beside a sec
 hit raises FuzzHit carrying its signature. Environment:
 
 - ``MHP_FUZZ_PROFILE`` (6.1), ``MHP_FUZZ_VARIANT`` (a seeded variant), ``MHP_FUZZ_DIFF``
-  (``6.12`` or ``ref``), ``MHP_FUZZ_IGNORE`` (a file of known signatures, one per line).
+  (``6.12`` or ``ref``), ``MHP_FUZZ_IGNORE`` (a file of known signatures, one per line),
+  ``MHP_FUZZ_HELD`` (where a known signature's hit on a new path is held instead: fuzz/hold.py).
 
     fuzz/model_fuzzer.py -fork=2 -ignore_crashes=1 -max_total_time=60 corpus/seeds
 """
@@ -28,19 +29,12 @@ import traces.reader  # noqa: F401  (and the codec, header and event table it im
 with atheris.instrument_imports():
     from fuzz.check import STATE_FEATURES, Mode, check_input
 
+from fuzz.hold import Holder
 from fuzz.mutator import custom_crossover, custom_mutator
 
 
 class FuzzHit(Exception):
     """A finding, a difference between models, or a model crash."""
-
-
-def _ignored() -> frozenset[str]:
-    path = os.environ.get("MHP_FUZZ_IGNORE")
-    if not path or not os.path.exists(path):
-        return frozenset()
-    with open(path) as f:
-        return frozenset(line.strip() for line in f if line.strip() and not line.startswith("#"))
 
 
 def _feature_leaves() -> tuple[Callable[[], int], ...]:
@@ -61,12 +55,12 @@ def feature(k: int) -> int:
 
 
 MODE = Mode(os.environ.get("MHP_FUZZ_PROFILE", "6.1"), os.environ.get("MHP_FUZZ_VARIANT") or None, os.environ.get("MHP_FUZZ_DIFF") or None)
-IGNORE = _ignored()
+HOLD = Holder.from_env()
 
 
 def TestOneInput(data: bytes) -> None:  # libFuzzer's name
-    hit = check_input(data, MODE, IGNORE, feature)
-    if hit is not None:
+    hit = check_input(data, MODE, HOLD.current(), feature)
+    if hit is not None and not HOLD.hold(data, hit):
         raise FuzzHit(f"{hit.signature} at event {hit.index}: {hit.message}")
 
 

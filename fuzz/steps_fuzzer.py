@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """atheris harness for steps inputs (fuzz/steps.py): scenario documents of real-machine actions, simulated by the
-model and checked like the model target (same signatures, MHP_FUZZ_PROFILE / _VARIANT / _DIFF / _IGNORE). Every
+model and checked like the model target (same signatures, MHP_FUZZ_PROFILE / _VARIANT / _DIFF / _IGNORE / _HELD). Every
 input is a scenario TOML file (``mhp simulate`` runs it, ``mhp lab`` runs it on a real kernel) and expressible, so
 every finding can be confirmed (``mhp fuzz --target steps --confirm``).
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import atheris
 
 # The model, its oracles and the check are instrumented by the model harness's import (its state features too).
-from fuzz.model_fuzzer import IGNORE, MODE, FuzzHit, feature
+from fuzz.model_fuzzer import HOLD, MODE, FuzzHit, feature
 
 # The simulation and the drivers it runs are instrumented too (their paths are coverage); the mutator and the
 # translator that checks its mutants run outside TestOneInput and are imported after, uninstrumented.
@@ -26,8 +26,8 @@ from fuzz.steps_check import check_steps
 
 
 def TestOneInput(data: bytes) -> None:  # libFuzzer's name
-    hit = check_steps(data, MODE, IGNORE, feature)
-    if hit is not None:
+    hit = check_steps(data, MODE, HOLD.current(), feature)
+    if hit is not None and not HOLD.hold(data, hit):
         raise FuzzHit(f"{hit.signature} at event {hit.index}: {hit.message}")
 
 

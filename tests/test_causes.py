@@ -3,7 +3,9 @@ the seeds lacked, and variant C1 found as a new cause of a known signature."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -13,7 +15,8 @@ import pytest
 from fuzz.boot_states import BOOT_STATES, SEEDS, boot_state, write_seeds
 from fuzz.campaign import DEFAULT_IGNORE, Summary, _triage, run
 from fuzz.cause import Cause, Known, booted, fingerprint, known_ignores, main
-from fuzz.check import Mode, check_events, decode
+from fuzz.check import Hit, Mode, check_events, decode
+from fuzz.hold import REREAD_EVERY, Holder
 from fuzz.mutator import encode, mutate_boot
 from fuzz.path import known_paths, pathed, plain, within
 from traces.events import EVENT_TYPES, AddFlags, AddMemory, BootZone, GroupRegister, ZoneType
@@ -149,6 +152,29 @@ def test_a_known_cause_on_a_new_path_is_minimised_and_suppressed(tmp_path: Path)
     assert summary.lines()[-1] == "known cause (suppressed): AM-RATIO-NODE:movable-decision x1, AM-RATIO:movable-decision x1"
 
 
+def test_a_known_signature_on_a_new_path_is_held_and_the_harness_goes_on(tmp_path: Path) -> None:
+    """fuzz/hold.py: the harness writes such an input beside the crash artifacts and skips that
+    (signature, path) from then on; a signature the regressions lack is not held (it crashes)."""
+    events = [*events_of(SEED_DIR / "seed-vmem.mhpt"), GroupRegister(False, 0, 1), AddMemory(204 * BLOCK, BLOCK, 1, AddFlags.NID_IS_MGID)]
+    data = encode(events)
+    ignore_file = tmp_path / "ignore.txt"
+    ignore_file.write_text("\n".join(sorted(Known.load(REGRESSIONS).ignores() | set(DEFAULT_IGNORE))) + "\n")
+    holder = Holder(str(ignore_file), f"{tmp_path}/steps-")
+    held = []
+    while (hit := check_events(events, Mode(), holder.current())) is not None:
+        assert holder.hold(data, hit)
+        held.append(pathed(hit.signature, hit.path))
+    assert [h.partition(" @ ")[0] for h in held] == ["AM-RATIO:movable-decision", "AM-RATIO-NODE:movable-decision"]
+    assert [p.name for p in tmp_path.glob("steps-held-*")] == [f"steps-held-{hashlib.sha1(data).hexdigest()}"]
+    assert not Holder(None, f"{tmp_path}/").hold(data, Hit("AM-RATIO:movable-decision", 0, "", "static:Movable:pass:under,req,gmov"))
+    assert not Holder(str(ignore_file), None).hold(data, Hit("AM-RATIO:movable-decision", 0, "", "static:Movable:pass:under,req,gmov"))
+    ignore_file.write_text("AM-RATIO:movable-decision\n")  # the campaign learned more: read at the next look
+    os.utime(ignore_file, ns=(0, 0))
+    for _ in range(REREAD_EVERY):
+        entries = holder.current()
+    assert entries == frozenset({"AM-RATIO:movable-decision", *held})
+
+
 @pytest.fixture(scope="module")
 def c1_campaign(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Summary]:
     """C1 (CMA counted as kernel memory) under a 200-run campaign on 7.2 with every regression known."""
@@ -174,6 +200,8 @@ def test_c1_is_reported_as_a_new_cause_of_a_known_signature(c1_campaign: tuple[P
         assert check_events(events_of(saved), Mode("7.2"), frozenset(meta["ignore"])) is None  # the reference model is right there
     text = "\n".join(summary.lines())
     assert "new cause of a known signature" in text and "AM-RATIO:movable-decision__cause-" in text
+    d, _ = c1_campaign  # the harness held those hits and went on: one libFuzzer run did the 200 inputs
+    assert len((d / "a" / "campaigns.jsonl").read_text().splitlines()) == 1 and list((d / "a").glob("held-*"))
 
 
 def test_a_saved_cause_is_not_saved_again(c1_campaign: tuple[Path, Summary]) -> None:
@@ -182,7 +210,7 @@ def test_a_saved_cause_is_not_saved_again(c1_campaign: tuple[Path, Summary]) -> 
     before = sorted(p.name for p in (d / "r").iterdir())
     known = Known.load(d / "r").ignores() | set(DEFAULT_IGNORE)
     summary = Summary("model", C1.describe())
-    for art in sorted((d / "a").glob("crash-*")):
+    for art in sorted([*(d / "a").glob("crash-*"), *(d / "a").glob("held-*")]):
         _triage(art, "model", C1, summary, d / "r", known, 0.0, 30)
     assert summary.signatures == {} and sorted(p.name for p in (d / "r").iterdir()) == before
 

@@ -29,6 +29,8 @@ from traces.reader import TraceReader
 
 KNOWN_HEADERS_MAX = 256
 _known_headers: set[bytes] = set()  # header bytes TraceReader accepted (fuzz inputs share a handful)
+DECODED_MAX, DECODED_INPUT_MAX = 256, 16384
+_decoded: dict[bytes, tuple[Any, ...] | None] = {}  # recent small inputs and their events: libFuzzer mutates an input right after running it
 
 
 DIFF_PAIRS = tuple(f"{a},{b}" for a, b in combinations(PROFILES, 2))  # --diff between profiles: 6.1,6.12 6.1,7.2 6.12,7.2
@@ -83,7 +85,22 @@ def header_length(data: bytes) -> int:
 
 
 def decode(data: bytes) -> list[Any] | None:
-    """The events of a fuzz input, or None if it is not a valid trace."""
+    """The events of a fuzz input, or None if it is not a valid trace (the last DECODED_MAX inputs
+    of up to DECODED_INPUT_MAX bytes remembered: the harness runs a mutant, then the mutator reads it)."""
+    if len(data) > DECODED_INPUT_MAX:
+        return _decode(data)
+    if data in _decoded:
+        known = _decoded[data]
+        return None if known is None else list(known)
+    events = _decode(data)
+    if len(_decoded) >= DECODED_MAX:
+        del _decoded[next(iter(_decoded))]  # the oldest
+    _decoded[data] = None if events is None else tuple(events)
+    return events
+
+
+def _decode(data: bytes) -> list[Any] | None:
+    """decode, uncached."""
     events = _decode_plain(data)
     if events is not None:
         return events

@@ -114,6 +114,18 @@ def test_mutants_decode_to_the_events_encoded_and_as_the_reader_decodes() -> Non
             assert decode(d) == expected, i
 
 
+def test_a_remembered_input_decodes_to_a_fresh_list_of_the_same_events() -> None:
+    """decode remembers recent small inputs (the mutator reads the mutant the harness just ran):
+    each call returns its own list, so a caller that edits it changes nothing for the next."""
+    data = encode((decode(SEEDS[0].read_bytes()) or [])[:40])
+    first = decode(data)
+    assert first is not None
+    first.clear()
+    again = decode(data)
+    assert again is not None and len(again) == 40 and again is not decode(data)
+    assert decode(data[:-1]) is None and decode(data[:-1]) is None  # damaged: invalid, remembered or not
+
+
 def test_new_device_registers_a_group_and_adds_a_free_range_into_it() -> None:
     events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
     assert events is not None

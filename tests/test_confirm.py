@@ -100,6 +100,7 @@ REASONS = {
     "AM-RATIO_state__cause-6": (8, "virtio-mem adds one unit (512M) at a time, not 256M"),
     "AM-STATIC-MIXED_Normal__cause-2": (1, "a static group of 1 pages holding memory0..memory63"),
     "AM-STATIC-MIXED_Normal__cause-3": (1, "a static group of 262144 pages holding memory32..memory47"),
+    "AM-STATIC-MIXED_DMA32": (10, "driver-managed memory in a static group (dax/kmem)"),
 }
 
 

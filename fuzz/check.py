@@ -22,6 +22,7 @@ from fuzz.path import decision_path, known_paths
 from replay.differential import compare_outcomes
 from replay.model.kernel import Kernel
 from replay.model.profiles import PROFILES, get_profile
+from replay.model.variants import NEEDS_PROFILE
 from traces.codec import decode_payload
 from traces.errors import TraceFormatError
 from traces.header import CHUNK_HEADER, CHUNK_MAGIC, FIXED_HEADER_SIZE, MAX_CHUNK, chunk_crc
@@ -57,6 +58,15 @@ def parse_mode(profile: str, variant: str | None, diff: str | None) -> Mode:
     """The Mode of the ``--profile``, ``--variant`` and ``--diff`` options (``mhp fuzz``, ``mhp
     minimize``): ``--diff A,B`` runs profile A (its variant, if any) against profile B and sets the
     profile to A; ``--diff ref`` runs the variant against the reference model of ``profile``."""
+    mode = _parse_mode(profile, variant, diff)
+    needs = NEEDS_PROFILE.get(variant or "")
+    if needs and mode.profile != needs:
+        raise ValueError(f"--variant {variant} changes code only profile {needs} has: give --profile {needs}")
+    return mode
+
+
+def _parse_mode(profile: str, variant: str | None, diff: str | None) -> Mode:
+    """parse_mode without the variant's profile check."""
     if not diff:
         return Mode(profile, variant)
     if diff == "ref":

@@ -126,6 +126,14 @@ def test_a_remembered_input_decodes_to_a_fresh_list_of_the_same_events() -> None
     assert decode(data[:-1]) is None and decode(data[:-1]) is None  # damaged: invalid, remembered or not
 
 
+def test_a_variant_of_one_profile_s_code_needs_that_profile() -> None:
+    """C1 changes CMA accounting, which only profile 7.2 has: elsewhere it would change nothing."""
+    assert parse_mode("7.2", "C1", "ref") == Mode("7.2", "C1", "ref")
+    assert parse_mode("6.1", "C1", "7.2,6.12").profile == "7.2"
+    with pytest.raises(ValueError, match=r"--variant C1 changes code only profile 7\.2 has: give --profile 7\.2"):
+        parse_mode("6.1", "C1", "ref")
+
+
 def test_new_device_registers_a_group_and_adds_a_free_range_into_it() -> None:
     events = decode((ROOT / "corpus" / "seeds" / "seed-vmem.mhpt").read_bytes())
     assert events is not None

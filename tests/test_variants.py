@@ -10,7 +10,7 @@ from replay.differential import diff_events
 from replay.model.kernel import Kernel
 from replay.model.params import boot_params_from_cmdline
 from replay.model.profiles import get_profile
-from replay.model.variants import VARIANTS
+from replay.model.variants import NEEDS_PROFILE, VARIANTS
 from tests.helpers import AUTO_MOVABLE, BLOCK, BP, GIB, ideal_events
 from traces.events import AddFlags, AddMemory, Attr, BootZone, GroupRegister, GroupUnregister, InjectFailure, OfflineBlock, OnlineBlock, OnlineType, Op, Source
 from traces.machines import PRESETS
@@ -70,7 +70,6 @@ SEQUENCES = {
     "M10": [*q35(AUTO_MOVABLE + " memory_hotplug.memmap_on_memory=1"), AddMemory(48 * BLOCK, BLOCK, 0, AddFlags.MEMMAP_ON_MEMORY)],
     "C1": [*(e._replace(cma=GIB // 4096) if type(e) is BootZone and e.zone.label == "DMA32" else e for e in q35()), *dimms(3)],  # 1 GiB CMA
 }
-PROFILE = {"C1": "7.2"}  # the others: 6.1
 
 EXPECTED_ASPECT = {"B1": "rc", "B2": "decision", "B6": "rc", "M1": "decision", "M2": "decision", "M3": "decision", "M4": "decision", "M5": "numbers",
                    "M6": "decision", "M7": "rc", "M8": "decision", "M9": "decision", "M10": "present", "C1": "numbers"}  # fmt: skip
@@ -82,7 +81,7 @@ def test_every_variant_has_a_sequence() -> None:
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_variant_differs_from_the_reference(name: str) -> None:
-    p = get_profile(PROFILE.get(name, "6.1"))
+    p = get_profile(NEEDS_PROFILE.get(name, "6.1"))
     diffs = diff_events(SEQUENCES[name], Kernel(p), Kernel(p, variants=frozenset({name})))
     assert diffs, f"{name} behaves like the reference on its sequence"
     assert diffs[0].what == EXPECTED_ASPECT[name], diffs[0]
@@ -90,7 +89,7 @@ def test_variant_differs_from_the_reference(name: str) -> None:
 
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_reference_equals_itself(name: str) -> None:
-    p = get_profile(PROFILE.get(name, "6.1"))
+    p = get_profile(NEEDS_PROFILE.get(name, "6.1"))
     assert diff_events(SEQUENCES[name], Kernel(p), Kernel(p)) == []
 
 

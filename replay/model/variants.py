@@ -24,6 +24,9 @@ VARIANTS = {
 }
 
 
+NEEDS_PROFILE = {"C1": "7.2"}  # variants of code only that profile has (CONFIG_CMA); the others apply to every profile
+
+
 def check_variants(names: frozenset[str]) -> frozenset[str]:
     """Validate variant names; ValueError naming the unknown ones."""
     unknown = sorted(n for n in names if n not in VARIANTS)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import re
 import shutil
 import statistics
@@ -24,14 +25,17 @@ from pathlib import Path
 from fuzz.campaign import DEFAULT_IGNORE, HARNESSES, ROOT, SEED_EVENTS, known_signatures, prepare_seeds, run
 from fuzz.check import Mode, check_events, check_input, decode
 from fuzz.minimize import Minimizer
-from fuzz.mutator import encode
-from replay.model.variants import VARIANTS
+from fuzz.mutator import encode, mutate_events
+from replay.model.variants import NEEDS_PROFILE, VARIANTS
 
 
 def exec_rate(seconds: float = 5.0) -> float:
-    """check_input() on 32-event inputs (the harness body, uninstrumented)."""
+    """check_input() on 32-event inputs (the harness body, uninstrumented): 1,000 distinct mutants
+    of the seeds, more than decode remembers, so every input is decoded."""
     seeds = sorted((ROOT / "corpus" / "seeds").glob("*.mhpt"))
-    inputs = [encode((decode(s.read_bytes()) or [])[:32]) for s in seeds]
+    rng = random.Random(1)
+    firsts = [(decode(s.read_bytes()) or [])[:32] for s in seeds]
+    inputs = list(dict.fromkeys(encode(mutate_events(firsts[i % len(firsts)], rng)[:32]) for i in range(1100)))[:1000]
     t0, n = time.perf_counter(), 0
     while time.perf_counter() - t0 < seconds:
         check_input(inputs[n % len(inputs)], Mode(), frozenset({"AM-RATIO:state", "AM-RATIO-NODE:state"}))
@@ -106,7 +110,7 @@ def main() -> int:
             shutil.copytree(ROOT / "corpus" / "regressions", t / "r", ignore=shutil.ignore_patterns("DIFF_*"))
             summary = run(
                 "model", seconds=args.max_time, corpus=t / "c", artifacts=t / "a", regressions=t / "r",
-                mode=Mode("6.1", name, "ref"), stop_on_first=True, echo=False, minimize_seconds=5, seed_events=args.seed_events,
+                mode=Mode(NEEDS_PROFILE.get(name, "6.1"), name, "ref"), stop_on_first=True, echo=False, minimize_seconds=5, seed_events=args.seed_events,
             )  # fmt: skip
             hits = [v["first_hit_s"] for s, v in summary.signatures.items() if s.startswith("DIFF:")]
             found[name] = min(hits) if hits else None

@@ -15,6 +15,7 @@ import pytest
 from fuzz.campaign import HARNESSES, TIMEOUTS, Campaign, Summary, run
 from fuzz.check import Mode
 from fuzz.surfaces import TARGETS, check_commands, check_repair, check_scenario, check_text, dictionary, fix_crcs, one_line_error
+from replay.replayer import replay_file
 from traces.errors import TraceFormatError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,6 +67,25 @@ def test_the_targets_take_the_hostile_inputs_of_issue_17() -> None:
     check_text(b"%mhpt 1.0\n\xff\xfe")
     for scenario in ("[machine]\nblock_size = 0\n", '[machine]\npreset = "qemu-q35-4G"\n[[step]]\nonline = "0-4294967295"\n', 'name = "x', ""):
         check_scenario(scenario.encode())
+
+
+def test_commands_skip_inputs_describing_more_than_4_tib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An add of 32 TiB in one record (262,144 blocks, seconds per command) is counted from the
+    records and skipped; the seed's own memory is counted and run."""
+    import fuzz.surfaces as surfaces
+    from fuzz.check import decode
+    from fuzz.mutator import encode
+    from traces.events import AddFlags, AddMemory
+
+    boot = [e for e in decode((SEEDS / "seed-dimm.mhpt").read_bytes()) or [] if e.KIND == "boot"]
+    small, huge = encode([*boot, AddMemory(8 << 30, 128 << 20, 0, AddFlags(0))]), encode([*boot, AddMemory(8 << 30, 32 << 40, 0, AddFlags(0))])
+    assert surfaces.sections_described(huge) - surfaces.sections_described(small) == (32 << 40) // (128 << 20) - 1
+    assert surfaces.sections_described(small) < surfaces.COMMANDS_SECTIONS_MAX < surfaces.sections_described(huge)
+    ran: list[str] = []
+    monkeypatch.setattr(surfaces, "replay_file", lambda path: ran.append(path) or replay_file(path))
+    check_commands(small)
+    check_commands(huge)
+    assert len(ran) == 1
 
 
 def test_a_check_that_breaks_the_rule_raises() -> None:

@@ -386,20 +386,23 @@ class Campaign:
         cmd += [str(self.work), str(self.seeds)]
         s = self.summary
         began, before = time.monotonic(), set(s.signatures)
-        with child(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
-            assert proc.stderr is not None
-            progress = Progress(self, proc.stderr)  # read in a thread: a long triage must not block the harness on a full pipe
-            progress.start()
-            while proc.poll() is None:
-                with suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                self.triage_new()
-            progress.join()
-        if self.echo:
-            print(file=sys.stderr)
-        s.execs += progress.execs
-        self.triage_new()
-        record(self.artifacts, self.target, s.mode, progress.execs, time.monotonic() - began, set(s.signatures) - before)
+        progress: Progress | None = None
+        try:
+            with child(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env, cwd=ROOT) as proc:
+                assert proc.stderr is not None
+                progress = Progress(self, proc.stderr)  # read in a thread: a long triage must not block the harness on a full pipe
+                progress.start()
+                while proc.poll() is None:
+                    with suppress(subprocess.TimeoutExpired):
+                        proc.wait(5)
+                    self.triage_new()
+                progress.join()
+            if self.echo:
+                print(file=sys.stderr)
+            s.execs += progress.execs
+            self.triage_new()
+        finally:  # an interrupted campaign (SIGINT, SIGTERM) logs the executions of its last segment too
+            record(self.artifacts, self.target, s.mode, progress.execs if progress else 0, time.monotonic() - began, set(s.signatures) - before)
 
     def options(self) -> list[str]:
         """libFuzzer flags of every run: where artifacts go, the memory and per-input time limits

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import version
@@ -306,6 +307,7 @@ def cmd_fuzz(args: argparse.Namespace) -> int:
         return 0
     if args.target == "lab":
         return cmd_fuzz_lab(args)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))  # unwind: the segment's executions are logged
     summary = run(
         args.target,
         seconds=args.time,

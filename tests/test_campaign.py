@@ -134,6 +134,30 @@ def test_totals_add_up_every_segment_across_campaigns(tmp_path: Path) -> None:
         campaign_totals(tmp_path / "a")
 
 
+def test_a_terminated_campaign_logs_its_last_segment(tmp_path: Path) -> None:
+    """SIGTERM to mhp fuzz: it exits 143 and its unfinished segment's executions are in the log."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    log = tmp_path / "a" / "campaigns.jsonl"
+    cmd = [sys.executable, "-m", "replay.cli", "fuzz", "--target", "format", "--time", "300"]
+    cmd += ["--corpus", str(tmp_path / "c"), "--artifacts", str(tmp_path / "a")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith("format-") or p.name == "format.dict" for p in (tmp_path / "a").glob("*")) and time.monotonic() < deadline:
+            time.sleep(0.2)  # the harness is starting
+        time.sleep(8)  # past libFuzzer's first status lines
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    (entry,) = [json.loads(line) for line in log.read_text().splitlines()]
+    assert entry["target"] == "format" and entry["execs"] > 0 and entry["seconds"] < 300
+
+
 def test_surface_targets_take_only_small_whole_seeds(tmp_path: Path) -> None:
     """A surface target gets every seed cut to its first events, whole only if small."""
     from fuzz.campaign import prepare_target_seeds

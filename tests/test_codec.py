@@ -171,6 +171,14 @@ def test_unknown_types_and_appended_fields_are_kept() -> None:
     assert parse_text("".join(dump(header, back)))[1] == recs
 
 
+def test_the_fast_decoder_keeps_unknown_types_as_the_construct_one_does() -> None:
+    """A chunk with records of a type this reader does not know (a newer writer's) stays on the
+    fast path, and gives the same records as construct."""
+    recs = [Record(i, i, 0, Unknown(0x99 + i % 2, bytes([i]) * (i % 5))) if i % 3 == 0 else Record(i, i, 0, Mark(f"m{i}")) for i in range(30)]
+    payload = b"".join(encode_record(r) for r in recs)
+    assert list(decode_chunk_fast(payload).records()) == recs == list(decode_payload_construct(payload, len(recs)).records())
+
+
 def test_flipped_byte_is_found_and_repair_keeps_the_rest(tmp_path: Path) -> None:
     recs = [Record(i, i, 0, Mark(f"m{i}")) for i in range(100)]
     data = bytearray(write(recs, chunk=10))

@@ -315,8 +315,12 @@ _REPEATS = frozenset(code for code, cls in EVENT_TYPES.items() if cls in REPEATI
 
 
 def _decode_body(t: int, body: bytes) -> Any:
-    """The event of a record body not yet interned: decoded, then kept for the next identical body."""
-    ev = BODY_DECODERS[t](body)
+    """The event of a record body not yet interned: decoded, then kept for the next identical body
+    (a type this reader does not know: kept byte for byte, as parse_record_construct keeps it)."""
+    decoder = BODY_DECODERS.get(t)
+    if decoder is None:
+        return Unknown(t, body)
+    ev = decoder(body)
     if t in _REPEATS:
         cache = _INTERNED[t]
         if len(cache) >= INTERN_MAX:

@@ -236,6 +236,48 @@ def test_the_writer_and_the_text_form_refuse_what_the_reader_refuses(tmp_path: P
     one_error_line(err, "compile", text, "line 2:26, field count: boot_blocks: blocks 524287+2 end beyond block 524287")
 
 
+def test_an_impossible_snapshot_met_at_the_end_is_an_error_naming_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the commands target: the snapshot's check runs at the first request, and when that is
+    an offline held for its result until the trace ends, layout, plot and export named no file."""
+    from traces.events import Attr, BootZone, OfflineBlock, Source, ZoneType
+
+    def edit(events: list[Any]) -> list[Any]:
+        boot = [e._replace(start_pfn=552866) if type(e) is BootZone and e.zone is ZoneType.NORMAL else e for e in events if e.KIND == "boot"]
+        return [*boot, OfflineBlock(40, Attr.STATE, Source.USER)]
+
+    from fuzz.surfaces import check_commands
+    from replay.replayer import model_at
+    from traces.errors import TraceFormatError
+
+    path = rewrite(SEEDS / "seed-dimm.mhpt", tmp_path / "t.mhpt", edit)
+    with pytest.raises(TraceFormatError) as e:
+        model_at(str(path))
+    assert e.value.path == str(path) and e.value.record == 10  # the first request
+    check_commands(path.read_bytes())  # the commands target's oracle: every error names the file and a position
+    for command in (["layout"], ["export", "-o", str(tmp_path / "t.json")], ["replay"]):
+        rc, _, err = run([command[0], str(path), *command[1:]], capsys)
+        assert rc == 2
+        assert err.endswith("zone Normal (node 0) starts at 552866, inside zone DMA32 (node 0) (which ends at 1048576)\n"), err
+        one_error_line(err, command[0], path, "record 10: ")
+
+
+def test_a_zone_observation_of_no_zone_is_refused_at_its_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the commands target: a ZoneObserved of zone NONE (255) crashed replay's compare."""
+    from fuzz.surfaces import fix_crcs
+    from traces.events import ZoneObserved, ZoneType
+
+    data = bytearray(rewrite(SEEDS / "seed-dimm.mhpt", tmp_path / "t.mhpt", lambda evs: [*evs, ZoneObserved(0, ZoneType.DMA, 1, 1, 1, 1)]).read_bytes())
+    body = encode_record(Record(0, 0, 0, ZoneObserved(0, ZoneType.DMA, 1, 1, 1, 1)))[RECORD_HEADER.size :]
+    at = data.rindex(body) + 2  # the zone byte, after the u16 node
+    data[at] = ZoneType.NONE
+    bad = tmp_path / "bad.mhpt"
+    bad.write_bytes(fix_crcs(bytes(data)))
+    for command in ("replay", "layout", "plot", "export"):
+        rc, _, err = run([command, str(bad), *(["-o", str(tmp_path / "o")] if command in ("plot", "export") else [])], capsys)
+        assert rc == 2 and "field ZoneObserved.zone: ZoneObserved: NONE is no zone" in err, (command, err)
+        one_error_line(err, command, bad, "byte ")
+
+
 def big_add(tmp_path: Path, size: int, requests: int) -> Path:
     """seed-dimm's snapshot, one add_memory of ``size`` bytes at 6 GiB, then ``requests`` online requests."""
     header, records = seed_records()

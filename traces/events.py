@@ -557,6 +557,10 @@ def _removal_bound(ev: RemoveMemory | OfflineAndRemoveMemory) -> str | None:
     return None
 
 
+def _zone_observed_bound(ev: ZoneObserved) -> str | None:
+    return "NONE is no zone: /proc/zoneinfo shows DMA, DMA32, Normal and Movable" if ev.zone is ZoneType.NONE else None
+
+
 # Record-level bounds: what no real machine can have, refused by the reader and the writer before
 # anything is allocated or looped over (field named, problem or None). An add_memory beyond the
 # address space is not among them: the kernel refuses it itself (mhp_range_allowed, -E2BIG), first.
@@ -564,6 +568,7 @@ BOUNDS: dict[type, tuple[str, typing.Callable[[typing.Any], str | None]]] = {
     BootBlocks: ("count", _boot_blocks_bound),
     RemoveMemory: ("size", _removal_bound),
     OfflineAndRemoveMemory: ("size", _removal_bound),
+    ZoneObserved: ("zone", _zone_observed_bound),
 }
 
 

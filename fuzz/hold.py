@@ -52,8 +52,8 @@ class Holder:
     def current(self) -> frozenset[str]:
         """The ignore entries for the next input (the file re-read when it changed)."""
         self.calls += 1
-        if self.calls % REREAD_EVERY == 0 and self._mtime() != self.mtime:
-            self.mtime = self._mtime()
+        if self.calls % REREAD_EVERY == 0 and (mtime := self._mtime()) != self.mtime:
+            self.mtime = mtime
             self.ignore = read_ignore(self.ignore_file) | self.held
         return self.ignore
 

@@ -97,12 +97,17 @@ class CrashingKernel:
         return try_online_node() if isinstance(ev, AddMemory) else self.k.apply(ev)
 
 
+def unavailable(reason: str) -> None:
+    """Skip a test whose machine lacks something (``reason``); under CI (CI=true) that is a failure."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"not available under CI: {reason}")
+    pytest.skip(reason)
+
+
 def require_lab(kernel: str) -> None:
-    """Skip a test that boots ``kernel`` in the lab when the lab cannot; under CI (CI=true) that is a failure."""
+    """Skip a test that boots ``kernel`` in the lab when the lab cannot (a failure under CI)."""
     from traces.lab.setup import lab_ready
 
     reason = lab_ready(kernel)
     if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"lab not available under CI: {reason}")
-        pytest.skip(f"lab not available: {reason}")
+        unavailable(f"lab not available: {reason}")

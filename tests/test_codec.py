@@ -270,6 +270,31 @@ def test_killed_writer_leaves_a_readable_part_file(tmp_path: Path) -> None:
     assert verify(str(target)).stats.records == 23
 
 
+def test_writer_keeps_a_small_index_for_a_long_recording(tmp_path: Path) -> None:
+    """An idle recorder flushes a chunk per zone sample (8,640 a day); the writer holds each one's index
+    entry until close, packed (28 bytes), not as a Python dict (about 290)."""
+    import gc
+    import tracemalloc
+
+    target = tmp_path / "long.mhpt"
+    w = TraceWriter(target, TraceHeader(), chunk_records=None)
+    w.write(Mark("first"))
+    w.flush()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(5000):
+        w.write(Mark(""))
+        w.flush()
+    gc.collect()  # construct's build contexts are cycles, garbage rather than growth
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    w.close()
+    assert grown < 5000 * 40, f"{grown / 5000:.0f} bytes a chunk"
+    report = verify(str(target))
+    assert report.clean and report.stats.has_index and report.stats.chunks == 5001 and report.stats.records == 5001
+
+
 def test_writer_abort_leaves_nothing(tmp_path: Path) -> None:
     target = tmp_path / "t.mhpt"
     with pytest.raises(RuntimeError), TraceWriter(target, TraceHeader()) as w:

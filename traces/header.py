@@ -76,7 +76,7 @@ CHUNK = cs.Struct(
     "crc" / cs.Int32ul,  # crc32 of the first 20 header bytes followed by the payload
 )
 INDEX_ENTRY = cs.Struct("offset" / cs.Int64ul, "first_seq" / cs.Int64ul, "first_ts" / cs.Int64ul, "count" / cs.Int32ul)
-INDEX = cs.Struct("magic" / cs.Const(INDEX_MAGIC), "n" / cs.Int32ul, "entries" / cs.Array(cs.this.n, INDEX_ENTRY))
+INDEX_HEAD = cs.Struct("magic" / cs.Const(INDEX_MAGIC), "n" / cs.Int32ul)  # then n INDEX_ENTRYs
 
 
 @dataclass(slots=True)

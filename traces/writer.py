@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 from traces.atomic import create_new, output_directory
 from traces.codec import ENCODERS, Record, check_event, encode_record
-from traces.header import INDEX, TRAILER, TRAILER_MAGIC, TraceHeader, build_chunk
+from traces.header import INDEX_ENTRY, INDEX_HEAD, TRAILER, TRAILER_MAGIC, TraceHeader, build_chunk
 
 CHUNK_RECORDS = 4096
 
@@ -58,7 +58,8 @@ class TraceWriter:
         self.pending: list[bytes] = []
         self.pending_first_seq = 0
         self.pending_first_ts = 0
-        self.index: list[dict[str, int]] = []
+        self.index = bytearray()  # the index entries, packed: 28 bytes a chunk for a recorder that runs for months
+        self.chunks = 0
         self.closed = False
         self._write(head)
 
@@ -100,7 +101,9 @@ class TraceWriter:
         """End the current chunk and push it to the file (fsync if asked)."""
         if self.pending:
             if self.index_enabled:
-                self.index.append({"offset": self.offset, "first_seq": self.pending_first_seq, "first_ts": self.pending_first_ts, "count": len(self.pending)})
+                entry = {"offset": self.offset, "first_seq": self.pending_first_seq, "first_ts": self.pending_first_ts, "count": len(self.pending)}
+                self.index += INDEX_ENTRY.build(entry)
+                self.chunks += 1
             self._write(build_chunk(self.pending_first_seq, len(self.pending), b"".join(self.pending)))
             self.pending = []
         self.f.flush()
@@ -114,7 +117,7 @@ class TraceWriter:
         self.flush()
         if self.index_enabled:
             at = self.offset
-            self._write(INDEX.build({"n": len(self.index), "entries": self.index}) + TRAILER.pack(at, TRAILER_MAGIC))
+            self._write(INDEX_HEAD.build({"n": self.chunks}) + self.index + TRAILER.pack(at, TRAILER_MAGIC))
         self.f.flush()
         if self.part is not None:
             os.fsync(self.f.fileno())

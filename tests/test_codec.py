@@ -135,7 +135,7 @@ def test_fast_and_construct_agree_on_damaged_payloads(items: list, data: st.Data
 
     def run(fn):  # type: ignore[no-untyped-def]
         try:
-            return list(fn(bytes(payload), count).records())
+            return list(fn(bytes(payload), count, 1000, 7).records())  # the chunk's payload at byte 1000, its first record the 8th
         except TraceFormatError as e:
             return str(e)
 

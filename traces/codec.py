@@ -335,7 +335,7 @@ def interned_count(cls: type) -> int:
 
 
 def decode_chunk_fast(buf: bytes) -> Columns:
-    """The records of a chunk payload, column-wise; raises on anything unusual (see decode_payload).
+    """The records of a chunk payload, column-wise; raises FastDecodeFailed on anything unusual (see decode_payload).
 
     Events are immutable, so records whose bodies are byte-identical share one interned event:
     most records of a trace repeat an earlier body (the same block onlined again, the same
@@ -350,25 +350,28 @@ def decode_chunk_fast(buf: bytes) -> Columns:
     off = 0
     size = len(buf)
     first = nxt = header(buf, 0)[3] if size >= hs else 0
-    while off < size:
-        t, fl, ln, seq, ts = header(buf, off)
-        end = off + ln
-        body = buf[off + hs : end]
-        ev = interned[t].get(body)
-        if ev is None:
-            if ln < hs:
+    try:
+        while off < size:
+            t, fl, ln, seq, ts = header(buf, off)
+            end = off + ln
+            if end > size:
                 _bad()
-            ev = _decode_body(t, body)
-        if seq != nxt:
-            jumps[len(out)] = nxt = seq
-        nxt += 1
-        append(ev)
-        ts_append(ts)
-        if fl:
-            flags[len(out) - 1] = fl
-        off = end
-    if off != size:  # only the last record can run past the end: every earlier one ended inside
-        _bad()
+            body = buf[off + hs : end]
+            ev = interned[t].get(body)
+            if ev is None:
+                if ln < hs:
+                    _bad()
+                ev = _decode_body(t, body)
+            if seq != nxt:
+                jumps[len(out)] = nxt = seq
+            nxt += 1
+            append(ev)
+            ts_append(ts)
+            if fl:
+                flags[len(out) - 1] = fl
+            off = end
+    except (KeyError, IndexError, struct.error, UnicodeDecodeError, ValueError):
+        raise FastDecodeFailed(off, len(out)) from None
     return Columns(out, _numbering(first, len(out), jumps) if jumps else range(first, nxt), tss, flags, {})
 
 
@@ -383,11 +386,28 @@ def _numbering(first: int, count: int, jumps: dict[int, int]) -> list[int]:
     return seqs
 
 
+class FastDecodeFailed(Exception):
+    """The fast decoder met something unusual in the record at byte ``offset``, the ``index``-th of its payload."""
+
+    def __init__(self, offset: int, index: int) -> None:
+        super().__init__(f"record {index} at byte {offset}")
+        self.offset = offset
+        self.index = index
+
+
 def decode_payload(payload: bytes, count: int, base_offset: int = 0, first_record: int = 0) -> Columns:
-    """All ``count`` records of a chunk payload (fast path; precise errors via construct)."""
+    """All ``count`` records of a chunk payload (fast path; precise errors via construct).
+
+    The records before the one the fast path stopped at decoded alike on both paths, so construct
+    reads from that record on: its error there is the one a construct read of the whole payload
+    gives. Only if construct accepts that record does it read the payload again from the start."""
     try:
         out = decode_chunk_fast(payload)
-    except (KeyError, IndexError, struct.error, UnicodeDecodeError, ValueError):
+    except FastDecodeFailed as stop:
+        try:
+            parse_record_construct(payload, stop.offset)
+        except TraceFormatError as e:
+            raise TraceFormatError(e.message, offset=base_offset + (e.offset or 0), record=first_record + stop.index, field=e.field) from None
         return decode_payload_construct(payload, count, base_offset, first_record)
     if len(out.events) != count:
         raise TraceFormatError(f"chunk says {count} records, its payload holds {len(out.events)}", offset=base_offset, field="count")

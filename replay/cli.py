@@ -24,6 +24,7 @@ from replay.report import summary_table, totals
 from replay.simulate import Simulation, simulate, write_trace
 from traces.errors import InputError
 from traces.files import cat, compile_text, dump_trace, info, repair, verify
+from traces.machines import PRESETS
 from traces.reader import TraceReader
 from traces.record import SYSTEMD_UNIT, Rotation, record
 from traces.scenario import load_scenario, parse_size
@@ -231,7 +232,7 @@ def cmd_layout(args: argparse.Namespace) -> int:
 
 def cmd_gen(args: argparse.Namespace) -> int:
     """Write a generated workload trace with model-filled outcomes."""
-    n = generate_trace(args.output, args.seed, args.events, args.profile)
+    n = generate_trace(args.output, args.seed, args.events, args.profile, args.preset)
     print(f"{args.output}: {n} events", file=sys.stderr)
     return 0
 
@@ -469,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--events", type=positive, default=10_000)
     s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
+    s.add_argument("--preset", choices=sorted(PRESETS), help="the machine (default: a seeded mix of one- and two-node q35 4 GiB guests)")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=cmd_gen)
     s = sub.add_parser("record", help="record this host: a boot snapshot, then uevents until SIGINT/SIGTERM or --duration")

@@ -29,10 +29,14 @@ class _Enough(Exception):
     """The sink has all the events it wants."""
 
 
-def random_scenario(rng: random.Random) -> Scenario:
-    """A machine, a command line and virtio-mem devices."""
-    preset = PRESETS[rng.choices(("qemu-q35-4G", "qemu-q35-4G-2node", "qemu-q35-4G-memless1"), (6, 3, 1))[0]]
-    nodes = [n for n in range(64) if preset.events[0].possible_nodes >> n & 1]  # type: ignore[union-attr]
+MIXED_PRESETS = ("qemu-q35-4G", "qemu-q35-4G-2node", "qemu-q35-4G-memless1")  # the default machines, weighted 6:3:1
+HIGH = 4 * GIB  # users online and offline blocks from here up: boot memory below 4 GiB stays as booted
+
+
+def random_scenario(rng: random.Random, preset: str | None = None) -> Scenario:
+    """A machine (``preset``, else one of MIXED_PRESETS), a command line and virtio-mem devices."""
+    machine = PRESETS[preset if preset is not None else rng.choices(MIXED_PRESETS, (6, 3, 1))[0]]
+    nodes = [n for n in range(64) if machine.events[0].possible_nodes >> n & 1]  # type: ignore[union-attr]
     policy = "auto-movable" if rng.random() < 0.85 else "contig-zones"
     parts = [
         f"memhp_default_state={rng.choice(('online', 'online', 'online', 'offline'))}",
@@ -46,7 +50,7 @@ def random_scenario(rng: random.Random) -> Scenario:
         VirtioMemSpec(f"vm{i}", rng.choice(nodes), rng.choice((8, 16, 32)) * GIB, rng.choice((2 * MIB, 2 * MIB, 2 * MIB, 256 * MIB, GIB)))
         for i in range(rng.choice((0, 1, 1, 2, 3)))
     ]
-    return Scenario("generated", "generated", "mhp gen", preset, None, " ".join(parts), devices)
+    return Scenario("generated", "generated", "mhp gen", machine, None, " ".join(parts), devices)
 
 
 class Workload:
@@ -60,7 +64,8 @@ class Workload:
 
     def step(self) -> Step:
         rng, sim = self.rng, self.sim
-        blocks = sorted(b for b in sim.kernel.m.blocks if b >= 16)
+        size = sim.kernel.m.block_size
+        blocks = sorted(b for b in sim.kernel.m.blocks if b * size >= HIGH)
         choices: list[tuple[float, Callable[[], Step]]] = [
             (3.0 if sim.vmems else 0.0, self._resize),
             (1.0 if len(sim.dimms) < 6 else 0.0, self._plug),
@@ -79,7 +84,7 @@ class Workload:
 
     def _plug(self) -> Step:
         self.dimm_no += 1
-        size = self.rng.choice((1, 2, 4, 8, 16, 32)) * 128 * MIB
+        size = self.rng.choice((1, 2, 4, 8, 16, 32)) * max(128 * MIB, self.sim.kernel.m.block_size)  # whole memory blocks
         return _step("dimm", dimm=size, node=self.rng.choice(self.nodes), id=f"dimm{self.dimm_no}")
 
     def _unplug(self) -> Step:
@@ -112,14 +117,6 @@ def _step(action: str, **args: object) -> Step:
     return Step(action, args, 0, {k: v for k, v in args.items() if v is not None})
 
 
-def generate(seed: int, events: int, profile: Profile, sink: Callable[[Event], object]) -> Scenario:
-    """Feed exactly ``events`` events of a seeded workload to ``sink``; returns its scenario."""
-    rng = random.Random(seed)
-    scenario = random_scenario(rng)
-    run_workload(scenario, rng, events, profile, sink)
-    return scenario
-
-
 def run_workload(scenario: Scenario, rng: random.Random, events: int, profile: Profile, sink: Callable[[Event], object]) -> None:
     """Boot the scenario and apply random steps until ``events`` events went to ``sink``."""
     count = 0
@@ -145,11 +142,11 @@ def run_workload(scenario: Scenario, rng: random.Random, events: int, profile: P
         pass
 
 
-def generate_trace(path: str, seed: int, events: int, profile: str = "6.1") -> int:
-    """Write a generated trace; returns the number of events."""
+def generate_trace(path: str, seed: int, events: int, profile: str = "6.1", preset: str | None = None) -> int:
+    """Write a generated trace (on ``preset``, else a mix of MIXED_PRESETS); returns the number of events."""
     prof = get_profile(profile)
     rng = random.Random(seed)
-    scenario = random_scenario(rng)
+    scenario = random_scenario(rng, preset)
     booted = Simulation(scenario, prof)  # the header states the booted machine's geometry and parameters
     booted.boot()
     header = dataclasses.replace(trace_header(booted), source=Capture.GENERATOR, source_detail=f"mhp gen --seed {seed} --profile {prof.name}")

@@ -11,7 +11,9 @@ import pytest
 from replay.cli import main
 from replay.replayer import replay_file
 from tests.test_observed import SCENARIOS
-from traces.reader import TraceReader
+from traces.events import AddMemory, BootBlocks, OfflineBlock, OnlineBlock
+from traces.machines import PRESETS
+from traces.reader import TraceReader, read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "corpus" / "seeds"
@@ -185,6 +187,25 @@ def test_generated_traces_replay_without_divergence_and_are_deterministic(tmp_pa
     assert set(r.finding_signatures) <= {"AM-RATIO:state", "AM-RATIO-NODE:state", "AM-STATIC-MIXED:Normal", "AM-STATIC-MIXED:DMA32"}
     header = TraceReader(str(a)).header
     assert header.block_size == 1 << 27 and "online_policy=" in header.params and "auto_movable_ratio=" in header.params
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_generated_traces_run_on_every_preset(tmp_path: Path, preset: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """``mhp gen --preset``: the machine's geometry (a 64 GiB guest has 2 GiB blocks), DIMMs of whole blocks, user
+    space onlining and offlining only above 4 GiB; it replays without divergence on every profile."""
+    profile = ("6.1", "6.12", "7.2")[sorted(PRESETS).index(preset) % 3]
+    out = tmp_path / "gen.mhpt"
+    assert run(["gen", "--seed", "3", "--events", "1500", "--profile", profile, "--preset", preset, "-o", str(out)], capsys)[0] == 0
+    header, records = read_trace(out.read_bytes())
+    booted = {e.first for e in PRESETS[preset].events if isinstance(e, BootBlocks)}
+    assert header.block_size == PRESETS[preset].events[0].block_size  # type: ignore[union-attr]
+    adds = [r.event for r in records if isinstance(r.event, AddMemory)]
+    users = [r.event for r in records if isinstance(r.event, (OnlineBlock, OfflineBlock))]
+    assert adds and users and booted
+    assert all(a.size % header.block_size == 0 for a in adds)
+    assert all(u.block * header.block_size >= 4 << 30 for u in users)
+    r = replay_file(str(out))
+    assert r.error is None and r.events == 1500 and r.divergence_count == 0
 
 
 def _movable_managed(delta: int):  # type: ignore[no-untyped-def]

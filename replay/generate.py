@@ -149,7 +149,8 @@ def generate_trace(path: str, seed: int, events: int, profile: str = "6.1", pres
     scenario = random_scenario(rng, preset)
     booted = Simulation(scenario, prof)  # the header states the booted machine's geometry and parameters
     booted.boot()
-    header = dataclasses.replace(trace_header(booted), source=Capture.GENERATOR, source_detail=f"mhp gen --seed {seed} --profile {prof.name}")
+    how = f"mhp gen --seed {seed} --profile {prof.name}" + (f" --preset {preset}" if preset else "")
+    header = dataclasses.replace(trace_header(booted), source=Capture.GENERATOR, source_detail=how)
     with TraceWriter(path, header) as w:
         ts = 0
 

@@ -199,6 +199,7 @@ def test_generated_traces_run_on_every_preset(tmp_path: Path, preset: str, capsy
     header, records = read_trace(out.read_bytes())
     booted = {e.first for e in PRESETS[preset].events if isinstance(e, BootBlocks)}
     assert header.block_size == PRESETS[preset].events[0].block_size  # type: ignore[union-attr]
+    assert header.source_detail == f"mhp gen --seed 3 --profile {profile} --preset {preset}"  # how to make it again
     adds = [r.event for r in records if isinstance(r.event, AddMemory)]
     users = [r.event for r in records if isinstance(r.event, (OnlineBlock, OfflineBlock))]
     assert adds and users and booted

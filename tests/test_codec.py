@@ -359,6 +359,8 @@ def test_text_errors_name_line_and_column() -> None:
         ("online_block blokc=5 online_type=online attr=state source=user", 1, 14, "online_block: unknown field blokc"),
         ("%chunk 7", 1, 8, "%chunk takes nothing"),
         ("%index maybe", 1, 8, "%index: expected present or absent"),
+        ("%mhpt 1.70000", 1, 1, "the minor version is a u16"),
+        ('%source generator "x"', 1, 19, '%source: unexpected "x"'),
         ("teleport x=1", 1, 1, "unknown event 'teleport'"),
         ('mark text="a"\n3 0.5 mark text="b"', 2, 3, "time like"),
         ('4 0.000000000 mark text="a"\n2 0.000000000 mark text="b"', 2, 1, "does not increase"),

@@ -471,8 +471,11 @@ COMPILE_HEAD = '%mhpt 1.0\n%writer "w"\n'
         ("%geometry page_size=0x100000000 section_size=0x8000000 block_size=0x8000000\n", "line 3:1", "%geometry: page_size 4294967296 outside"),
         ("%geometry page_size=4096 section_size=0x8000000 block_size=0x10000000000000000\n", "line 3:1", "block_size 18446744073709551616 outside"),
         ('%clock "c" wall_ns=9223372036854775808\n', "line 3:1", "%clock: wall_ns 9223372036854775808 outside"),
-        (f'%writer "{"x" * 70000}"\n', "line 3:1", "%writer: a header string holds at most 65535 UTF-8 bytes"),
-        ("%mhpt 1.70000\n", "line 3:1", "the minor version is a u16"),
+        (f'%arch "{"x" * 70000}"\n', "line 3:1", "%arch: a header string holds at most 65535 UTF-8 bytes"),
+        ('%kernel release="a" cmdline="b" bogus=1\n', "line 3:33", "%kernel: unknown key bogus (keys: release, cmdline)"),
+        ('%arch "x" "y"\n', "line 3:11", '%arch: unexpected "y" (1 value without a key)'),
+        ("%geometry page_size=4K page_size=4K section_size=128M block_size=128M\n", "line 3:24", "%geometry: page_size given twice"),
+        ('%writer "again"\n', "line 3:1", "%writer given twice (first on line 2)"),
         (
             "".join(f"%section {100 + i} data={'ab' * 60000}\n" for i in range(20)),
             "line 22:1",

@@ -275,6 +275,7 @@ def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: s
     lines = text.splitlines() if isinstance(text, str) else text
     seq, ts = -1, 0
     header_line: _Line | None = None
+    header_lines: dict[str, int] = {}
     for lineno, raw in enumerate(lines, 1):
         line = _Line(raw, lineno, path)
         if not line.tokens:
@@ -284,7 +285,7 @@ def parse_text_layout(text: str | Iterable[str], *, strict: bool = True, path: s
             _parse_layout_line(layout, line, len(records))
             continue
         if word.startswith("%"):
-            _parse_header_line(header, line)
+            _parse_header_line(header, line, header_lines)
             header_line = line
             continue
         rest = line.tokens
@@ -422,9 +423,50 @@ def _parse_raw(line: _Line, col: int, given: dict[str, tuple[int, str]]) -> Unkn
     return ev
 
 
-def _parse_header_line(h: TraceHeader, line: _Line) -> None:
+# What each header line takes: how many values without a key, then its keys (as dump_header writes them).
+HEADER_LINES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "mhpt": (1, ()),
+    "writer": (1, ()),
+    "kernel": (0, ("release", "cmdline")),
+    "arch": (1, ()),
+    "geometry": (0, ("page_size", "section_size", "block_size")),
+    "params": (1, ()),
+    "source": (1, ("detail",)),
+    "clock": (1, ("wall_ns",)),
+    "section": (1, ("data",)),
+}
+
+
+def _header_shape(line: _Line, key: str, lines: dict[str, int]) -> None:
+    """The header line takes its values and keys, each key once, and comes once (``%section``: once per type); a
+    record line is as strict about its fields. ``lines``: where each header line came first."""
+    col = line.tokens[0][0]
+    if key not in HEADER_LINES:
+        raise line.error(col, f"unknown header line %{clip(key)}")
+    if key != "section":
+        if key in lines:
+            raise line.error(col, f"%{key} given twice (first on line {lines[key]})")
+        lines[key] = line.lineno
+    values, keys = HEADER_LINES[key]
+    takes = f"{values or 'no'} value{'' if values == 1 else 's'} without a key"
+    seen: set[str] = set()
+    for c, k, v in line.tokens[1:]:
+        if v is None:
+            values -= 1
+            if values < 0:
+                raise line.error(c, f"%{key}: unexpected {clip(k)} ({takes})")
+        elif k not in keys:
+            raise line.error(c, f"%{key}: unknown key {clip(k)} (keys: {', '.join(keys) or 'none'})")
+        elif k in seen:
+            raise line.error(c, f"%{key}: {clip(k)} given twice")
+        else:
+            seen.add(k)
+
+
+def _parse_header_line(h: TraceHeader, line: _Line, lines: dict[str, int]) -> None:
     col, word, _ = line.tokens[0]
     key = word[1:]
+    _header_shape(line, key, lines)
     pos = [t for t in line.tokens[1:] if t[2] is None]
     kv = {t[1]: t[2] for t in line.tokens[1:] if t[2] is not None}
 
@@ -473,8 +515,6 @@ def _parse_header_line(h: TraceHeader, line: _Line) -> None:
             if stype in set(Sec) or not 0 <= stype <= 0xFFFF:
                 raise line.error(pos[0][0], f"%section {stype}: not a free section type (0..65535, not one of the known {min(Sec)}..{max(Sec)})")
             h.unknown_sections.append((stype, b"" if data == "-" else bytes.fromhex(data)))
-        else:
-            raise line.error(col, f"unknown header line %{clip(key)}")
     except (KeyError, IndexError, ValueError) as e:
         if isinstance(e, TraceFormatError):
             raise

@@ -438,8 +438,9 @@ HEADER_LINES: dict[str, tuple[int, tuple[str, ...]]] = {
 
 
 def _header_shape(line: _Line, key: str, lines: dict[str, int]) -> None:
-    """The header line takes its values and keys, each key once, and comes once (``%section``: once per type); a
-    record line is as strict about its fields. ``lines``: where each header line came first."""
+    """The header line takes its values and keys, each key once, and comes once (``%section``, an unknown section,
+    as often as the binary header has it); a record line is as strict about its fields. ``lines``: where each header
+    line came first."""
     col = line.tokens[0][0]
     if key not in HEADER_LINES:
         raise line.error(col, f"unknown header line %{clip(key)}")

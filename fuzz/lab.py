@@ -209,9 +209,10 @@ def decision_text(out: LabOutcome, variant: str | None) -> str:
     return text
 
 
-def save_lab_regression(regressions: Path, signature: str, out: LabOutcome, variant: str | None) -> Path:
+def save_lab_regression(regressions: Path, signature: str, out: LabOutcome, variant: str | None, minimized: dict[str, Any] | None = None) -> Path:
     """Write <name>.mhpt (the real trace), <name>.toml (the scenario) and <name>.json (signature, the decision, and the
-    verdict ``refuted`` for the model or variant on the kernel, as replay/confirm.py record_verdict writes verdicts)."""
+    verdict ``refuted`` for the model or variant on the kernel, as replay/confirm.py record_verdict writes verdicts;
+    ``minimized``: how fuzz/lab_minimize.py shrank the steps)."""
     name = safe_name(f"{signature}_{out.kernel}")
     assert out.divergence is not None
     atomic_write(regressions / f"{name}.mhpt", out.real)
@@ -236,6 +237,8 @@ def save_lab_regression(regressions: Path, signature: str, out: LabOutcome, vari
         "note": f"{signature}: found by mhp fuzz --target lab on {out.release} ({out.package}); {decision}",
         "verdicts": {out.kernel: verdict},
     }
+    if minimized is not None:
+        meta["minimized"] = minimized
     atomic_write(regressions / f"{name}.json", json.dumps(meta, indent=1) + "\n")
     return regressions / f"{name}.mhpt"
 
@@ -297,6 +300,10 @@ class LabSummary:
         ]
         for sig, info in sorted(self.signatures.items(), key=lambda kv: kv[1]["first_hit_s"]):
             out.append(f"  {sig}: first after {info['first_hit_s']:.0f} s ({info['input']}) -> {info['file']}")
+            if "minimized" in info:
+                m = info["minimized"]
+                how = "1-minimal" if m["one_minimal"] else "budget reached"
+                out.append(f"    minimised {m['steps'][0]} -> {m['steps'][1]} steps in {m['lab_runs']} lab runs ({how})")
             out.append(f"    {info['decision']}")
         if self.findings:
             out.append("invariant findings on the real traces: " + ", ".join(f"{k} ({n})" for k, n in sorted(self.findings.items())))
@@ -353,11 +360,14 @@ def campaign(
     seed: int = 0,
     echo: bool = True,
     stop_on_first: bool = False,
+    minimize_runs: int = 40,
+    minimize_seconds: float = 900.0,
 ) -> LabSummary:
     """Fuzz ``kernel`` against the model for ``seconds`` (no new input after it) or ``runs`` inputs: the seeds (default
     corpus/scenarios) and the corpus first, then ``mutate``'s changes of corpus members (without a mutator, the corpus
     again). The mutator's documents are expressible (fuzz/steps.py), so every one can run. New divergences are saved
-    to ``regressions``; inputs with new outcomes join ``corpus``. One job runs in this process, more in worker
+    to ``regressions``, their steps first minimised on the kernel (fuzz/lab_minimize.py, at most ``minimize_runs`` lab
+    runs and ``minimize_seconds`` each; 0 runs: saved as found); inputs with new outcomes join ``corpus``. One job runs in this process, more in worker
     processes (spawned: a script that calls this with ``jobs`` > 1 needs the ``if __name__ == "__main__"`` guard)."""
     check_arguments(kernel, variant)
     starts = seeds if seeds is not None else [SEEDS]
@@ -397,6 +407,15 @@ def campaign(
                 break
         return doc
 
+    def shrink(out: LabOutcome, signature: str) -> tuple[LabOutcome, dict[str, Any] | None]:
+        if minimize_runs == 0:
+            return out, None
+        from fuzz.lab_minimize import LabMinimizer
+
+        task = LabTask(out.name, out.doc, kernel, (variant,) if variant else (), snapshots, str(snapshot_dir) if snapshot_dir else None)
+        done = LabMinimizer(task, signature, variant, max_runs=minimize_runs, max_seconds=minimize_seconds).shrink(out)
+        return done.outcome, done.to_json()
+
     def more(started: int) -> bool:
         if runs is not None and started >= runs:
             return False
@@ -421,7 +440,7 @@ def campaign(
                     summary.inputs += 1
                     summary.errors.append(f"internal error: {type(e).__name__}: {e}")
                     continue
-                take(summary, out, time.monotonic() - t0, regressions, corpus, members, seen)
+                take(summary, out, time.monotonic() - t0, regressions, corpus, members, seen, shrink)
                 if bar is not None:
                     bar.update(1 if runs is not None else 0)
                     bar.set_postfix_str(f"{summary.inputs} in, {len(summary.signatures)} div, {len(summary.errors)} err")
@@ -450,8 +469,18 @@ class InProcess:
         return fut
 
 
-def take(summary: LabSummary, out: LabOutcome, at: float, regressions: Path, corpus: Path, members: list[tuple[str, dict[str, Any]]], seen: set[str]) -> None:
-    """Count one outcome; save a new divergence as a regression and an input with new outcomes into the corpus."""
+def take(
+    summary: LabSummary,
+    out: LabOutcome,
+    at: float,
+    regressions: Path,
+    corpus: Path,
+    members: list[tuple[str, dict[str, Any]]],
+    seen: set[str],
+    shrink: Callable[[LabOutcome, str], tuple[LabOutcome, dict[str, Any] | None]],
+) -> None:
+    """Count one outcome; save a new divergence, minimised by ``shrink``, as a regression and an input with new outcomes
+    into the corpus."""
     if out.invalid:
         summary.invalid += 1
         return
@@ -467,8 +496,11 @@ def take(summary: LabSummary, out: LabOutcome, at: float, regressions: Path, cor
         summary.divergent_inputs += 1
         sig = divergence_signature(out.divergence, summary.variant)
         if sig not in summary.signatures:
-            path = save_lab_regression(regressions, sig, out, summary.variant)
-            summary.signatures[sig] = {"first_hit_s": round(at, 1), "input": out.name, "decision": decision_text(out, summary.variant), "file": str(path)}
+            small, how = shrink(out, sig)
+            path = save_lab_regression(regressions, sig, small, summary.variant, how)
+            summary.signatures[sig] = {"first_hit_s": round(at, 1), "input": out.name, "decision": decision_text(small, summary.variant), "file": str(path)}
+            if how is not None:
+                summary.signatures[sig]["minimized"] = how
     new = set(out.features) - seen
     if new:
         seen |= new

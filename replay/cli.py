@@ -350,6 +350,7 @@ def cmd_fuzz_lab(args: argparse.Namespace) -> int:
         snapshots=not args.no_snapshot,
         seed=args.seed,
         echo=sys.stderr.isatty() and not args.json,
+        minimize_runs=args.minimize_runs,
     )
     if args.json:
         json.dump(summary.to_json(), sys.stdout, indent=1)
@@ -505,6 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kernel", default="6.12", help="lab: the kernel series to fuzz (6.1, 6.12, 7.2; default 6.12)")
     s.add_argument("--no-snapshot", action="store_true", help="lab: boot a guest for every input instead of restoring a booted snapshot")
     s.add_argument("--seed", type=int, default=0, help="lab: the mutator's random seed")
+    s.add_argument("--minimize-runs", type=natural, default=40, help="lab: shrink each new finding's steps in at most N lab runs (default 40; 0: as found)")
     s.add_argument("--profile", choices=PROFILE_NAMES, default="6.1")
     s.add_argument("--variant", help="run a seeded model variant (replay/model/variants.py)")
     s.add_argument("--diff", help="differential: A,B (profile A, with --variant, against B, e.g. 6.1,6.12) or ref (--variant against the reference)")

@@ -3,7 +3,6 @@ line; in the lab: a restored snapshot shows the boot state, and a short campaign
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import pytest
 
 from fuzz import steps
-from fuzz.lab import LabOutcome, campaign, decision_text, divergence_signature, judge, save_lab_regression
+from fuzz.lab import LabOutcome, LabSummary, campaign, decision_text, divergence_signature, judge, save_lab_regression
 from replay.cli import main
 from replay.replayer import replay_file
 from tests.helpers import require_lab
@@ -145,33 +144,43 @@ def test_a_restored_snapshot_shows_the_boot_state(snapshots: Path) -> None:
     assert randoms[0] != randoms[1]  # vmgenid: the kernel reseeded its random generator on each restore
 
 
-def test_a_lab_campaign_finds_a_seeded_variant(tmp_path: Path) -> None:
+def m2_campaign(tmp_path: Path, resizes: tuple[str, ...], **options: Any) -> LabSummary:
+    """A 6.12 campaign of variant M2 from one seed: seed-vmem's device resized to ``resizes`` in turn; its snapshots
+    in ``tmp_path`` (none yet: the first input's guest boots, saves its snapshot, runs on)."""
     require_lab("6.12")
     doc = steps.decode((SCENARIOS / "seed-vmem.toml").read_bytes())
     assert doc is not None
-    one = copy.deepcopy(doc)
-    one["step"] = [{"vmem": "vm0", "size": "14G"}]  # one resize past 12 GiB: the kernel mixes in Normal blocks
+    doc["step"] = [{"vmem": "vm0", "size": size} for size in resizes]
     (tmp_path / "seeds").mkdir()
-    (tmp_path / "seeds" / "vmem-14G.toml").write_bytes(steps.encode(one))
-    s = campaign(
-        "6.12",
-        seconds=None,
-        runs=2,
-        variant="M2",
-        corpus=tmp_path / "corpus",
-        seeds=[tmp_path / "seeds"],
-        regressions=tmp_path / "regressions",
-        snapshot_dir=tmp_path / "snapshots",  # none yet: the first input's guest boots, saves its snapshot, runs on
-        mutate=steps.mutate,
-        echo=False,
-        stop_on_first=True,
-    )
+    (tmp_path / "seeds" / "vmem.toml").write_bytes(steps.encode(doc))
+    dirs = {name: tmp_path / name for name in ("corpus", "regressions")}
+    return campaign("6.12", seconds=None, variant="M2", seeds=[tmp_path / "seeds"], snapshot_dir=tmp_path / "snapshots", echo=False, **dirs, **options)
+
+
+def test_a_lab_campaign_finds_a_seeded_variant(tmp_path: Path) -> None:
+    s = m2_campaign(tmp_path, ("14G",), runs=2, mutate=steps.mutate, stop_on_first=True)  # one resize past 12 GiB: the kernel mixes in Normal blocks
     assert s.errors == [] and s.inputs == 1 and s.snapshots_made == 1  # the first input finds it, and the campaign stops
     assert len(list((tmp_path / "snapshots").glob("*.mig"))) == 1
     assert list(s.signatures) == [M2_SIGNATURE]
     meta = json.loads((tmp_path / "regressions" / f"{M2_SIGNATURE.replace(':', '_')}_6.12.json").read_text())
     assert meta["verdicts"]["6.12"]["verdict"] == "refuted" and meta["decision"].startswith("M2 (")
     assert "the variant's decision" in meta["decision"]
+
+
+def test_a_lab_finding_is_saved_minimised(tmp_path: Path) -> None:
+    """Four resizes that M2 diverges on (the campaign found them so): the campaign shrinks them on the kernel to the
+    steps that keep the divergence, and the regression it saves is the small one."""
+    s = m2_campaign(tmp_path, ("12G", "14G", "6G", "16G"), runs=1, mutate=None, minimize_runs=12)
+    assert s.errors == [] and list(s.signatures) == [M2_SIGNATURE]
+    how = s.signatures[M2_SIGNATURE]["minimized"]
+    assert how["steps"][0] == 4 and 1 <= how["steps"][1] < 4 and 1 <= how["lab_runs"] <= 12 and how["one_minimal"]
+    saved = tmp_path / "regressions" / f"{M2_SIGNATURE.replace(':', '_')}_6.12"
+    meta = json.loads(Path(f"{saved}.json").read_text())
+    assert meta["minimized"] == how
+    assert len(load_scenario(Path(f"{saved}.toml")).steps) == how["steps"][1]
+    res = replay_file(f"{saved}.mhpt", profile="6.12", variants=frozenset({"M2"}))
+    first = next(d for d in res.divergences if d.kind != "loss").to_json()
+    assert divergence_signature(first, "M2") == M2_SIGNATURE  # the saved real trace is the minimised run's
 
 
 # --- the lab's regressions ------------------------------------------------------------------------------------------

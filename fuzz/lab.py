@@ -496,8 +496,14 @@ def take(
         summary.divergent_inputs += 1
         sig = divergence_signature(out.divergence, summary.variant)
         if sig not in summary.signatures:
-            small, how = shrink(out, sig)
-            path = save_lab_regression(regressions, sig, small, summary.variant, how)
+            path = save_lab_regression(regressions, sig, out, summary.variant)  # kept as found if minimising fails or is stopped
+            try:
+                small, how = shrink(out, sig)
+            except Exception as e:  # a bug of the minimiser's runs: the finding stays as found, the campaign goes on
+                summary.errors.append(f"{out.name}: minimising {sig}: {type(e).__name__}: {e}")
+                small, how = out, None
+            if how is not None:
+                path = save_lab_regression(regressions, sig, small, summary.variant, how)
             summary.signatures[sig] = {"first_hit_s": round(at, 1), "input": out.name, "decision": decision_text(small, summary.variant), "file": str(path)}
             if how is not None:
                 summary.signatures[sig]["minimized"] = how

@@ -51,8 +51,9 @@ class LabMinimizer(Minimizer):
         if key not in self.outcomes:
             if self.replays >= self.max_replays or time.monotonic() > self.deadline:
                 raise Budget
-            self.replays += 1
-            self.outcomes[key] = run_input(dataclasses.replace(self.task, name=doc_name(doc), doc=doc))
+            out = run_input(dataclasses.replace(self.task, name=doc_name(doc), doc=doc))
+            self.replays += not out.invalid  # a candidate that is no scenario (an unplug of a DIMM dropped) runs no guest
+            self.outcomes[key] = out
         out = self.outcomes[key]
         return out.error is None and out.divergence is not None and divergence_signature(out.divergence, self.variant) == self.signature
 

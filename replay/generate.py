@@ -68,7 +68,7 @@ class Workload:
         blocks = sorted(b for b in sim.kernel.m.blocks if b * size >= HIGH)
         choices: list[tuple[float, Callable[[], Step]]] = [
             (3.0 if sim.vmems else 0.0, self._resize),
-            (1.0 if len(sim.dimms) < 6 else 0.0, self._plug),
+            (1.0 if len(sim.dimms) < 6 and self._room() >= self._unit() else 0.0, self._plug),
             (0.8 if sim.dimms else 0.0, self._unplug),
             (3.5 if blocks else 0.0, lambda: self._user(blocks)),
             (0.4, self._param),
@@ -82,9 +82,29 @@ class Workload:
         size = self.rng.randrange(0, vm.max_size // vm.sb + 1) * vm.sb
         return _step("vmem", vmem=vm.name, size=size)
 
+    def _unit(self) -> int:
+        """The DIMM size unit: whole memory blocks, at least 128 MiB."""
+        return max(128 * MIB, self.sim.kernel.m.block_size)
+
+    def _room(self) -> int:
+        """Bytes of DIMMs the machine can still take: its QEMU maxmem less boot RAM, the virtio-mem devices' maximum
+        sizes and the DIMMs plugged."""
+        sim = self.sim
+        return sim.scenario.machine.hotplug_room - sum(vm.max_size for vm in sim.vmems.values()) - sum(d.size for d in sim.dimms.values())
+
+    def _fits(self, size: int) -> bool:
+        """QEMU's first fit finds a place for a DIMM of ``size`` bytes inside its device memory region."""
+        return self.sim.place(size, self.sim.kernel.m.block_size) + size <= self.sim.scenario.machine.device_memory_end
+
     def _plug(self) -> Step:
+        """A DIMM as large as the machine has room for, and a place: else an unplug (a full machine frees memory first)."""
         self.dimm_no += 1
-        size = self.rng.choice((1, 2, 4, 8, 16, 32)) * max(128 * MIB, self.sim.kernel.m.block_size)  # whole memory blocks
+        unit = self._unit()
+        size = min(self.rng.choice((1, 2, 4, 8, 16, 32)) * unit, self._room() // unit * unit)
+        while size > unit and not self._fits(size):
+            size -= unit
+        if not self._fits(size):
+            return self._unplug() if self.sim.dimms else self._param()
         return _step("dimm", dimm=size, node=self.rng.choice(self.nodes), id=f"dimm{self.dimm_no}")
 
     def _unplug(self) -> Step:

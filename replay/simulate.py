@@ -130,15 +130,19 @@ class Simulation:
         for ev in samples:
             self.sink(ev)
 
-    def allocate(self, size: int, align: int) -> int:
-        """First fit in QEMU's device memory region."""
+    def place(self, size: int, align: int) -> int:
+        """Where QEMU's first fit in its device memory region puts a device of ``size`` bytes."""
         addr = self.scenario.machine.device_memory_base
         for start, end in sorted(self.used):
             addr = -(-addr // align) * align
             if addr + size <= start:
                 break
             addr = max(addr, end)
-        addr = -(-addr // align) * align
+        return -(-addr // align) * align
+
+    def allocate(self, size: int, align: int) -> int:
+        """The device's place (``place``), now taken."""
+        addr = self.place(size, align)
         self.used.append((addr, addr + size))
         return addr
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from fuzz import steps
-from fuzz.lab import LabOutcome, LabSummary, campaign, decision_text, divergence_signature, judge, save_lab_regression
+from fuzz.lab import LabOutcome, LabSummary, campaign, decision_text, divergence_signature, judge, save_lab_regression, take
 from replay.cli import main
 from replay.replayer import replay_file
 from tests.helpers import require_lab
@@ -87,6 +87,22 @@ def test_a_divergence_is_saved_as_a_refuted_regression(tmp_path: Path) -> None:
     again = replay_file(str(trace), variants=frozenset({"M2"}))
     assert again.divergences[0].to_json() == out.divergence
     assert replay_file(str(trace)).divergence_count == 0
+
+
+def test_a_finding_is_kept_as_found_when_minimising_it_fails(tmp_path: Path) -> None:
+    """A minimiser that raises (a bug in one of its runs) costs the campaign nothing: the finding is saved as found, the
+    error is counted, and the campaign goes on."""
+    out = outcome("seed-vmem", frozenset({"M2"}))
+    summary = LabSummary("6.12", "M2", True, 1)
+
+    def broken(found: LabOutcome, signature: str) -> tuple[LabOutcome, dict[str, Any] | None]:
+        raise RuntimeError("a bug in a candidate's run")
+
+    take(summary, out, 1.0, tmp_path / "regressions", tmp_path / "corpus", [], set(), broken)
+    assert list(summary.signatures) == [M2_SIGNATURE] and "minimized" not in summary.signatures[M2_SIGNATURE]
+    assert summary.errors == [f"seed-vmem: minimising {M2_SIGNATURE}: RuntimeError: a bug in a candidate's run"]
+    meta = json.loads((tmp_path / "regressions" / f"{M2_SIGNATURE.replace(':', '_')}_6.12.json").read_text())
+    assert "minimized" not in meta and meta["verdicts"]["6.12"]["divergence"] == out.divergence
 
 
 # --- bad input ------------------------------------------------------------------------------------------------------

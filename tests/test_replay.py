@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from replay.cli import main
+from replay.generate import generate_trace
 from replay.replayer import replay_file
 from tests.test_observed import SCENARIOS
-from traces.events import AddMemory, BootBlocks, OfflineBlock, OnlineBlock
+from traces.events import AddMemory, BootBlocks, OfflineAndRemoveMemory, OfflineBlock, OnlineBlock, RemoveMemory
 from traces.machines import PRESETS
 from traces.reader import TraceReader, read_trace
 
@@ -176,8 +177,6 @@ def test_scenario_traces_of_both_profiles_replay_clean(tmp_path: Path, capsys: p
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 7])
 def test_generated_traces_replay_without_divergence_and_are_deterministic(tmp_path: Path, seed: int) -> None:
-    from replay.generate import generate_trace
-
     a, b = tmp_path / "a.mhpt", tmp_path / "b.mhpt"
     generate_trace(str(a), seed, 3000, "6.12" if seed % 2 else "6.1")
     generate_trace(str(b), seed, 3000, "6.12" if seed % 2 else "6.1")
@@ -205,8 +204,26 @@ def test_generated_traces_run_on_every_preset(tmp_path: Path, preset: str, capsy
     assert adds and users and booted
     assert all(a.size % header.block_size == 0 for a in adds)
     assert all(u.block * header.block_size >= 4 << 30 for u in users)
+    assert max(a.start + a.size for a in adds) <= PRESETS[preset].device_memory_end
     r = replay_file(str(out))
     assert r.error is None and r.events == 1500 and r.divergence_count == 0
+
+
+def test_a_long_generated_workload_stays_inside_the_machines_device_memory(tmp_path: Path) -> None:
+    """On the 64 GiB guest (192 GiB of room, 2 GiB DIMMs up to 64 GiB), 20,000 events of plugging and unplugging: the
+    DIMMs and virtio-mem devices never hold more than QEMU's maxmem allows, and every device sits inside its region."""
+    preset = PRESETS["qemu-q35-64G"]
+    out = tmp_path / "gen.mhpt"
+    generate_trace(str(out), 8, 20_000, "6.12", preset.name)
+    _, records = read_trace(out.read_bytes())
+    live: dict[int, int] = {}
+    for ev in (r.event for r in records):
+        if isinstance(ev, AddMemory):
+            assert ev.start + ev.size <= preset.device_memory_end
+            live[ev.start] = ev.size
+        elif isinstance(ev, (RemoveMemory, OfflineAndRemoveMemory)):
+            live.pop(ev.start, None)
+        assert sum(live.values()) <= preset.hotplug_room
 
 
 def _movable_managed(delta: int):  # type: ignore[no-untyped-def]

@@ -354,13 +354,11 @@ def decode_chunk_fast(buf: bytes) -> Columns:
         while off < size:
             t, fl, ln, seq, ts = header(buf, off)
             end = off + ln
-            if end > size:
+            if end > size or ln < hs:
                 _bad()
             body = buf[off + hs : end]
             ev = interned[t].get(body)
             if ev is None:
-                if ln < hs:
-                    _bad()
                 ev = _decode_body(t, body)
             if seq != nxt:
                 jumps[len(out)] = nxt = seq

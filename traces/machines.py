@@ -32,6 +32,16 @@ class MachinePreset:
     def block_size(self) -> int:
         return next(e.block_size for e in self.events if isinstance(e, BootMachine))
 
+    @property
+    def hotplug_room(self) -> int:
+        """Bytes of memory devices QEMU can hold at once: MAXMEM less the boot RAM (``mem``, whole GiB)."""
+        return MAXMEM - (int(self.mem.removesuffix("G")) << 30)
+
+    @property
+    def device_memory_end(self) -> int:
+        """Where QEMU's device memory region ends: it holds ``hotplug_room`` and 1 GiB of alignment per DIMM slot."""
+        return self.device_memory_base + self.hotplug_room + (DIMM_SLOTS << 30)
+
 
 def _zone(node: int, zone: ZoneType, start: int, spanned: int, present: int) -> BootZone:
     return BootZone(node, zone, start if spanned else 0, spanned, present, present, 0)
@@ -72,7 +82,9 @@ def _empty_zones(node: int, zones: tuple[ZoneType, ...]) -> tuple[Event, ...]:
     return tuple(_zone(node, z, 0, 0, 0) for z in zones)
 
 
-Q35 = ("-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "4G,slots=32,maxmem=256G")
+MAXMEM = 256 << 30  # every preset's QEMU maxmem: boot RAM and plugged memory devices together
+DIMM_SLOTS = 32
+Q35 = ("-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", f"4G,slots={DIMM_SLOTS},maxmem={MAXMEM >> 30}G")
 ALL = (ZoneType.DMA, ZoneType.DMA32, ZoneType.NORMAL, ZoneType.MOVABLE)
 
 
@@ -99,7 +111,7 @@ def _machine(machine: str, mem: str, lazy: bool = False) -> tuple[str, ...]:
     """QEMU options of a one-node machine; ``lazy``: guest RAM from a backend with reserve=off (no swap reservation), needed
     when ``mem`` exceeds what the host may commit (QEMU's plain ``-m 64G`` fails with "cannot set up guest memory 'pc.ram'")."""
     ram = ("-machine", f"{machine},memory-backend=ram0", "-object", f"memory-backend-ram,id=ram0,size={mem},reserve=off") if lazy else ("-machine", machine)
-    return (*ram, "-accel", "tcg", "-cpu", "max", "-m", f"{mem},slots=32,maxmem=256G")
+    return (*ram, "-accel", "tcg", "-cpu", "max", "-m", f"{mem},slots={DIMM_SLOTS},maxmem={MAXMEM >> 30}G")
 
 
 PRESETS = {

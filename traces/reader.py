@@ -29,7 +29,7 @@ from traces.header import (
 )
 
 SCAN_BLOCK = 1 << 20
-_ENTRY = struct.Struct("<QQQI")  # offset, first_seq, first_ts, count (header.INDEX's entries)
+_ENTRY = struct.Struct("<QQQI")  # offset, first_seq, first_ts, count (header.INDEX_ENTRY)
 _MAGICS = re.compile(re.escape(CHUNK_MAGIC) + b"|" + re.escape(INDEX_MAGIC))
 
 

@@ -423,7 +423,7 @@ def _parse_raw(line: _Line, col: int, given: dict[str, tuple[int, str]]) -> Unkn
     return ev
 
 
-# What each header line takes: how many values without a key, then its keys (as dump_header writes them).
+# What each header line takes: how many values without a key, then its keys (as format_header writes them).
 HEADER_LINES: dict[str, tuple[int, tuple[str, ...]]] = {
     "mhpt": (1, ()),
     "writer": (1, ()),

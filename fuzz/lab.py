@@ -386,6 +386,9 @@ def campaign(
     t0 = time.monotonic()
     bar = _bar(runs, seconds, echo)
 
+    def task_of(name: str, doc: dict[str, Any]) -> LabTask:
+        return LabTask(name, doc, kernel, (variant,) if variant else (), snapshots, str(snapshot_dir) if snapshot_dir else None)
+
     def next_task() -> LabTask:
         if queue:
             name, doc = queue.pop(0)
@@ -395,7 +398,7 @@ def campaign(
         else:
             name, doc = members[summary.inputs % len(members)]
         configs.add(config_of(doc))
-        return LabTask(name, doc, kernel, (variant,) if variant else (), snapshots, str(snapshot_dir) if snapshot_dir else None)
+        return task_of(name, doc)
 
     def mutant(parent: dict[str, Any]) -> dict[str, Any]:
         assert mutate is not None
@@ -412,8 +415,7 @@ def campaign(
             return out, None
         from fuzz.lab_minimize import LabMinimizer
 
-        task = LabTask(out.name, out.doc, kernel, (variant,) if variant else (), snapshots, str(snapshot_dir) if snapshot_dir else None)
-        done = LabMinimizer(task, signature, variant, max_runs=minimize_runs, max_seconds=minimize_seconds).shrink(out)
+        done = LabMinimizer(task_of(out.name, out.doc), signature, variant, max_runs=minimize_runs, max_seconds=minimize_seconds).shrink(out)
         return done.outcome, done.to_json()
 
     def more(started: int) -> bool:

@@ -49,10 +49,9 @@ class LabMinimizer(Minimizer):
         doc = self.doc_of(events)
         key = steps.encode(doc)
         if key not in self.outcomes:
-            if self.replays >= self.max_replays or time.monotonic() > self.deadline:
-                raise Budget
+            self.spend()
             out = run_input(dataclasses.replace(self.task, name=doc_name(doc), doc=doc))
-            self.replays += not out.invalid  # a candidate that is no scenario (an unplug of a DIMM dropped) runs no guest
+            self.replays -= out.invalid  # a candidate that is no scenario (an unplug of a DIMM dropped) runs no guest
             self.outcomes[key] = out
         out = self.outcomes[key]
         return out.error is None and out.divergence is not None and divergence_signature(out.divergence, self.variant) == self.signature

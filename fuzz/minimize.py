@@ -154,13 +154,17 @@ class Minimizer:
     def hit(self, events: list[Any]) -> Hit | None:
         return self.cached(tuple(events), lambda: check_events(events, self.mode, self.ignore))
 
+    def spend(self) -> None:
+        """Count one replay of the budget; Budget when the replays or the time are used up."""
+        if self.replays >= self.max_replays or time.monotonic() > self.deadline:
+            raise Budget
+        self.replays += 1
+
     def cached(self, key: Any, check: Callable[[], Hit | None]) -> Hit | None:
         """The verdict of the input ``key`` names, from the cache or from ``check`` (one replay of the budget)."""
         if key in self.cache:
             return self.cache[key]
-        if self.replays >= self.max_replays or time.monotonic() > self.deadline:
-            raise Budget
-        self.replays += 1
+        self.spend()
         with deadline(self.deadline):
             h = check()
         self.cache[key] = h

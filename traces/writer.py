@@ -59,7 +59,6 @@ class TraceWriter:
         self.pending_first_seq = 0
         self.pending_first_ts = 0
         self.index = bytearray()  # the index entries, packed: 28 bytes a chunk for a recorder that runs for months
-        self.chunks = 0
         self.closed = False
         self._write(head)
 
@@ -103,7 +102,6 @@ class TraceWriter:
             if self.index_enabled:
                 entry = {"offset": self.offset, "first_seq": self.pending_first_seq, "first_ts": self.pending_first_ts, "count": len(self.pending)}
                 self.index += INDEX_ENTRY.build(entry)
-                self.chunks += 1
             self._write(build_chunk(self.pending_first_seq, len(self.pending), b"".join(self.pending)))
             self.pending = []
         self.f.flush()
@@ -117,7 +115,7 @@ class TraceWriter:
         self.flush()
         if self.index_enabled:
             at = self.offset
-            self._write(INDEX_HEAD.build({"n": self.chunks}) + self.index + TRAILER.pack(at, TRAILER_MAGIC))
+            self._write(INDEX_HEAD.build({"n": len(self.index) // INDEX_ENTRY.sizeof()}) + self.index + TRAILER.pack(at, TRAILER_MAGIC))
         self.f.flush()
         if self.part is not None:
             os.fsync(self.f.fileno())
